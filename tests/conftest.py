@@ -1,0 +1,27 @@
+"""Shared test fixtures (helpers for shared data are in `helpers.py`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `from helpers import shared_path`
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test may reach the network: the Hugging Face Hub is offline for every test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def tiny_backbone():
+    """A random tiny T-CoRe ViT (dim 64, depth 2, 2 heads, 4 registers, patch 16)."""
+    import torch
+
+    import tcore
+
+    torch.manual_seed(0)
+    return tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)

@@ -1,0 +1,40 @@
+"""Helpers for tests: where the shared real data is, and the golden inputs.
+
+Real data lives in `../shared` (override with TCORE_SHARED). `shared_path(...)` skips when the
+file is absent, or fails when TCORE_REQUIRE_SHARED=1 (CI), so golden and real-data tests can
+never pass by skipping.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("TCORE_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under the shared data folder; skip (or fail in CI) when it is missing."""
+    path = shared_root().joinpath(*parts)
+    if not path.exists():
+        reason = f"shared data missing: {path} (set TCORE_SHARED to the shared folder)"
+        if os.environ.get("TCORE_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + " and TCORE_REQUIRE_SHARED=1")
+        pytest.skip(reason)
+    return path
+
+
+def golden_inputs():
+    """The module `../shared/golden/inputs.py` (deterministic golden inputs)."""
+    import importlib.util
+
+    path = shared_path("golden", "inputs.py")
+    spec = importlib.util.spec_from_file_location("tcore_golden_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
