@@ -107,23 +107,39 @@ _CONSTRUCTORS = {"tcore_vits16": tcore_vits16, "tcore_vitb16": tcore_vitb16}
 
 # ----------------------------------------------------------------------------- other backbones
 
-def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
-    """Architecture of a DINOv2-style (official) or timm-style ViT state dict."""
-    from .weights import CheckpointError, find_architecture
+def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str, num_heads: int | None = None) -> dict[str, Any]:
+    """Architecture of a DINOv2-style (official) or timm-style ViT state dict.
+
+    Weights do not reveal the number of attention heads: it comes from `num_heads`, else from a
+    registered tcore architecture of the same shape, else the ViT convention of 64-wide heads
+    (with a warning).
+    """
+    from .weights import ARCHITECTURES, CheckpointError, find_architecture
 
     found = find_architecture(state)
     if not found["embed_dim"] or not found["depth"] or not found["patch_size"] or "pos_embed" not in state:
         raise CheckpointError(f"{source}: not a ViT state dict (keys start with "
                               f"{sorted({k.split('.')[0] for k in state})[:12]})")
     dim = found["embed_dim"]
+    if num_heads is None:
+        known = [a["num_heads"] for a in ARCHITECTURES.values()
+                 if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, found["depth"], found["patch_size"])]
+        if known:
+            num_heads = known[0]
+        else:
+            num_heads = max(1, dim // 64)
+            _logger.warning("%s: assuming %d attention heads (64 channels per head); weights do not record "
+                            "the head count: pass num_heads= if the model was trained with another", source,
+                            num_heads)
     return dict(embed_dim=dim, depth=found["depth"], patch_size=found["patch_size"],
-                num_heads=max(1, dim // 64), mlp_ratio=found["mlp_hidden"] / dim)
+                num_heads=num_heads, mlp_ratio=found["mlp_hidden"] / dim)
 
 
-def _timm_kwargs_from_state(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+def _timm_kwargs_from_state(state: Mapping[str, torch.Tensor], source: str,
+                            num_heads: int | None = None) -> dict[str, Any]:
     from .weights import CheckpointError
 
-    args = _infer_vit_args(state, source)
+    args = _infer_vit_args(state, source, num_heads)
     regs = state["reg_token"].shape[1] if "reg_token" in state else 0
     n_pos = state["pos_embed"].shape[1]
     for no_embed_class, n_grid in ((False, n_pos - 1 - regs), (True, n_pos)):
@@ -157,8 +173,9 @@ def _from_file(path: Path, pos_interp: "PosInterp | None", **kwargs: Any) -> Bac
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         return from_pretrained(path)
     state = _read_state(path)
+    num_heads = kwargs.pop("num_heads", None)
     if "register_tokens" in state or "mask_token" in state:  # official DINOv2 / T-CoRe layout
-        args = _infer_vit_args(state, str(path))
+        args = _infer_vit_args(state, str(path), num_heads)
         regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
         grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
         args = dict(args, num_register_tokens=regs, img_size=grid * args["patch_size"], **kwargs)
@@ -167,7 +184,7 @@ def _from_file(path: Path, pos_interp: "PosInterp | None", **kwargs: Any) -> Bac
         return model
     from timm.models.vision_transformer import VisionTransformer
 
-    timm_kwargs = {**_timm_kwargs_from_state(state, str(path)), **kwargs}
+    timm_kwargs = {**_timm_kwargs_from_state(state, str(path), num_heads), **kwargs}
     net = VisionTransformer(**timm_kwargs)
     _load_timm_strict(net, state, str(path))
     interp = pos_interp or _default_pos_interp(timm_kwargs["reg_tokens"])

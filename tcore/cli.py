@@ -1,0 +1,179 @@
+"""The `tcore` command line (also `python -m tcore`).
+
+Each subcommand is a thin function over one public function. Results go to stdout; progress,
+warnings and errors go to stderr. Known errors print `tcore: error: ...` and exit 1; `--debug`
+shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+_EXAMPLES = {
+    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/",
+    "inspect": "tcore inspect some_checkpoint.pth --json",
+    "download": "tcore download tcore_vits16.k400 tcore_vitb16",
+}
+
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+
+
+def _command(name: str, help_text: str):
+    """Register `add_arguments` + `run` functions for a subcommand."""
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        def register(run: Callable[[argparse.Namespace], int]):
+            _COMMANDS[name] = (add_arguments, run, help_text)
+            return run
+        return register
+    return wrap
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------- weights tools
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
+    p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
+    p.add_argument("--arch", default=None, help="tcore architecture (default: read from the checkpoint)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads, for sizes tcore does not know (weights do not record it)")
+
+
+@_command("convert", "official checkpoint -> model.safetensors + config.json")(_convert_args)
+def _convert(args: argparse.Namespace) -> int:
+    from .models import load_backbone
+    from .weights import sha256sum
+
+    if args.arch:
+        from .models import _CONSTRUCTORS
+
+        if args.arch not in _CONSTRUCTORS:
+            raise ValueError(f"--arch {args.arch!r}: expected one of {sorted(_CONSTRUCTORS)}")
+        model = _CONSTRUCTORS[args.arch](pretrained=args.checkpoint)
+    else:
+        model = load_backbone(args.checkpoint, **({"num_heads": args.num_heads} if args.num_heads else {}))
+    source = Path(args.checkpoint)
+    metadata = {"source": source.name}
+    if source.is_file():
+        metadata["source_sha256"] = sha256sum(source)
+    model.save_pretrained(args.output, **metadata)
+    print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
+    return 0
+
+
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a .pth / .safetensors file or a save_pretrained folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@_command("inspect", "layout, keys, architecture and sha256 of a checkpoint")(_inspect_args)
+def _inspect(args: argparse.Namespace) -> int:
+    from .weights import inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _download_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="arch or arch.tag (default: all released weights)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit sha on the Hub")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+
+
+@_command("download", "fill the Hugging Face cache for offline use; print each file's sha256")(_download_args)
+def _download(args: argparse.Namespace) -> int:
+    from .weights import download, get_pretrained, list_models, sha256sum
+
+    names = args.names or list_models()
+    for name in names:
+        entry = get_pretrained(name)
+        path = download(name, revision=args.revision, cache_dir=args.cache_dir)
+        status = "verified" if entry.sha256 else "unverified: no sha256 pinned in the registry"
+        print(f"{entry.name:<20} {sha256sum(path)}  {path}  ({status})")
+    return 0
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+@_command("models", "list the released weights and the paper's numbers")(_list_args)
+def _models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .weights import get_pretrained, list_models
+
+    entries = [get_pretrained(n) for n in list_models()]
+    if args.json:
+        print(json.dumps([asdict(e) | {"name": e.name} for e in entries], indent=2))
+        return 0
+    print(f"{'name':<20} {'data':<13} {'epochs':>6} {'DAVIS J&F':>9} {'VIP mIoU':>8} {'JHMDB PCK@.1':>12}  file")
+    for e in entries:
+        s = e.scores
+        print(f"{e.name:<20} {e.data:<13} {e.epochs:>6} {s.davis_jf:>9.1f} {s.vip_miou:>8.1f} "
+              f"{s.jhmdb_pck01:>12.1f}  {e.repo_id}/{e.filename}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- driver
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcore", description="T-CoRe backbones and label propagation.")
+    parser.add_argument("--version", action="version", version=f"tcore {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add_arguments, _, help_text) in _COMMANDS.items():
+        example = _EXAMPLES.get(name)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=f"example: {example}" if example else None)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and debug logs")
+        add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `tcore` command line; returns the exit status."""
+    from .weights import CheckpointError, WeightsUnavailableError
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    run = _COMMANDS[args.command][1]
+    try:
+        return run(args)
+    except (CheckpointError, WeightsUnavailableError, FileNotFoundError, ValueError, TypeError,
+            ImportError) as err:
+        if args.debug:
+            raise
+        _err(f"tcore: error: {err}")
+        _err("(run with --debug for the traceback)")
+        return 1
+    except KeyboardInterrupt:
+        _err("tcore: interrupted")
+        return 130

@@ -1,0 +1,207 @@
+"""The T-CoRe backbone equals the official ViT: an independent plain implementation written here
+from the spec, and the official code's own outputs in ../shared/golden."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import golden_inputs, shared_path
+
+import tcore
+from tcore.backbone import resize_pos_grid
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial values everywhere (LayerScale, registers, position table, norms)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.3 if "gamma" in name else 0.05 if "weight" in name and p.ndim > 1 else 0.5
+            p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if name.endswith("norm1.weight") else 0.0))
+    return model
+
+
+def plain_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, num_heads: int, patch: int = 16,
+                  masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The official forward written out: conv patchify, mask token, CLS, antialiased bicubic
+    position table, registers without position, pre-norm blocks with explicit softmax attention
+    and LayerScale, final LayerNorm (eps 1e-6)."""
+    b, _, hh, ww = x.shape
+    h, w = hh // patch, ww // patch
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
+    t = t.flatten(2).transpose(1, 2)
+    if masks is not None:
+        t = torch.where(masks[..., None], sd["mask_token"][None], t)
+    dim = t.shape[-1]
+    t = torch.cat([sd["cls_token"].expand(b, -1, -1), t], 1)
+    pos = sd["pos_embed"]
+    g = int(math.sqrt(pos.shape[1] - 1))
+    if (h, w) != (g, g):
+        grid = pos[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True)
+        pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, dim)], 1)
+    t = t + pos
+    regs = sd["register_tokens"]
+    t = torch.cat([t[:, :1], regs.expand(b, -1, -1), t[:, 1:]], 1)
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    hd = dim // num_heads
+    for i in range(depth):
+        p = lambda n: sd[f"blocks.{i}.{n}"]  # noqa: E731
+        y = F.layer_norm(t, (dim,), p("norm1.weight"), p("norm1.bias"), eps=1e-6)
+        qkv = (y @ p("attn.qkv.weight").T + p("attn.qkv.bias")).reshape(b, -1, 3, num_heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        att = torch.softmax((q * hd ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, -1, dim)
+        y = y @ p("attn.proj.weight").T + p("attn.proj.bias")
+        t = t + p("ls1.gamma") * y
+        y = F.layer_norm(t, (dim,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
+        y = F.gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias")) @ p("mlp.fc2.weight").T + p("mlp.fc2.bias")
+        t = t + p("ls2.gamma") * y
+    t = F.layer_norm(t, (dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+    r = regs.shape[1]
+    return {"cls": t[:, 0], "registers": t[:, 1:1 + r], "patches": t[:, 1 + r:].reshape(b, h, w, dim)}
+
+
+@pytest.fixture(scope="module")
+def vits16():
+    return _randomize(tcore.tcore_vits16(pretrained=False))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (480, 880)])
+def test_vits16_features_equal_plain_implementation(vits16, size):
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = vits16.forward_features(x)
+        ref = plain_forward(vits16.state_dict(), x, num_heads=6)
+    for key in ("cls", "registers", "patches"):
+        assert ours[key].shape == ref[key].shape
+        torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=1e-5)
+
+
+def test_mask_token_replaces_patches_before_position_embedding(tiny_backbone):
+    _randomize(tiny_backbone, seed=3)
+    x = torch.randn(2, 3, 64, 96)
+    masks = torch.rand(2, 4 * 6, generator=torch.Generator().manual_seed(0)) < 0.5
+    with torch.no_grad():
+        ours = tiny_backbone.forward_features(x, masks=masks)
+        ref = plain_forward(tiny_backbone.state_dict(), x, num_heads=2, masks=masks)
+        unmasked = tiny_backbone.forward_features(x)
+    torch.testing.assert_close(ours["patches"], ref["patches"], rtol=0, atol=1e-5)
+    assert not torch.allclose(ours["patches"], unmasked["patches"])
+
+
+@pytest.mark.parametrize("size", [(224, 224), (480, 880), (320, 480)])
+def test_official_tiny_vit_outputs_reproduced_through_public_loading(size):
+    from safetensors.torch import load_file
+
+    ckpt = shared_path("golden", "vit_tiny_official.pth")
+    gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
+    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=ckpt)
+    h, w = size
+    x = torch.from_numpy(golden_inputs().pattern_image(h, w))[None]
+    with torch.no_grad():
+        out = model.forward_features(x)
+    for key in ("patches", "cls", "registers"):
+        torch.testing.assert_close(out[key], gold[f"{key}_{h}x{w}"], rtol=0, atol=1e-5)
+
+
+def test_non_antialiased_resize_would_miss_the_golden_outputs():
+    """The golden outputs pin the resize: bicubic *without* antialias is far off."""
+    from safetensors.torch import load_file
+
+    gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
+    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pos_interp="dinov2",
+                                pretrained=shared_path("golden", "vit_tiny_official.pth"))
+    x = torch.from_numpy(golden_inputs().pattern_image(480, 880))[None]
+    with torch.no_grad():
+        wrong = model.patch_tokens(x)
+    assert (wrong - gold["patches_480x880"]).abs().max() > 1e-3
+
+
+def test_dropping_registers_would_miss_the_golden_outputs():
+    from safetensors.torch import load_file
+
+    gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
+    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2,
+                                pretrained=shared_path("golden", "vit_tiny_official.pth"))
+    sd = {k: v for k, v in model.state_dict().items()}
+    sd["register_tokens"] = sd["register_tokens"][:, :0]
+    x = torch.from_numpy(golden_inputs().pattern_image(224, 224))[None]
+    with torch.no_grad():
+        wrong = plain_forward(sd, x, num_heads=2)["patches"]
+    assert (wrong - gold["patches_224x224"]).abs().max() > 1e-3
+
+
+def test_pos_embed_resize_is_antialiased_bicubic_with_explicit_size():
+    grid = torch.randn(1, 14, 14, 8)
+    ours = resize_pos_grid(grid, (30, 55), "tcore")
+    ref = F.interpolate(grid.permute(0, 3, 1, 2), size=(30, 55), mode="bicubic", antialias=True)
+    plain = F.interpolate(grid.permute(0, 3, 1, 2), size=(30, 55), mode="bicubic", antialias=False)
+    torch.testing.assert_close(ours, ref.permute(0, 2, 3, 1).reshape(1, -1, 8), rtol=0, atol=0)
+    assert (ours - plain.permute(0, 2, 3, 1).reshape(1, -1, 8)).abs().max() > 1e-2
+
+
+def test_square_training_grid_uses_the_stored_table_unchanged():
+    grid = torch.randn(1, 14, 14, 8)
+    assert torch.equal(resize_pos_grid(grid, (14, 14), "tcore"), grid.reshape(1, 196, 8))
+
+
+def test_parameter_counts_equal_the_official_ones():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(tcore.tcore_vits16(pretrained=False)) == 21_676_800
+    assert count(tcore.tcore_vitb16(pretrained=False)) == 85_820_928
+
+
+def test_state_dict_names_are_the_official_backbone_keys(tiny_backbone):
+    keys = list(tiny_backbone.state_dict())
+    assert keys[:4] == ["cls_token", "pos_embed", "register_tokens", "mask_token"]
+    assert "blocks.1.ls2.gamma" in keys and "norm.bias" in keys and "patch_embed.proj.weight" in keys
+    assert tiny_backbone.state_dict()["pos_embed"].shape == (1, 197, 64)
+
+
+def test_patch_tokens_shape_and_no_prefix_tokens(tiny_backbone):
+    x = torch.randn(2, 3, 480, 880)
+    with torch.no_grad():
+        tokens = tiny_backbone.patch_tokens(x)
+        feats = tiny_backbone.forward_features(x)
+    assert tokens.shape == (2, 30, 55, 64)
+    assert torch.equal(tokens, feats["patches"])
+    assert feats["cls"].shape == (2, 64) and feats["registers"].shape == (2, 4, 64)
+
+
+def test_constructors_return_eval_mode_models(tiny_backbone):
+    assert not tiny_backbone.training
+    assert not tcore.tcore_vits16(pretrained=False).training
+
+
+def test_size_not_multiple_of_patch_is_a_clear_error(tiny_backbone):
+    with pytest.raises(ValueError, match=r"multiples of the patch size 16.*480x864"):
+        tiny_backbone.patch_tokens(torch.randn(1, 3, 481, 870))
+
+
+def test_wrong_channel_count_is_a_clear_error(tiny_backbone):
+    with pytest.raises(ValueError, match=r"3 RGB channels, got \(1, 4, 64, 64\)"):
+        tiny_backbone.patch_tokens(torch.randn(1, 4, 64, 64))
+
+
+def test_integer_images_are_rejected(tiny_backbone):
+    with pytest.raises(TypeError, match="ImageNet-normalised float"):
+        tiny_backbone.patch_tokens(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_bad_mask_shape_is_a_clear_error(tiny_backbone):
+    with pytest.raises(ValueError, match=r"masks: expected a bool tensor of shape \(1, 16\)"):
+        tiny_backbone.forward_features(torch.randn(1, 3, 64, 64), masks=torch.zeros(1, 15, dtype=torch.bool))
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny_backbone):
+    _randomize(tiny_backbone, seed=5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = tiny_backbone.patch_tokens(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny_backbone.patch_tokens(x)
+    cos = F.cosine_similarity(low.float().flatten(0, 2), ref.flatten(0, 2), dim=-1)
+    assert cos.min() > 0.99

@@ -1,0 +1,124 @@
+"""Packaging and boundaries: the wheel holds `tcore` only, `import tcore` is light, the inference
+package never imports training code, and the command line works."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, shared_path
+
+import tcore
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tcore", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _installed_distribution() -> metadata.Distribution:
+    """The `tcore` distribution installed in this interpreter's site-packages."""
+    (dist,) = metadata.Distribution.discover(name="tcore", path=[sysconfig.get_paths()["purelib"]])
+    return dist
+
+
+def _is_editable(dist: metadata.Distribution) -> bool:
+    direct = dist.read_text("direct_url.json")
+    return bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
+
+
+def _installed_files() -> list[str]:
+    """Files of the installed distribution; for an editable install, those of a freshly built wheel."""
+    dist = _installed_distribution()
+    if _is_editable(dist):
+        out = Path(__import__("tempfile").mkdtemp())
+        subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(out)], check=True, capture_output=True)
+        (wheel,) = out.glob("tcore-*.whl")
+        return zipfile.ZipFile(wheel).namelist()
+    return [str(f) for f in dist.files]
+
+
+def test_wheel_contains_the_tcore_package_only():
+    tops = {name.split("/")[0] for name in _installed_files()}
+    tops = {t for t in tops if not t.endswith((".dist-info", ".data")) and t not in {"..", "__pycache__"}}
+    assert tops == {"tcore"}, tops
+
+
+def test_tests_import_the_installed_package_not_a_shadow():
+    dist = _installed_distribution()
+    assert dist.version == tcore.__version__
+    if not _is_editable(dist):  # CI: a regular install, never the source tree
+        assert Path(sysconfig.get_paths()["purelib"]) in Path(tcore.__file__).parents
+
+
+def test_inference_package_never_imports_training():
+    for path in Path(tcore.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(n == "training" or n.startswith("training.") for n in names), path
+
+
+def test_import_tcore_is_light():
+    code = ("import sys, tcore; heavy = [m for m in ('timm', 'av', 'huggingface_hub', 'safetensors', 'cv2', "
+            "'scipy') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]" and out.stderr == ""
+
+
+def test_public_names_resolve():
+    for name in ("tcore_vits16", "tcore_vitb16", "load_backbone", "TCoReBackbone", "list_models"):
+        assert callable(getattr(tcore, name))
+    with pytest.raises(AttributeError):
+        tcore.not_a_name  # noqa: B018
+
+
+def test_version_flag():
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"tcore {tcore.__version__}"
+
+
+def test_cli_convert_then_load_the_folder(tmp_path, tiny_backbone):
+    ckpt = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in tiny_backbone.state_dict().items()}}, ckpt)
+    out = _cli("convert", str(ckpt), "-o", str(tmp_path / "conv"))
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "conv" / "config.json").read_text())
+    assert config["source"] == "teacher_checkpoint.pth" and len(config["source_sha256"]) == 64
+    loaded = tcore.TCoReBackbone.from_pretrained(str(tmp_path / "conv"))
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded.patch_tokens(x), tiny_backbone.patch_tokens(x))
+
+
+def test_cli_inspect_prints_architecture_and_sha256():
+    out = _cli("inspect", str(shared_path("golden", "vit_tiny_official.pth")), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["architecture"]["depth"] == 2 and len(report["sha256"]) == 64
+
+
+def test_cli_download_offline_fails_with_one_clear_message(tmp_path):
+    out = _cli("download", "tcore_vits16.in1k", "--cache-dir", str(tmp_path))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("tcore: error: could not get tcore_vits16.in1k")
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_bad_checkpoint_is_one_line_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    out = _cli("inspect", str(tmp_path / "junk.pth"))
+    assert out.returncode == 1 and "tcore: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_models_lists_the_release_table():
+    out = _cli("models")
+    assert out.returncode == 0 and "tcore_vitb16.k400" in out.stdout and "66.4" in out.stdout
