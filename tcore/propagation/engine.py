@@ -1,0 +1,482 @@
+"""The label-propagation engine: T-CoRe's semi-supervised protocol, exact and streaming.
+
+The protocol (spec `propagation-protocol.md` §5-§7). For a target frame t >= 1 and each of its
+h*w query cells, the keys are the cells of
+
+* frame 0, once, unrestricted;
+* frame 0 again, restricted to the radius, `n_context + 1 - t` times while t <= n_context (the
+  official code pads the video with `n_context` copies of frame 0);
+* the previous frames max(1, t - n_context) .. t-1, restricted to the radius,
+
+where "restricted" keeps the keys whose grid cell lies at a Euclidean distance < `radius` (strict,
+in grid cells) from the query's cell. Scores are cosines / `temperature` in fp32; the top `topk`
+keys of this multiset (duplicates count) get softmax weights, and the query's soft label is the
+weighted sum of their soft labels. Predictions are fed back as soft context labels; frame 0's
+output is its own labels.
+
+How it is computed here (same top-k multisets and weights, far less work; spec §13):
+
+* Frame 0: one score block serves both the unrestricted copy and the restricted ones. Its top-K
+  candidates are expanded by their multiplicity (1 + copies inside the radius, 1 outside), capped
+  at K, and the first K of that expansion are kept.
+* Previous frames: the grid is cut into bands of whole lines along its longer axis; a band's
+  queries only meet the key lines within the radius, so key lines out of reach are never scored.
+  The scores (F frames, n queries, K_b keys) are reduced to each key cell's best frame, the top-K
+  key cells are kept, and the top-K of their F*K scores follows.
+* The two candidate lists are merged with one more top-K, and softmax(score / temperature).
+
+Exactness: any element of a multiset's top-K is beaten by fewer than K elements counting
+multiplicity, hence by fewer than K distinct elements of its own block, so it is in that block's
+top-K; a copy count above K can never be used. Grouping the previous frames' scores by key cell
+is the same argument with groups: a group holding a top-K element has its maximum in the top-K
+of the group maxima. Up to exact ties (which the official top-k also breaks arbitrarily), the
+selected scores, their weights and the labels are those of the padded sequence.
+
+Memory: `Propagator` keeps frame 0 plus a deque of the last `n_context` frames' features and
+labels; nothing grows with the video length.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+__all__ = ["Propagator", "propagate_labels"]
+
+_FRAMES_PER_STEP = 8  # frames per `Propagator.step` call in `propagate_labels`
+# Query cells per band, per device type. CPU: measured on 30x55 grids (benchmarks/propagation.py).
+# CUDA: unmeasured guess that trades scored pairs for fewer kernel launches.
+_BAND_QUERIES = {"cpu": 150, "cuda": 512}
+_BAND_QUERIES_DEFAULT = 512
+_NORM_TOLERANCE = 1e-2  # |norm - 1| allowed for "L2-normalised" features (half-precision inputs)
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Query lines of the grid and the key lines that can lie within the radius of any of them."""
+
+    queries: slice  # internal cell positions of the band's queries
+    keys: slice  # internal cell positions of the keys it may meet
+    bias: torch.Tensor | None  # (n, K_b) 0 within the radius, -inf outside; None if all within
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """A grid's cell order, radius disc and bands.
+
+    Cells are ordered line-major along the longer axis: row-major (y, x) when h >= w, else
+    column-major (x, y), so that a band of lines is a contiguous range of cells.
+    """
+
+    h: int
+    w: int
+    transposed: bool  # True: internal order is (x, y)
+    disc: torch.Tensor  # (lines, cells) bool: offset (|d_line|, |d_cell|) lies within the radius
+    line: torch.Tensor  # (N,) int64 line index of each internal cell position
+    cell: torch.Tensor  # (N,) int64 position of each internal cell along its line
+    bands: tuple[_Band, ...]
+
+    def within(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Whether key cells lie within the radius of query cells (broadcasting int64 positions)."""
+        d_line = (self.line[queries] - self.line[keys]).abs()
+        d_cell = (self.cell[queries] - self.cell[keys]).abs()
+        return self.disc[d_line, d_cell]
+
+
+@dataclass
+class _State:
+    """What a `Propagator` holds between steps: frame 0 and the last `n_context` frames."""
+
+    geometry: _Geometry
+    first_features: torch.Tensor  # (N, D) fp32, internal cell order
+    first_labels: torch.Tensor  # (N, C) fp32, internal cell order
+    features: deque[torch.Tensor]  # each (N, D): frames max(1, t-n_context) .. t-1
+    labels: deque[torch.Tensor]  # each (N, C): their soft labels
+    t: int = field(default=1)  # index of the next frame
+
+
+def _build_geometry(h: int, w: int, radius: float, device: torch.device) -> _Geometry:
+    """Cell order, radius disc and bands of an (h, w) grid."""
+    transposed = w > h
+    lines, cells = (w, h) if transposed else (h, w)
+    d_line = torch.arange(lines, dtype=torch.float64)
+    d_cell = torch.arange(cells, dtype=torch.float64)
+    disc = torch.hypot(d_line[:, None], d_cell[None, :]) < radius  # (lines, cells)
+    reach = int(disc[:, 0].sum()) - 1  # the largest line offset within the radius
+    pos = torch.arange(lines * cells)
+    line, cell = pos // cells, pos % cells
+    per_band = max(1, round(_BAND_QUERIES.get(device.type, _BAND_QUERIES_DEFAULT) / cells))
+    if lines - 1 <= reach:  # every band would meet every key line: one band is cheaper
+        per_band = lines
+    bands = []
+    for l0 in range(0, lines, per_band):
+        l1 = min(lines, l0 + per_band)
+        k0, k1 = max(0, l0 - reach), min(lines, l1 + reach)
+        queries, keys = slice(l0 * cells, l1 * cells), slice(k0 * cells, k1 * cells)
+        within = disc[(line[queries, None] - line[None, keys]).abs(), (cell[queries, None] - cell[None, keys]).abs()]
+        bias = None
+        if not bool(within.all()):
+            bias = torch.zeros(within.shape).masked_fill_(~within, float("-inf")).to(device)
+        bands.append(_Band(queries, keys, bias))
+    return _Geometry(h, w, transposed, disc.to(device), line.to(device), cell.to(device), tuple(bands))
+
+
+def _first_frame_candidates(
+    query: torch.Tensor, first: torch.Tensor, geometry: _Geometry, copies: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K of frame 0's keys counted with multiplicity (1 + `copies` within the radius, else 1).
+
+    Args:
+        query: (N, D) fp32 unit features of the target frame, internal order.
+        first: (N, D) fp32 unit features of frame 0.
+        geometry: the grid's geometry.
+        copies: restricted copies of frame 0 in the target's context (0 once t > n_context).
+        k: top-K.
+
+    Returns:
+        (N, K) cosines in descending order and (N, K) int64 key cells of frame 0.
+    """
+    values, keys = (query @ first.T).topk(k, dim=1)  # (N, K) each, sorted
+    if copies == 0:
+        return values, keys
+    cells = torch.arange(query.shape[0], device=query.device)[:, None]
+    counts = (1 + copies * geometry.within(cells, keys).long()).clamp_(max=k)  # (N, K)
+    ranks = torch.arange(k, device=query.device).expand(query.shape[0], k).contiguous()
+    pick = torch.searchsorted(counts.cumsum(1), ranks, right=True)  # (N, K) candidate of each rank
+    return values.gather(1, pick), keys.gather(1, pick)
+
+
+def _short_term_candidates(
+    query: torch.Tensor, window: torch.Tensor, band: _Band, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-K of the previous frames' keys within the radius, for one band of queries.
+
+    Args:
+        query: (n, D) fp32 unit features of the band's query cells.
+        window: (F, N, D) fp32 unit features of the F >= 1 previous frames.
+        band: the band (key range and radius bias).
+        k: top-K.
+
+    Returns:
+        (n, K') cosines in descending order (-inf for keys outside the radius, chosen only when
+        fewer than K' lie within), (n, K') int64 frame index into `window` and (n, K') int64 key
+        cell; K' = min(K, F * K_b).
+    """
+    frames = window.shape[0]
+    scores = torch.matmul(query, window[:, band.keys].transpose(1, 2))  # (F, n, K_b)
+    best = scores.amax(0)  # (n, K_b) best frame of each key cell
+    if band.bias is not None:
+        best += band.bias
+    k_cells = min(k, best.shape[1])
+    cells = best.topk(k_cells, dim=1).indices  # (n, Kc): the top-K lies in these key cells
+    cand = scores.gather(2, cells.expand(frames, -1, -1))  # (F, n, Kc)
+    if band.bias is not None:
+        cand += band.bias.gather(1, cells)
+    cand = cand.permute(1, 0, 2).reshape(query.shape[0], frames * k_cells)  # (n, F*Kc), frame-major
+    values, flat = cand.topk(min(k, frames * k_cells), dim=1)
+    return values, flat // k_cells, cells.gather(1, flat % k_cells) + band.keys.start
+
+
+def _target_affinity(
+    query: torch.Tensor, first: torch.Tensor, window: torch.Tensor, window_slot: int, copies: int,
+    geometry: _Geometry, k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K selected keys of one target frame: their cosines and their cells in the label bank.
+
+    Args:
+        query: (N, D) fp32 unit features of the target frame.
+        first: (N, D) fp32 unit features of frame 0.
+        window: (F, N, D) fp32 unit features of its previous frames (F may be 0).
+        window_slot: label-bank slot of `window[0]` (slot 0 holds frame 0).
+        copies: restricted copies of frame 0 in its context.
+        geometry: the grid's geometry.
+        k: top-K.
+
+    Returns:
+        (N, K) cosines (descending) and (N, K) int64 flat label-bank indices (slot * N + cell).
+    """
+    values, sources = _first_frame_candidates(query, first, geometry, copies, k)
+    if window.shape[0] == 0:
+        return values, sources
+    n_cells = query.shape[0]
+    values, sources = values.clone(), sources.clone()
+    for band in geometry.bands:
+        q = band.queries
+        v, frame, cell = _short_term_candidates(query[q], window, band, k)
+        merged, pick = torch.cat([values[q], v], 1).topk(k, dim=1)  # (n, K)
+        sources[q] = torch.cat([sources[q], (window_slot + frame) * n_cells + cell], 1).gather(1, pick)
+        values[q] = merged
+    return values, sources
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """Run CUDA fp32 matmuls in full precision, even where the user enabled TF32 globally.
+
+    TF32 rounds inputs to 10 mantissa bits, which reorders close candidates (spec §13). The global
+    setting is restored on exit; this is not thread-safe against other threads changing it.
+    """
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    effective = previous if previous != "none" else torch.backends.fp32_precision
+    if device.type != "cuda" or effective != "tf32":
+        yield
+        return
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
+
+
+def _check_tensor(name: str, x: object, shape_doc: str, ndim: int) -> torch.Tensor:
+    """A floating tensor of `ndim` dimensions, or a clear error naming the argument."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {shape_doc}, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name}: expected shape {shape_doc}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}; convert it with .float()")
+    return x
+
+
+def _check_unit_norm(name: str, x: torch.Tensor) -> None:
+    """Features must be L2-normalised over their last axis (scores are plain dot products)."""
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    if not bool(((norms - 1).abs() <= _NORM_TOLERANCE).all()):
+        bad = norms[~((norms - 1).abs() <= _NORM_TOLERANCE)][0].item()
+        raise ValueError(
+            f"{name}: features must be L2-normalised over D (found a norm of {bad:.4g}); "
+            "apply torch.nn.functional.normalize(features, dim=-1) first"
+        )
+
+
+def _check_positive_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+class Propagator:
+    """Streaming label propagation with T-CoRe's protocol (top-K affinity over frame 0 and the
+    previous `n_context` frames, frame 0 counted with the padded sequence's multiplicities).
+
+    >>> prop = Propagator(topk=7, temperature=0.7, radius=20, n_context=20)
+    >>> out0 = prop.reset(features[0], first_labels)   # (C, h, w): frame 0's labels
+    >>> out = prop.step(features[1:9])                 # (8, C, h, w)
+
+    Memory is bounded by the context (frame 0 + `n_context` frames), not the video length.
+    Tensors stay on the device of the first frame's features (CPU or CUDA); scores are fp32.
+    `step` results do not depend on how frames are grouped into steps.
+
+    Args:
+        topk: number K of keys each query takes (7 for DAVIS and JHMDB, 10 for VIP).
+        temperature: softmax temperature applied to the cosines (0.7 in the paper).
+        radius: spatial radius in grid cells for the previous frames (strict `<`; 20 in the paper).
+        n_context: number of previous frames in the context (20 in the paper).
+
+    Raises:
+        ValueError: a hyper-parameter out of range.
+    """
+
+    def __init__(self, topk: int = 7, temperature: float = 0.7, radius: float = 20, n_context: int = 20) -> None:
+        self.topk = _check_positive_int("topk", topk, 1)
+        self.temperature = _check_positive_float("temperature", temperature)
+        self.radius = _check_positive_float("radius", radius)
+        self.n_context = _check_positive_int("n_context", n_context, 0)
+        self._state: _State | None = None
+
+    def __repr__(self) -> str:
+        return (f"Propagator(topk={self.topk}, temperature={self.temperature}, radius={self.radius:g}, "
+                f"n_context={self.n_context})")
+
+    @property
+    def frame_index(self) -> int:
+        """Index of the next frame `step` expects (1 right after `reset`)."""
+        return self._require_state().t
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor memory held between steps (features, labels and grid geometry)."""
+        if self._state is None:
+            return 0
+        s, g = self._state, self._state.geometry
+        tensors = [s.first_features, s.first_labels, *s.features, *s.labels, g.disc, g.line, g.cell]
+        tensors += [band.bias for band in g.bands if band.bias is not None]
+        return sum(x.numel() * x.element_size() for x in tensors)
+
+    @torch.inference_mode()
+    def reset(self, first_features: torch.Tensor, first_labels: torch.Tensor) -> torch.Tensor:
+        """Start a video.
+
+        Args:
+            first_features: (h, w, D) float, L2-normalised over D: frame 0's features.
+            first_labels: (C, h, w) float soft labels of frame 0 (e.g. one-hot averaged to the grid).
+
+        Returns:
+            (C, h, w) fp32: frame 0's output, i.e. its own labels.
+
+        Raises:
+            TypeError: an argument is not a tensor.
+            ValueError: bad shapes, dtypes, devices, norms, or `topk` larger than h*w.
+        """
+        feats = _check_tensor("first_features", first_features, "(h, w, D)", 3)
+        labels = _check_tensor("first_labels", first_labels, "(C, h, w)", 3)
+        h, w, dim = feats.shape
+        if tuple(labels.shape[1:]) != (h, w) or labels.shape[0] < 1:
+            raise ValueError(f"first_labels: expected shape (C, {h}, {w}) matching first_features "
+                             f"{tuple(feats.shape)}, got {tuple(labels.shape)}")
+        if labels.device != feats.device:
+            raise ValueError(f"first_labels is on {labels.device} but first_features on {feats.device}; "
+                             "move both to the same device")
+        if dim < 1:
+            raise ValueError(f"first_features: feature width D must be >= 1, got shape {tuple(feats.shape)}")
+        if self.topk > h * w:
+            raise ValueError(f"topk={self.topk} exceeds the {h}x{w}={h * w} keys of a frame; "
+                             "use a smaller topk or a finer grid")
+        _check_unit_norm("first_features", feats)
+        if not bool(torch.isfinite(labels).all()):
+            raise ValueError("first_labels: contains NaN or infinite values")
+        geometry = _build_geometry(h, w, self.radius, feats.device)
+        self._state = _State(
+            geometry=geometry,
+            first_features=_to_cells(feats[None], geometry)[0].clone(),
+            first_labels=_labels_to_cells(labels, geometry),
+            features=deque(maxlen=self.n_context),
+            labels=deque(maxlen=self.n_context),
+        )
+        return labels.to(torch.float32, copy=True).contiguous()
+
+    @torch.inference_mode()
+    def step(self, features: torch.Tensor) -> torch.Tensor:
+        """Propagate to the next k frames.
+
+        The k frames' affinities are computed first (they depend on features only), then the
+        label recurrence runs frame by frame; the result equals k steps of one frame.
+
+        Args:
+            features: (k, h, w, D) float, L2-normalised over D: the next k frames, same grid, width
+                and device as frame 0.
+
+        Returns:
+            (k, C, h, w) fp32 soft labels of these frames.
+
+        Raises:
+            RuntimeError: `reset` was not called.
+            TypeError: `features` is not a tensor.
+            ValueError: bad shape, dtype, device or norms.
+        """
+        state = self._require_state()
+        frames = self._check_frames(features, state)
+        n_new, n_cells = frames.shape[0], frames.shape[1]
+        n_old = len(state.features)
+        window = torch.cat([*(f[None] for f in state.features), frames]) if n_old else frames  # (F, N, D)
+        base = state.t - n_old  # frame index of window[0]
+        values = frames.new_empty((n_new, n_cells, self.topk))
+        sources = torch.empty((n_new, n_cells, self.topk), dtype=torch.long, device=frames.device)
+        with _ieee_fp32_matmul(frames.device):
+            for i in range(n_new):
+                t = state.t + i
+                lo = max(1, t - self.n_context)
+                values[i], sources[i] = _target_affinity(
+                    frames[i], state.first_features, window[lo - base:t - base], 1 + lo - base,
+                    max(0, self.n_context + 1 - t), state.geometry, self.topk,
+                )
+        weights = torch.softmax(values / self.temperature, dim=-1)  # (k, N, K)
+        bank = torch.cat([state.first_labels[None], *(x[None] for x in state.labels),
+                          state.first_labels.new_empty((n_new, *state.first_labels.shape))])  # (1+F0+k, N, C)
+        flat = bank.view(-1, bank.shape[-1])  # (slots*N, C)
+        for i in range(n_new):
+            bank[1 + n_old + i] = (weights[i, :, :, None] * flat[sources[i]]).sum(1)  # (N, C)
+        new_labels = bank[1 + n_old:]  # (k, N, C)
+        for i in range(n_new):
+            state.features.append(frames[i].clone())
+            state.labels.append(new_labels[i].clone())
+        state.t += n_new
+        return _labels_from_cells(new_labels, state.geometry)
+
+    def _require_state(self) -> _State:
+        if self._state is None:
+            raise RuntimeError("Propagator.reset(first_features, first_labels) must be called before step()")
+        return self._state
+
+    def _check_frames(self, features: object, state: _State) -> torch.Tensor:
+        """(k, h, w, D) user frames -> (k, N, D) fp32 in internal cell order, or a clear error."""
+        feats = _check_tensor("features", features, "(k, h, w, D)", 4)
+        g, dim = state.geometry, state.first_features.shape[1]
+        if tuple(feats.shape[1:3]) != (g.h, g.w):
+            raise ValueError(f"features: grid {tuple(feats.shape[1:3])} differs from frame 0's ({g.h}, {g.w}); "
+                             "call reset() to start a video with another grid")
+        if feats.shape[3] != dim:
+            raise ValueError(f"features: width D={feats.shape[3]} differs from frame 0's D={dim}")
+        if feats.device != state.first_features.device:
+            raise ValueError(f"features are on {feats.device} but frame 0 was on {state.first_features.device}; "
+                             "keep one device per video")
+        _check_unit_norm("features", feats)
+        return _to_cells(feats, g)
+
+
+def _to_cells(feats: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(k, h, w, D) -> (k, N, D) fp32 contiguous in internal cell order."""
+    if geometry.transposed:
+        feats = feats.transpose(1, 2)  # (k, w, h, D)
+    return feats.reshape(feats.shape[0], -1, feats.shape[-1]).to(torch.float32).contiguous()
+
+
+def _labels_to_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(C, h, w) -> (N, C) fp32, a new contiguous tensor in internal cell order."""
+    cells = labels.permute(2, 1, 0) if geometry.transposed else labels.permute(1, 2, 0)  # (w, h, C) | (h, w, C)
+    out = torch.empty((geometry.h * geometry.w, labels.shape[0]), dtype=torch.float32, device=labels.device)
+    return out.copy_(cells.reshape(-1, labels.shape[0]))
+
+
+def _labels_from_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(k, N, C) internal cell order -> (k, C, h, w) contiguous."""
+    k, _, c = labels.shape
+    if geometry.transposed:
+        return labels.view(k, geometry.w, geometry.h, c).permute(0, 3, 2, 1).contiguous()  # (k, C, h, w)
+    return labels.view(k, geometry.h, geometry.w, c).permute(0, 3, 1, 2).contiguous()  # (k, C, h, w)
+
+
+def propagate_labels(
+    features: torch.Tensor, first_labels: torch.Tensor, topk: int = 7, temperature: float = 0.7,
+    radius: float = 20, n_context: int = 20,
+) -> torch.Tensor:
+    """Propagate frame 0's soft labels through a video with T-CoRe's protocol.
+
+    A loop over `Propagator.step`; see `Propagator` for the protocol and its arguments.
+
+    Args:
+        features: (T, h, w, D) float, L2-normalised over D, T >= 1: every frame's features.
+        first_labels: (C, h, w) float soft labels of frame 0.
+        topk: keys per query (7 for DAVIS and JHMDB, 10 for VIP).
+        temperature: softmax temperature on cosines (0.7).
+        radius: spatial radius in grid cells for the previous frames (strict; 20).
+        n_context: previous frames in the context (20).
+
+    Returns:
+        (T, C, h, w) fp32 soft labels on `features`' device; frame 0's are `first_labels`.
+
+    Raises:
+        TypeError: an argument is not a tensor.
+        ValueError: bad shapes, dtypes, devices, norms or hyper-parameters.
+    """
+    feats = _check_tensor("features", features, "(T, h, w, D)", 4)
+    if feats.shape[0] < 1:
+        raise ValueError("features: expected at least one frame (T >= 1), got T=0")
+    prop = Propagator(topk=topk, temperature=temperature, radius=radius, n_context=n_context)
+    first = prop.reset(feats[0], first_labels)
+    out = torch.empty((feats.shape[0], *first.shape), dtype=torch.float32, device=feats.device)  # (T, C, h, w)
+    out[0] = first
+    for t0 in range(1, feats.shape[0], _FRAMES_PER_STEP):
+        out[t0:t0 + _FRAMES_PER_STEP] = prop.step(feats[t0:t0 + _FRAMES_PER_STEP])
+    return out
