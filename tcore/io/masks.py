@@ -1,0 +1,296 @@
+"""Object-id masks: reading every convention users bring, writing indexed PNGs, the DAVIS palette.
+
+A mask is an (H, W) uint8 array of object ids: 0 is background, 1..254 are objects (ids need not
+be consecutive). 255 is never an object id: palette PNGs use it for void pixels (DAVIS, VOC).
+
+How `read_mask` reads a mask:
+
+- palette ("P") image: the palette indices are the ids; 255 (void) becomes background 0, as
+  DAVIS-2017's own evaluator does; the palette is returned.
+- grey image ("L", 16-bit "I;16", "I") and (H, W) arrays (integer, bool, or float with integer
+  values; numpy or torch), values in [0, 255]:
+  * only {0, 255}: one object (255 -> 1);
+  * object ids (kept as given) when 255 does not occur together with other non-zero values and at
+    most `MAX_GREY_IDS` (32) distinct non-zero values occur;
+  * anything else is a soft mask (anti-aliased edges, a probability or saliency map, a JPEG):
+    a ValueError that suggests `threshold=`. To read a grey image with more ids, or with 255 as
+    void, pass it as a palette image (`image.putpalette(DAVIS_PALETTE.tobytes())`).
+- colour image (RGB, RGBA: alpha ignored; JPEG): each distinct colour is one object, black is
+  background, objects numbered 1..N in lexicographic (R, G, B) order; at most 254 colours. An
+  image whose pixels all have R == G == B is read as a grey image.
+- `threshold=T`: pixels whose grey value (colour images: luminance, ITU-R 601-2 as PIL's "L")
+  is >= T are object 1, the rest background. Palette images refuse it (they hold ids already).
+"""
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ._common import as_numpy, describe, is_path, is_tensor
+
+__all__ = ["DAVIS_PALETTE", "MAX_GREY_IDS", "read_mask", "write_mask", "write_masks"]
+
+MAX_GREY_IDS = 32  # a grey mask with more distinct non-zero values is taken to be soft
+_MAX_COLOURS = 254  # ids 1..254; 255 is void in palette PNGs
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def _davis_palette() -> np.ndarray:
+    """The DAVIS-2017 palette: VOC's bit pattern with 191 for 192 (indices 0..21), grey after."""
+    index = np.arange(256)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for channel in range(3):  # bit 3j+c of the index is bit 7-j of channel c
+        for j in range(8):
+            palette[:, channel] |= (((index >> (3 * j + channel)) & 1) << (7 - j)).astype(np.uint8)
+    palette[:22][palette[:22] == 192] = 191
+    palette[22:] = index[22:, None]
+    return palette
+
+
+DAVIS_PALETTE: np.ndarray = _davis_palette()
+"""(256, 3) uint8: the palette of DAVIS-2017 annotations (index 1 is (128, 0, 0), 9 is (191, 0, 0))."""
+DAVIS_PALETTE.flags.writeable = False
+
+
+def read_mask(source: Any, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a first-frame mask as object ids (see the module docstring for every convention).
+
+    Args:
+        source: a path to an image file (PNG, JPEG, ...), a PIL image, or an (H, W) numpy array or
+            torch tensor (integer, bool or float; (H, W, 3) uint8 arrays are colour masks).
+        threshold: binarise a grey or colour mask: values (luminance) >= threshold are object 1.
+
+    Returns:
+        ids: (H, W) uint8 object ids, 0 = background.
+        palette: (256, 3) uint8 for a palette image (entries it lacks are DAVIS colours), else None.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a soft mask without `threshold` (the message suggests one), values outside
+            [0, 255], more than 254 colours, `threshold` with a palette image, an unreadable file.
+        TypeError: an unsupported source or dtype.
+    """
+    _check_threshold(threshold)
+    if is_path(source):
+        image, label = _open_image(Path(source)), f"mask {str(source)!r}"
+    elif isinstance(source, Image.Image):
+        image, label = source, f"mask (PIL image, mode {source.mode})"
+    elif isinstance(source, np.ndarray) or is_tensor(source):
+        return _ids_from_array(as_numpy(source), threshold, f"mask ({describe(source)})"), None
+    else:
+        raise TypeError(f"mask: expected a path, a PIL image, or an (H, W) numpy array or torch tensor "
+                        f"of object ids, got {describe(source)}")
+    return _ids_from_image(image, threshold, label)
+
+
+def _check_threshold(threshold: Any) -> None:
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold != threshold:
+        raise TypeError(f"threshold: expected a number such as 128 (or 0.5 for probabilities), got {threshold!r}")
+
+
+def _open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"mask: no such file: {str(path)!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except _PIL_ERRORS as err:
+        raise ValueError(f"mask {str(path)!r} could not be read as an image: {err}") from err
+    return image
+
+
+def _ids_from_image(image: Image.Image, threshold: float | None,
+                    label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if image.mode in ("P", "PA"):
+        if threshold is not None:
+            raise ValueError(f"{label}: threshold= binarises grey or colour masks, but this palette "
+                             f"image already holds object ids; drop threshold=")
+        ids = np.array(image.getchannel(0), dtype=np.uint8)
+        ids[ids == 255] = 0  # void
+        return ids, _as_palette(image.getpalette("RGB") or None)
+    if len(image.getbands()) == 1:  # "1", "L", "I;16", "I", "F"
+        return _ids_from_grey(np.asarray(image), threshold, label), None
+    if image.mode == "LA":
+        return _ids_from_grey(np.asarray(image.getchannel("L")), threshold, label), None
+    return _ids_from_colour(np.asarray(image.convert("RGB")), threshold, label), None
+
+
+def _ids_from_array(array: np.ndarray, threshold: float | None, label: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+        return _ids_from_colour(np.ascontiguousarray(array[..., :3]), threshold, label)
+    if array.ndim != 2:
+        hint = " Drop the leading dimension: mask[0]." if array.ndim == 3 and array.shape[0] == 1 else ""
+        raise ValueError(f"{label}: expected an (H, W) array of object ids.{hint}")
+    if not (array.dtype == bool or np.issubdtype(array.dtype, np.number)) or np.iscomplexobj(array):
+        raise TypeError(f"{label}: expected integer, bool or float values")
+    return _ids_from_grey(array, threshold, label)
+
+
+def _ids_from_grey(values: np.ndarray, threshold: float | None, label: str) -> np.ndarray:
+    """(H, W) grey values -> uint8 ids, by the grey rule of the module docstring."""
+    if threshold is not None:
+        return (values >= threshold).astype(np.uint8)
+    if values.dtype == bool:
+        return values.astype(np.uint8)
+    low, high = float(values.min()), float(values.max())
+    if np.issubdtype(values.dtype, np.floating):
+        if np.isnan(low) or np.isnan(high) or not np.array_equal(values, np.round(values)):
+            example = 0.5 if high <= 1 else 128
+            raise ValueError(f"{label}: has fractional values in [{low:g}, {high:g}], not object ids; "
+                             f"binarise it with threshold=, e.g. threshold={example}")
+    if low < 0 or high > 255:
+        raise ValueError(f"{label}: object ids must be in [0, 255], got values in [{low:g}, {high:g}]; "
+                         f"for a soft 16-bit mask pass threshold= (e.g. threshold={high / 2:g})")
+    ids = values.astype(np.uint8)
+    levels = np.flatnonzero(np.bincount(ids.ravel(), minlength=256)[1:]) + 1  # non-zero values present
+    if levels.size == 0 or levels.tolist() == [255]:
+        return (ids == 255).astype(np.uint8)
+    if levels[-1] == 255 or levels.size > MAX_GREY_IDS:
+        raise _soft_mask_error(label, levels)
+    return ids
+
+
+def _soft_mask_error(label: str, levels: np.ndarray) -> ValueError:
+    return ValueError(
+        f"{label} looks like a soft mask (anti-aliased edges, a probability or saliency map, or a "
+        f"JPEG), not object ids: it has {levels.size} distinct non-zero grey levels "
+        f"({levels[0]}..{levels[-1]}). Binarise it with threshold=, e.g. threshold=128 "
+        f"(command line: --threshold 128). A grey mask is read as ids only when it is {{0, 255}} "
+        f"or has at most {MAX_GREY_IDS} non-zero values without 255. If these values really are "
+        f"object ids (255 = void), pass a palette image: "
+        f"img = PIL.Image.open(path); img.putpalette(tcore.io.DAVIS_PALETTE.tobytes())")
+
+
+def _ids_from_colour(rgb: np.ndarray, threshold: float | None, label: str) -> np.ndarray:
+    """(H, W, 3) uint8 colours -> uint8 ids: one object per colour, black = background."""
+    if threshold is not None:
+        luminance = np.asarray(Image.fromarray(rgb).convert("L"))
+        return (luminance >= threshold).astype(np.uint8)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if np.array_equal(red, green) and np.array_equal(green, blue):
+        return _ids_from_grey(red, None, label)
+    packed = (red.astype(np.uint32) << 16) | (green.astype(np.uint32) << 8) | blue  # (H, W) 0xRRGGBB
+    colours = np.unique(packed)
+    colours = colours[colours != 0]
+    if colours.size > _MAX_COLOURS:
+        raise ValueError(
+            f"{label} has {colours.size} distinct colours; a colour mask may hold at most "
+            f"{_MAX_COLOURS} objects. A JPEG or anti-aliased mask has many colours: binarise it "
+            f"with threshold=, e.g. threshold=128, or save the ids as a palette PNG")
+    ids = (np.searchsorted(colours, packed) + 1).astype(np.uint8)
+    ids[packed == 0] = 0
+    return ids
+
+
+def _as_palette(palette: Any) -> np.ndarray:
+    """(N, 3) or flat (3N,) colours, N <= 256, -> (256, 3) uint8, padded with DAVIS colours."""
+    if palette is None:
+        return DAVIS_PALETTE
+    colours = np.asarray(palette)
+    if colours.ndim == 1 and colours.size % 3 == 0:
+        colours = colours.reshape(-1, 3)
+    if (colours.ndim != 2 or colours.shape[1] != 3 or len(colours) > 256
+            or not np.issubdtype(colours.dtype, np.integer)):
+        raise ValueError(f"palette: expected up to 256 RGB colours as an (N, 3) integer array or a flat "
+                         f"list of 3N values, got {describe(colours)}")
+    if colours.size and (colours.min() < 0 or colours.max() > 255):
+        raise ValueError(f"palette: colours must be in [0, 255], got [{colours.min()}, {colours.max()}]")
+    return np.concatenate([colours.astype(np.uint8), DAVIS_PALETTE[len(colours):]])
+
+
+def _check_ids(ids: Any, name: str) -> np.ndarray:
+    """An (H, W) mask of object ids in [0, 254] as uint8, or an error naming `name`."""
+    array = as_numpy(ids)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected an (H, W) mask of object ids, got {describe(ids)}")
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: object ids must be integers, got {describe(ids)}; "
+                        f"convert with .round().astype(np.uint8) or threshold the probabilities")
+    if array.size and (array.min() < 0 or array.max() > _MAX_COLOURS):
+        raise ValueError(f"{name}: object ids must be in [0, {_MAX_COLOURS}] (255 is void in palette "
+                         f"PNGs), got values in [{array.min()}, {array.max()}]")
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def write_mask(path: str | Path, ids: Any, palette: Any = None) -> Path:
+    """Write one mask as an indexed (palette) PNG, the format of DAVIS annotations.
+
+    Args:
+        path: output file, ending in ".png"; its folder is created.
+        ids: (H, W) integer or bool object ids in [0, 254] (numpy array or torch tensor).
+        palette: (N, 3) colours (N <= 256; missing entries are DAVIS colours); None = DAVIS-2017.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path: indexed masks are PNG files, got {str(path)!r}; end the name with .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_png(path, _check_ids(ids, "ids"), _as_palette(palette))
+    return path
+
+
+def _write_png(path: Path, ids: np.ndarray, palette: np.ndarray) -> None:
+    """Write checked uint8 (H, W) ids with a (256, 3) uint8 palette as a "P" mode PNG."""
+    image = Image.fromarray(ids)  # mode "L"
+    image.putpalette(palette.tobytes())  # -> mode "P", 256 colours
+    image.save(path)
+
+
+def write_masks(out_dir: str | Path, masks: Any, palette: Any = None,
+                names: Sequence[str] | None = None) -> list[Path]:
+    """Write masks as indexed PNGs `<out_dir>/<name>.png`, streaming.
+
+    Args:
+        out_dir: output folder (created).
+        masks: (T, H, W) integer ids (numpy array or torch tensor), or an iterable of (H, W) masks,
+            or of `(t, mask)` pairs as `propagate_masks(..., stream=True)` yields (t picks the name).
+        palette: the input mask's palette (from `read_mask`), or None for the DAVIS-2017 palette.
+        names: per-frame names without suffix, e.g. `read_video(...).names`; default "00000", ...
+
+    Returns:
+        The paths written, in order.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = _as_palette(palette)
+    names = None if names is None else list(names)
+    if names is not None and (isinstance(masks, np.ndarray) or is_tensor(masks)) and len(masks) != len(names):
+        raise ValueError(f"names: {len(names)} names for {len(masks)} masks; pass one name per mask")
+    paths = []
+    for t, ids in _iter_masks(masks):
+        if names is not None and not 0 <= t < len(names):
+            raise ValueError(f"names: no name for mask {t} ({len(names)} names given)")
+        name = f"{t:05d}" if names is None else names[t]
+        path = out / f"{name}.png"
+        _write_png(path, _check_ids(ids, f"masks[{t}]"), colours)
+        paths.append(path)
+    if not paths:
+        raise ValueError("masks: nothing to write (no masks given)")
+    return paths
+
+
+def _iter_masks(masks: Any) -> Iterator[tuple[int, Any]]:
+    """(t, (H, W) mask) from a (T, H, W) array/tensor or an iterable of masks or (t, mask) pairs."""
+    if isinstance(masks, np.ndarray) or is_tensor(masks):
+        if masks.ndim != 3:
+            raise ValueError(f"masks: expected (T, H, W) object ids, got {describe(masks)}"
+                             + ("; for one mask use write_mask" if masks.ndim == 2 else ""))
+        yield from enumerate(masks)
+        return
+    if isinstance(masks, (str, bytes, Path)) or not isinstance(masks, Iterable):
+        raise TypeError(f"masks: expected a (T, H, W) array or an iterable of (H, W) masks, got {describe(masks)}")
+    for position, item in enumerate(masks):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, np.integer)):
+            yield int(item[0]), item[1]
+        else:
+            yield position, item
