@@ -306,13 +306,17 @@ class Propagator:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of tensor memory held between steps (features, labels and grid geometry)."""
+        """Bytes of tensor storage held between steps (features, labels and grid geometry).
+
+        Whole storages are counted, so a view that kept a larger buffer alive would show.
+        """
         if self._state is None:
             return 0
         s, g = self._state, self._state.geometry
         tensors = [s.first_features, s.first_labels, *s.features, *s.labels, g.disc, g.line, g.cell]
         tensors += [band.bias for band in g.bands if band.bias is not None]
-        return sum(x.numel() * x.element_size() for x in tensors)
+        storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in tensors}
+        return sum(storages.values())
 
     @torch.inference_mode()
     def reset(self, first_features: torch.Tensor, first_labels: torch.Tensor) -> torch.Tensor:
@@ -429,7 +433,7 @@ def _to_cells(feats: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
     """(k, h, w, D) -> (k, N, D) fp32 contiguous in internal cell order."""
     if geometry.transposed:
         feats = feats.transpose(1, 2)  # (k, w, h, D)
-    return feats.reshape(feats.shape[0], -1, feats.shape[-1]).to(torch.float32).contiguous()
+    return feats.reshape(feats.shape[0], geometry.h * geometry.w, feats.shape[-1]).to(torch.float32).contiguous()
 
 
 def _labels_to_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:

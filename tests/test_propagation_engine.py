@@ -1,0 +1,326 @@
+"""The propagation engine against a literal implementation of the official protocol and its golden outputs.
+
+The literal implementation below builds the padded sequence of T + n_context frames exactly as the
+official code does (spec propagation-protocol.md §5-§7): dense affinities over n_context + 1 key
+slots, the radius mask added to the short-term slots only, top-k over all (n_context + 1) * h * w
+keys, softmax over the k, soft labels fed back.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tcore
+from tcore.propagation import Propagator, engine, propagate_labels
+
+from helpers import golden_inputs, shared_path
+
+TOL = 1e-6
+
+
+def literal_propagation(features: torch.Tensor, first_labels: torch.Tensor, topk: int, temperature: float,
+                        radius: float, n_context: int, *, pad_with_first: bool = True,
+                        radius_on_first: bool = False) -> torch.Tensor:
+    """(T, h, w, D), (C, h, w) -> (T, C, h, w), written the way the official code runs.
+
+    `pad_with_first=False` and `radius_on_first=True` are the two classic mistakes (frame 0's
+    multiplicities dropped; frame 0 restricted to the radius), used to show the tests can fail.
+    """
+    frames, h, w, dim = features.shape
+    n_cells, n_classes = h * w, first_labels.shape[0]
+    feats = features.reshape(frames, n_cells, dim).float()  # (T, N, D)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()  # (N, 2)
+    mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float()  # (N_key, N_query)
+    if pad_with_first:  # extended index e holds real frame max(0, e - n_context)
+        real = [max(0, e - n_context) for e in range(frames + n_context)]
+        slots_of = lambda t: [0] + list(range(t, t + n_context))  # noqa: E731
+        query_slot = lambda t: t + n_context  # noqa: E731
+    else:  # frame 0 once, then the distinct previous frames
+        real = list(range(frames))
+        slots_of = lambda t: [0] + list(range(max(1, t - n_context), t))  # noqa: E731
+        query_slot = lambda t: t  # noqa: E731
+    labels = {e: first_labels.reshape(n_classes, n_cells).float() for e, r in enumerate(real) if r == 0}
+    out = [first_labels.float()]
+    for t in range(1, frames):
+        slots = slots_of(t)
+        scores = torch.stack([feats[real[e]] @ feats[t].T for e in slots])  # (S, N_key, N_query)
+        scores[0 if radius_on_first else 1:] += mask
+        scores = (scores / temperature).reshape(len(slots) * n_cells, n_cells)  # (S*N_key, N_query)
+        values, index = scores.topk(topk, dim=0)  # (K, N_query)
+        weights = torch.softmax(values, dim=0)
+        context = torch.cat([labels[e] for e in slots], 1)  # (C, S*N_key)
+        pred = (context[:, index] * weights[None]).sum(1)  # (C, N_query)
+        labels[query_slot(t)] = pred
+        out.append(pred.reshape(n_classes, h, w))
+    return torch.stack(out)
+
+
+def drifting_video(frames: int, h: int, w: int, dim: int, seed: int, drift: float = 0.15) -> torch.Tensor:
+    """(T, h, w, D) random unit features that drift a little from frame to frame."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(h, w, dim, generator=gen)]
+    for _ in range(frames - 1):
+        feats.append(feats[-1] + drift * torch.randn(h, w, dim, generator=gen))
+    return F.normalize(torch.stack(feats), dim=-1)
+
+
+def moving_video(frames: int, h: int, w: int, dim: int, seed: int, shift: int) -> torch.Tensor:
+    """(T, h, w, D) unit features of a random texture sliding `shift` cells right per frame."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(h, w, dim, generator=gen)
+    feats = [base.roll(shift * t, dims=1) + 0.05 * torch.randn(h, w, dim, generator=gen) for t in range(frames)]
+    return F.normalize(torch.stack(feats), dim=-1)
+
+
+def soft_labels(n_classes: int, h: int, w: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(n_classes, h, w, generator=gen), dim=0)
+
+
+def assert_same_labels(ours: torch.Tensor, reference: torch.Tensor, tol: float = TOL) -> None:
+    assert ours.shape == reference.shape
+    assert ours.dtype == torch.float32
+    assert (ours - reference).abs().max().item() <= tol
+    assert torch.equal(ours.argmax(1), reference.argmax(1))
+
+
+def run_in_steps(features: torch.Tensor, labels: torch.Tensor, sizes: list[int], **params) -> torch.Tensor:
+    prop = Propagator(**params)
+    out, t = [prop.reset(features[0], labels)[None]], 1
+    for size in sizes:
+        out.append(prop.step(features[t:t + size]))
+        t += size
+    assert t == features.shape[0]
+    return torch.cat(out)
+
+
+# --- exactness against the literal padded sequence -------------------------------------------------
+
+@pytest.mark.parametrize("grid", [(7, 7), (6, 13), (13, 6), (5, 40)])
+@pytest.mark.parametrize("topk", [7, 10])
+def test_engine_equals_literal_padded_sequence_before_and_after_n_context(grid, topk):
+    h, w = grid
+    feats, labels = drifting_video(12, h, w, 12, seed=h * w + topk), soft_labels(3, h, w, seed=1)
+    params = dict(topk=topk, temperature=0.7, radius=3, n_context=4)  # frames 1..4 padded, 5..11 not
+    assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
+
+
+def test_engine_equals_literal_with_paper_context_on_a_wide_grid():
+    feats, labels = drifting_video(24, 8, 30, 16, seed=3), soft_labels(4, 8, 30, seed=4)
+    params = dict(topk=7, temperature=0.7, radius=6, n_context=20)
+    assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
+
+
+def test_engine_equals_literal_when_every_band_holds_one_line(monkeypatch):
+    monkeypatch.setitem(engine._BAND_QUERIES, "cpu", 1)  # one grid line per band: many bands, tight key ranges
+    feats, labels = drifting_video(10, 9, 21, 8, seed=5), soft_labels(3, 9, 21, seed=6)
+    params = dict(topk=7, temperature=0.7, radius=4.5, n_context=3)
+    assert len(engine._build_geometry(9, 21, 4.5, torch.device("cpu")).bands) == 21
+    assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
+
+
+@pytest.mark.parametrize("n_context", [0, 1])
+def test_engine_equals_literal_with_tiny_contexts(n_context):
+    feats, labels = drifting_video(6, 6, 9, 8, seed=7), soft_labels(2, 6, 9, seed=8)
+    params = dict(topk=5, temperature=0.7, radius=2, n_context=n_context)
+    assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
+
+
+def test_radius_larger_than_the_grid_restricts_nothing():
+    feats, labels = drifting_video(8, 5, 6, 8, seed=9), soft_labels(3, 5, 6, seed=10)
+    params = dict(topk=7, temperature=0.7, radius=100, n_context=3)
+    assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
+
+
+def test_frame0_multiplicity_is_counted_and_dropping_it_changes_the_result():
+    feats, labels = drifting_video(10, 8, 12, 12, seed=11), soft_labels(3, 8, 12, seed=12)
+    params = dict(topk=7, temperature=0.7, radius=4, n_context=6)
+    ours = propagate_labels(feats, labels, **params)
+    assert_same_labels(ours, literal_propagation(feats, labels, **params))
+    mistaken = literal_propagation(feats, labels, **params, pad_with_first=False)
+    assert (ours[1:7] - mistaken[1:7]).abs().max().item() > 1e-2  # t <= n_context: the copies matter
+    # at t=1 all K keys are copies of one frame-0 cell: the output is that cell's label exactly
+    flat = labels.reshape(3, -1)  # (C, N)
+    gap = (ours[1].reshape(3, -1)[:, :, None] - flat[:, None, :]).abs().amax(0)  # (N_query, N_key)
+    assert gap.amin(1).max().item() <= 1e-6
+
+
+def test_frame0_is_unrestricted_and_restricting_it_changes_the_result():
+    # the texture moves 2 cells per frame: after a few frames frame 0's best match lies beyond radius 3
+    feats, labels = moving_video(8, 6, 20, 12, seed=13, shift=2), soft_labels(3, 6, 20, seed=14)
+    params = dict(topk=7, temperature=0.7, radius=3, n_context=3)
+    ours = propagate_labels(feats, labels, **params)
+    assert_same_labels(ours, literal_propagation(feats, labels, **params))
+    mistaken = literal_propagation(feats, labels, **params, radius_on_first=True)
+    assert (ours - mistaken).abs().max().item() > 1e-2
+
+
+# --- golden outputs of the official engine ------------------------------------------------------------
+
+def golden_cases():
+    meta = json.loads(shared_path("golden", "propagation_official.json").read_text())
+    from safetensors.torch import load_file
+
+    outputs = load_file(str(shared_path("golden", "propagation_official.safetensors")))
+    inputs = golden_inputs()
+    for name, case in meta["cases"].items():
+        feats = torch.from_numpy(inputs.drifting_features(case["T"], case["h"], case["w"], case["D"]))
+        labels = torch.from_numpy(inputs.soft_labels(case["C"], case["h"], case["w"]))
+        params = {key: case[key] for key in ("topk", "temperature", "radius", "n_context")}
+        yield name, feats, labels, params, outputs[name]
+
+
+@pytest.mark.parametrize("frames_per_step", [None, 1, 8])
+def test_engine_reproduces_the_official_golden_outputs(frames_per_step):
+    cases = list(golden_cases())
+    assert len(cases) == 3
+    for _name, feats, labels, params, expected in cases:
+        if frames_per_step is None:
+            ours = propagate_labels(feats, labels, **params)
+        else:
+            n = feats.shape[0] - 1
+            sizes = [frames_per_step] * (n // frames_per_step) + ([n % frames_per_step] if n % frames_per_step else [])
+            ours = run_in_steps(feats, labels, sizes, **params)
+        assert_same_labels(ours, expected)
+
+
+# --- streaming -------------------------------------------------------------------------------------
+
+def test_results_are_identical_whatever_the_frames_per_step():
+    feats, labels = drifting_video(30, 6, 25, 8, seed=15), soft_labels(3, 6, 25, seed=16)
+    params = dict(topk=7, temperature=0.7, radius=4, n_context=5)
+    one = run_in_steps(feats, labels, [1] * 29, **params)
+    assert torch.equal(one, run_in_steps(feats, labels, [8, 8, 8, 5], **params))
+    assert torch.equal(one, run_in_steps(feats, labels, [3, 0, 11, 1, 14], **params))
+    assert torch.equal(one, propagate_labels(feats, labels, **params))
+
+
+def test_memory_held_does_not_grow_with_the_number_of_steps():
+    feats, labels = drifting_video(41, 5, 8, 8, seed=17), soft_labels(2, 5, 8, seed=18)
+    prop = Propagator(topk=5, radius=3, n_context=4)
+    prop.reset(feats[0], labels)
+    held = []
+    for t in range(1, 41):
+        prop.step(feats[t:t + 1])
+        held.append(prop.nbytes)
+    frame_bytes = 5 * 8 * (8 + 2) * 4  # one frame's features and labels in fp32
+    assert held[3] == held[-1]  # constant once the context is full
+    assert held[-1] - held[0] == 3 * frame_bytes  # exactly n_context frames of context, not 40
+    assert prop.frame_index == 41
+
+
+def test_state_never_keeps_the_callers_step_tensor_alive():
+    feats, labels = drifting_video(17, 5, 8, 8, seed=19), soft_labels(2, 5, 8, seed=20)
+    prop = Propagator(topk=5, radius=3, n_context=2)
+    prop.reset(feats[0], labels)
+    prop.step(feats[1:17].clone())  # a 16-frame tensor: only the last 2 frames may be held, as copies
+    frame_bytes = 5 * 8 * (8 + 2) * 4
+    first_bytes = frame_bytes
+    assert prop.nbytes <= first_bytes + 2 * frame_bytes + 10_000  # + geometry tables of a 5x8 grid
+
+
+# --- inputs and errors -----------------------------------------------------------------------------
+
+def test_reset_returns_frame0_labels_as_fp32_and_step_returns_k_frames():
+    feats, labels = drifting_video(4, 5, 7, 8, seed=21), soft_labels(3, 5, 7, seed=22).double()
+    prop = Propagator(topk=5, radius=3, n_context=2)
+    first = prop.reset(feats[0].double(), labels)
+    assert first.dtype == torch.float32 and first.shape == (3, 5, 7)
+    assert torch.equal(first, labels.float())
+    out = prop.step(feats[1:4].double())
+    assert out.shape == (3, 3, 5, 7) and out.dtype == torch.float32
+    assert_same_labels(torch.cat([first[None], out]), propagate_labels(feats, labels.float(), topk=5, radius=3,
+                                                                       n_context=2), tol=1e-6)
+
+
+def test_step_before_reset_says_to_call_reset():
+    with pytest.raises(RuntimeError, match=r"reset\("):
+        Propagator().step(torch.zeros(1, 4, 4, 8))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(topk=0), "topk"), (dict(topk=2.5), "topk"), (dict(topk=True), "topk"),
+    (dict(temperature=0), "temperature"), (dict(radius=-1), "radius"), (dict(n_context=-1), "n_context"),
+])
+def test_bad_hyper_parameters_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Propagator(**kwargs)
+
+
+def test_bad_first_frame_inputs_get_clear_errors():
+    feats, labels = drifting_video(1, 4, 5, 8, seed=23)[0], soft_labels(2, 4, 5, seed=24)
+    prop = Propagator(topk=5, radius=3)
+    with pytest.raises(TypeError, match="first_features"):
+        prop.reset(feats.numpy(), labels)
+    with pytest.raises(ValueError, match=r"first_features: expected shape \(h, w, D\)"):
+        prop.reset(feats[None], labels)
+    with pytest.raises(ValueError, match="floating-point"):
+        prop.reset(feats.long(), labels)
+    with pytest.raises(ValueError, match=r"first_labels: expected shape \(C, 4, 5\)"):
+        prop.reset(feats, labels.transpose(1, 2))
+    with pytest.raises(ValueError, match="L2-normalised"):
+        prop.reset(feats * 3, labels)
+    with pytest.raises(ValueError, match="NaN"):
+        prop.reset(feats, labels * float("nan"))
+    with pytest.raises(ValueError, match="topk=21 exceeds the 4x5=20 keys"):
+        Propagator(topk=21).reset(feats, labels)
+
+
+def test_bad_step_inputs_get_clear_errors():
+    feats, labels = drifting_video(3, 4, 5, 8, seed=25), soft_labels(2, 4, 5, seed=26)
+    prop = Propagator(topk=5, radius=3)
+    prop.reset(feats[0], labels)
+    with pytest.raises(ValueError, match=r"expected shape \(k, h, w, D\).*\(4, 5, 8\)"):
+        prop.step(feats[1])
+    with pytest.raises(ValueError, match=r"grid \(5, 4\) differs from frame 0's \(4, 5\)"):
+        prop.step(feats[1:].transpose(1, 2))
+    with pytest.raises(ValueError, match="D=4 differs from frame 0's D=8"):
+        prop.step(F.normalize(feats[1:, ..., :4], dim=-1))
+    with pytest.raises(ValueError, match="L2-normalised"):
+        prop.step(feats[1:] * float("nan"))
+    with pytest.raises(ValueError, match="floating-point"):
+        prop.step(feats[1:].to(torch.int32))
+    assert prop.frame_index == 1  # failed steps leave the state untouched
+    assert prop.step(feats[1:]).shape == (2, 2, 4, 5)
+
+
+def test_propagate_labels_rejects_an_empty_video():
+    with pytest.raises(ValueError, match="T >= 1"):
+        propagate_labels(torch.zeros(0, 4, 5, 8), soft_labels(2, 4, 5, seed=0))
+
+
+def test_single_frame_video_returns_its_labels():
+    feats, labels = drifting_video(1, 4, 5, 8, seed=27), soft_labels(2, 4, 5, seed=28)
+    out = propagate_labels(feats, labels, topk=5)
+    assert out.shape == (1, 2, 4, 5) and torch.equal(out[0], labels)
+
+
+def test_public_names_are_exported_lazily_from_tcore():
+    assert tcore.Propagator is Propagator and tcore.propagate_labels is propagate_labels
+
+
+def test_tf32_enabled_globally_is_turned_off_inside_the_engine_and_restored():
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        with engine._ieee_fp32_matmul(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+        with engine._ieee_fp32_matmul(torch.device("cpu")):
+            assert matmul.fp32_precision == "tf32"  # CPU matmuls never use TF32: nothing to change
+    finally:
+        matmul.fp32_precision = previous
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_on_cuda_equals_the_literal_implementation():
+    feats, labels = drifting_video(24, 8, 30, 16, seed=29), soft_labels(4, 8, 30, seed=30)
+    params = dict(topk=7, temperature=0.7, radius=6, n_context=20)
+    ours = propagate_labels(feats.cuda(), labels.cuda(), **params)
+    assert ours.device.type == "cuda"
+    assert_same_labels(ours.cpu(), literal_propagation(feats, labels, **params))
