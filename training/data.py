@@ -1,0 +1,373 @@
+"""Frame-folder datasets, sandwich sampling and the batch stream (spec §1).
+
+Videos are folders of frame images (names sorted as strings, as the reference does). Two
+layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
+(any folder of frame folders, found recursively). The list of videos is a manifest: one folder
+per line, relative to the root; it is written once per run and reused on resume.
+
+The sample stream is global and the same for any number of GPUs: position q (0, 1, 2, ...) is
+video `perm_p[q % N]` with `p = q // N` and `perm_p` a permutation seeded by (seed, p). Step t
+uses positions [t * G, (t + 1) * G) for a global batch G, split into micro-batches of
+`batch_size_per_gpu` over ranks and accumulation steps. Every random choice of a sample is a
+function of (seed, q), the masks of a micro-batch a function of (seed, micro-batch index), so
+DataLoader workers hold no state worth saving and a resumed run sees exactly the same batches.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from training.augment import (IMAGENET_MEAN, IMAGENET_STD, CropPlan, Photo, apply_plan_pil, center_box,
+                              draw_current_plan, draw_photo, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2)
+from training.config import AugmentConfig, Config, DataConfig, MaskConfig
+from training.masking import batch_masks
+
+__all__ = [
+    "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
+    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "normalize", "to_device_batch",
+]
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
+
+
+# ---------------------------------------------------------------------------------- the index
+
+def list_frames(video_dir: str | Path) -> list[str]:
+    """Frame file names of one video folder, sorted as strings (the reference's order)."""
+    return sorted(n for n in os.listdir(video_dir) if n.lower().endswith(FRAME_EXTENSIONS))
+
+
+def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train") -> list[str]:
+    """Frame folders under `root`, relative to it, sorted.
+
+    Args:
+        root: frames root.
+        layout: "kinetics" (`<root>/<split>/<class>/<video>/`) or "folders" (every folder below
+            `root` that directly holds frame images).
+        split: the sub-folder of the "kinetics" layout.
+
+    Raises:
+        FileNotFoundError: missing root/split, or no frame folder found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r}: no such folder")
+    videos: list[str] = []
+    if layout == "kinetics":
+        base = root / split
+        if not base.is_dir():
+            raise FileNotFoundError(f"data.root={str(root)!r}: no '{split}' folder; the kinetics layout is "
+                                    f"<root>/{split}/<class>/<video>/<frames> (or use data.layout=folders)")
+        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir()):
+            for vid in sorted(e.name for e in os.scandir(base / cls) if e.is_dir()):
+                videos.append(f"{split}/{cls}/{vid}")
+    elif layout == "folders":
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            if any(n.lower().endswith(FRAME_EXTENSIONS) for n in filenames):
+                videos.append(Path(dirpath).relative_to(root).as_posix())
+        videos.sort()
+    else:
+        raise ValueError(f"data.layout={layout!r}: expected 'kinetics' or 'folders'")
+    if not videos:
+        raise FileNotFoundError(f"data.root={str(root)!r}: no video frame folders found (layout={layout}); "
+                                "extract frames first: python -m training.prepare frames VIDEOS OUT")
+    return videos
+
+
+def write_manifest(path: str | Path, videos: list[str]) -> None:
+    """One frame folder per line (relative to the frames root), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(v + "\n" for v in videos))
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.manifest={str(path)!r}: no such file")
+    videos = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not videos:
+        raise ValueError(f"data.manifest={str(path)!r}: the file lists no video")
+    return videos
+
+
+# ------------------------------------------------------------------------- temporal sampling
+
+def sample_frame_indices(num_frames: int, rng: np.random.Generator,
+                         current_range: tuple[float, float] = (0.3, 0.7),
+                         past_range: tuple[float, float] = (0.15, 0.25),
+                         future_range: tuple[float, float] = (0.15, 0.25)) -> tuple[int, int, int]:
+    """Sandwich sampling (spec §1.4): (past, current, future) frame indices of a T-frame video.
+
+    Each bound is a fraction of T computed in floating point and truncated on its own; intervals
+    are inclusive; only the future side is clamped to T-1. When the windows do not fit (T in
+    {1, 2, 3, 7} with the defaults), one random frame is used three times.
+
+    Raises:
+        ValueError: num_frames < 1.
+    """
+    t = num_frames
+    if t < 1:
+        raise ValueError(f"num_frames={t}: a video needs at least one frame")
+    cs, ce = int(current_range[0] * t), int(current_range[1] * t)
+    if cs < ce:
+        c = int(rng.integers(cs, ce))  # randint(cs, ce - 1)
+        ps, pe = c - int(past_range[1] * t), c - int(past_range[0] * t)
+        fs, fe = c + int(future_range[0] * t), c + int(future_range[1] * t)
+        if ps < pe <= c <= fs < fe:
+            return int(rng.integers(ps, pe + 1)), c, int(rng.integers(fs, min(fe, t - 1) + 1))
+    f = int(rng.integers(0, t))
+    return f, f, f
+
+
+class SampleStream:
+    """Position q in the global sample stream -> video index (a fresh permutation per pass)."""
+
+    def __init__(self, num_videos: int, seed: int) -> None:
+        self.num_videos = num_videos
+        self.seed = seed
+        self._pass = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    def video(self, position: int) -> int:
+        p, i = divmod(position, self.num_videos)
+        if p != self._pass:
+            self._perm = np.random.default_rng([self.seed, _STREAM_PERM, p]).permutation(self.num_videos)
+            self._pass = p
+        return int(self._perm[i])
+
+
+def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The random source of the sample at stream position `position`."""
+    return np.random.default_rng([seed, _STREAM_SAMPLE, position])
+
+
+def mask_rng(seed: int, micro_batch: int) -> np.random.Generator:
+    """The random source of the masks of global micro-batch `micro_batch`."""
+    return np.random.default_rng([seed, _STREAM_MASK, micro_batch])
+
+
+# ------------------------------------------------------------------------------ the batches
+
+def _stack_photos(photos: list[Photo]) -> dict[str, torch.Tensor]:
+    return {f"photo_{k}": torch.from_numpy(np.concatenate([getattr(p, k) for p in photos]))
+            for k in Photo.__dataclass_fields__}
+
+
+def _aux_photo(rng: np.random.Generator, aug: AugmentConfig) -> Photo:
+    """Slots 0 and 1 of a past or future frame (pipelines global1 and global2)."""
+    return draw_photo(rng, np.array([PIPELINE_GLOBAL1, PIPELINE_GLOBAL2]), aug.blur)
+
+
+def _row(photo: Photo, i: int) -> Photo:
+    return Photo(**{k: getattr(photo, k)[i:i + 1] for k in Photo.__dataclass_fields__})
+
+
+class ClipBatchDataset(Dataset):
+    """Item g = global micro-batch g, fully built (crops, masks), for a DataLoader with batch_size=None.
+
+    CPU augmentation (`aug.device == "cpu"`) returns uint8 crops:
+        "globals" (2b, 3, G, G) crop-major (row i*b + j = crop i of sample j), "locals" (L*b, 3, l, l)
+        crop-major, "masks" (2b, N) bool, "aux_rows" (n,) int64 the masked global rows, "past" and
+        "future" (n, 3, G, G): slot `r // b` of sample `r % b`'s past/future frame for each row r.
+    GPU augmentation returns the JPEG bytes and the plans instead (see `training.augment_gpu`).
+
+    Args:
+        cfg: the run's config.
+        root: frames root.
+        videos: frame folders relative to root (the manifest).
+        batch_size: b, samples per micro-batch.
+    """
+
+    def __init__(self, cfg: Config, root: str | Path, videos: list[str], batch_size: int) -> None:
+        self.data: DataConfig = cfg.data
+        self.aug: AugmentConfig = cfg.augment
+        self.mask: MaskConfig = cfg.mask
+        self.seed = cfg.train.seed
+        self.root = Path(root)
+        self.videos = videos
+        self.batch_size = batch_size
+        grid = cfg.augment.global_size // cfg.model.patch_size
+        self.grid = (grid, grid)
+        self.stream = SampleStream(len(videos), cfg.train.seed)
+
+    def __len__(self) -> int:  # the stream is unbounded; the sampler decides what is read
+        return 2 ** 62
+
+    def _frame_paths(self, position: int) -> tuple[list[Path], np.random.Generator]:
+        """(past, current, future) frame files of the sample at `position`, and its random source."""
+        folder = self.root / self.videos[self.stream.video(position)]
+        names = list_frames(folder)
+        if not names:
+            raise FileNotFoundError(f"{folder}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
+        rng = sample_rng(self.seed, position)
+        d = self.data
+        idx = sample_frame_indices(len(names), rng, d.current_range, d.past_offset_range, d.future_offset_range)
+        return [folder / names[i] for i in idx], rng
+
+    def _masks(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self.mask
+        masks = batch_masks(2 * self.batch_size, self.grid, mask_rng(self.seed, g), m.probability,
+                            m.ratio_min_max, m.min_num_patches, m.min_aspect)
+        return masks, np.flatnonzero(masks.any(axis=1))
+
+    def __getitem__(self, g: int) -> dict[str, Any]:
+        masks, aux_rows = self._masks(g)
+        if self.aug.device == "gpu":
+            return self._encoded_batch(g, masks, aux_rows)
+        return self._rendered_batch(g, masks, aux_rows)
+
+    def _rendered_batch(self, g: int, masks: np.ndarray, aux_rows: np.ndarray) -> dict[str, Any]:
+        b = self.batch_size
+        n_local = self.aug.n_local_crops
+        globals_ = [[None] * b for _ in range(2)]
+        locals_ = [[None] * b for _ in range(n_local)]
+        aux: dict[str, dict[int, torch.Tensor]] = {"past": {}, "future": {}}
+        for j in range(b):
+            paths, rng = self._frame_paths(g * b + j)
+            current = _open_rgb(paths[1])
+            plan = draw_current_plan(rng, current.height, current.width, self.aug)
+            crops = apply_plan_pil(current, plan)
+            for i in range(2):
+                globals_[i][j] = crops[i]
+            for i in range(n_local):
+                locals_[i][j] = crops[2 + i]
+            slots = [int(r) // b for r in aux_rows if int(r) % b == j]
+            for name, path in (("past", paths[0]), ("future", paths[2])):
+                photo = _aux_photo(rng, self.aug)  # drawn whether or not it is rendered
+                if slots:
+                    image = current if path == paths[1] else _open_rgb(path)
+                    aux_plan = CropPlan(np.asarray([center_box(image.height, image.width)] * 2, dtype=np.int64),
+                                        np.zeros(2, dtype=bool), np.full(2, self.aug.global_size), photo)
+                    for slot, crop in zip(slots, apply_plan_pil(image, aux_plan, slots)):
+                        aux[name][slot * b + j] = crop
+        empty = torch.empty(0, 3, self.aug.global_size, self.aug.global_size, dtype=torch.uint8)
+        return {
+            "globals": torch.stack([c for crops in globals_ for c in crops]),  # (2b, 3, G, G)
+            "locals": torch.stack([c for crops in locals_ for c in crops]),    # (L*b, 3, l, l)
+            "masks": torch.from_numpy(masks),
+            "aux_rows": torch.from_numpy(aux_rows.astype(np.int64)),
+            "past": torch.stack([aux["past"][int(r)] for r in aux_rows]) if len(aux_rows) else empty,
+            "future": torch.stack([aux["future"][int(r)] for r in aux_rows]) if len(aux_rows) else empty,
+        }
+
+    def _encoded_batch(self, g: int, masks: np.ndarray, aux_rows: np.ndarray) -> dict[str, Any]:
+        """JPEG bytes + plans for `training.augment_gpu.render_batch` (decoding happens on the GPU)."""
+        b = self.batch_size
+        current_bytes, boxes, flips, photos = [], [], [], []
+        aux_bytes: list[torch.Tensor] = []
+        aux_boxes: list[tuple[int, int, int, int]] = []
+        aux_frame: dict[tuple[str, int], int] = {}
+        aux_photos: dict[tuple[str, int], Photo] = {}
+        for j in range(b):
+            paths, rng = self._frame_paths(g * b + j)
+            data, (width, height) = _read_encoded(paths[1])
+            plan = draw_current_plan(rng, height, width, self.aug)
+            current_bytes.append(data)
+            boxes.append(plan.boxes)
+            flips.append(plan.flips)
+            photos.append(plan.photo)
+            need = any(int(r) % b == j for r in aux_rows)
+            for name, path in (("past", paths[0]), ("future", paths[2])):
+                photo = _aux_photo(rng, self.aug)
+                if need:
+                    data, (w, h) = (current_bytes[-1], (width, height)) if path == paths[1] else _read_encoded(path)
+                    aux_frame[(name, j)] = len(aux_bytes)
+                    aux_bytes.append(data)
+                    aux_boxes.append(center_box(h, w))
+                    aux_photos[(name, j)] = photo
+        rows = [int(r) for r in aux_rows]
+        past_photo = [_row(aux_photos[("past", r % b)], r // b) for r in rows]
+        future_photo = [_row(aux_photos[("future", r % b)], r // b) for r in rows]
+        batch: dict[str, Any] = {
+            "current_bytes": current_bytes,
+            "current_boxes": torch.from_numpy(np.stack(boxes)),  # (b, 2+L, 4)
+            "current_flips": torch.from_numpy(np.stack(flips)),  # (b, 2+L)
+            "aux_bytes": aux_bytes,
+            "aux_boxes": torch.tensor(aux_boxes, dtype=torch.int64).reshape(-1, 4),  # (m, 4)
+            "past_frame": torch.tensor([aux_frame[("past", r % b)] for r in rows], dtype=torch.int64),
+            "future_frame": torch.tensor([aux_frame[("future", r % b)] for r in rows], dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+            "aux_rows": torch.from_numpy(aux_rows.astype(np.int64)),
+        }
+        for prefix, group in (("current", photos), ("past", past_photo), ("future", future_photo)):
+            batch.update({f"{prefix}_{k}": v for k, v in _stack_photos(group).items()})
+        return batch
+
+
+def _open_rgb(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise OSError(f"{path}: cannot read this frame ({err})") from err
+
+
+def _read_encoded(path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
+    """File bytes as a uint8 tensor and the (width, height) read from the header."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    if not data.startswith(b"\xff\xd8"):
+        raise ValueError(f"{path}: augment.device=gpu decodes JPEG frames only (nvJPEG); "
+                         "use augment.device=cpu for other formats")
+    with Image.open(io.BytesIO(data)) as image:
+        size = image.size
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8), size
+
+
+class StepSampler(Sampler[int]):
+    """This rank's global micro-batch indices, from `start_step` to `total_steps`.
+
+    Micro-batch index of (step t, accumulation a, rank r) = (t * accum + a) * world + r, so the
+    samples of a step do not depend on how the global batch is split.
+    """
+
+    def __init__(self, start_step: int, total_steps: int, accum: int, rank: int, world_size: int) -> None:
+        self.start_step, self.total_steps = start_step, total_steps
+        self.accum, self.rank, self.world_size = accum, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        for t in range(self.start_step, self.total_steps):
+            for a in range(self.accum):
+                yield (t * self.accum + a) * self.world_size + self.rank
+
+    def __len__(self) -> int:
+        return max(self.total_steps - self.start_step, 0) * self.accum
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] -> ImageNet-normalised float (ToTensor + Normalize)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    out = ((images.float() - mean) / std).to(dtype)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def to_device_batch(batch: dict[str, Any], device: torch.device, aug: AugmentConfig,
+                    channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """A loader item as model inputs on `device`: normalised float crops, masks, aux rows.
+
+    CPU-augmented items are copied and normalised; GPU-augmented items are decoded and rendered
+    on the device (`training.augment_gpu.render_batch`).
+    """
+    if aug.device == "gpu":
+        from training.augment_gpu import render_batch
+
+        return render_batch(batch, device, aug.global_size, aug.local_size, channels_last=channels_last)
+    out = {k: batch[k].to(device, non_blocking=True) for k in ("masks", "aux_rows")}
+    for key in ("globals", "locals", "past", "future"):
+        out[key] = normalize(batch[key].to(device, non_blocking=True), channels_last=channels_last)
+    return out
