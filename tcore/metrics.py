@@ -191,8 +191,8 @@ def _object_counts(gk: np.ndarray, pk: np.ndarray, radius: int) -> np.ndarray:
     cols = np.flatnonzero(either[rows[0]:rows[-1] + 1].any(axis=0))
     # One pixel of margin on each side makes the in-crop boundary rule equal the full-image rule:
     # pixels above/left of the object can be boundary; pixels below/right are background neighbours.
-    crop = (slice(None), slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
-    g, p = gk[crop], pk[crop]
+    y, x = slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2)
+    g, p = gk[:, y, x], pk[:, y, x]  # (N, h, w)
     bg, bp = _boundary(g), _boundary(p)
     maps = (g & p, g | p, bp, bg, bp & _dilate(bg, radius), bg & _dilate(bp, radius))
     return np.array([[np.count_nonzero(frame) for frame in m] for m in maps], np.int64)
@@ -300,9 +300,9 @@ def davis_scores(gt: Any, pred: Any, *, device: Any = None) -> dict[str, Any]:
         _check_ndim(x, name, 3, "(T, H, W): the frames of one sequence stacked")
         _check_int(x, name)
     _check_same_shape(gt, pred)
-    if gt.shape[0] < 3:
-        raise ValueError(f"gt and pred need at least 3 frames (frames 1..T-2 are scored), got "
-                         f"{gt.shape[0]}")
+    if gt.shape[0] < 3 or 0 in gt.shape:
+        raise ValueError(f"gt and pred need at least 3 non-empty frames (frames 1..T-2 are scored), "
+                         f"got shape {tuple(gt.shape)}")
     first = gt[0]
     n_obj = int(first[first != DAVIS_VOID_ID].max(initial=0))
     pred_max = int(pred[1:-1].max())
@@ -358,8 +358,12 @@ def davis_summary(
     Raises:
         ValueError: when there is no object at all.
     """
-    items = scores.items() if isinstance(scores, Mapping) else ((str(i), s) for i, s in enumerate(scores))
-    columns: dict[str, list[float]] = {k: [] for k in ("J", "J_recall", "J_decay", "F", "F_recall", "F_decay")}
+    if isinstance(scores, Mapping):
+        items = list(scores.items())
+    else:
+        items = [(str(i), s) for i, s in enumerate(scores)]
+    keys = ("J", "J_recall", "J_decay", "F", "F_recall", "F_decay")
+    columns: dict[str, list[float]] = {k: [] for k in keys}
     rows = []
     for name, seq in items:
         for key, values in columns.items():
