@@ -209,7 +209,8 @@ def _counts_numpy(gt: np.ndarray, pred: np.ndarray, n_obj: int, radius: int) -> 
     return counts
 
 
-def _counts_torch(gt: np.ndarray, pred: np.ndarray, n_obj: int, radius: int, device: Any) -> np.ndarray:
+def _counts_torch(gt: np.ndarray, pred: np.ndarray, n_obj: int, radius: int,
+                  device: Any) -> np.ndarray:
     """Counts for frames 1..T-2 with torch on `device`, whole frames in batches: (6, n_obj, T-2)."""
     import torch
 
@@ -394,7 +395,8 @@ def format_davis_csv(summary: Mapping[str, Any]) -> tuple[str, str]:
     global_csv = ",".join(DAVIS_GLOBAL_COLUMNS) + "\n"
     global_csv += ",".join(f"{summary[c]:.3f}" for c in DAVIS_GLOBAL_COLUMNS) + "\n"
     per_sequence = "Sequence,J-Mean,F-Mean\n" + "".join(
-        f"{row['Sequence']},{row['J-Mean']:.3f},{row['F-Mean']:.3f}\n" for row in summary["per_object"])
+        f"{row['Sequence']},{row['J-Mean']:.3f},{row['F-Mean']:.3f}\n"
+        for row in summary["per_object"])
     return global_csv, per_sequence
 
 
@@ -419,6 +421,10 @@ class PCKAccumulator:
         "ground_truth": a joint is visible where `gt_visible` says so (default: every joint); a
             vanished prediction (x < 0) then counts as a miss.
 
+    Args:
+        alphas: thresholds, as fractions of the per-frame scale.
+        visibility: "prediction" (reference) or "ground_truth".
+
     Example:
         >>> acc = PCKAccumulator()
         >>> for gt, pred in videos:       # (T, K, 2) pixels each
@@ -427,10 +433,6 @@ class PCKAccumulator:
     """
 
     def __init__(self, alphas: Sequence[float] = PCK_ALPHAS, visibility: str = "prediction") -> None:
-        """Args:
-            alphas: thresholds, as fractions of the scale.
-            visibility: "prediction" (reference) or "ground_truth"; see the class docstring.
-        """
         if visibility not in ("prediction", "ground_truth"):
             raise ValueError(f"visibility must be 'prediction' or 'ground_truth', got {visibility!r}")
         self.alphas = tuple(float(a) for a in alphas)
@@ -455,7 +457,8 @@ class PCKAccumulator:
             raise ValueError(f"gt must have shape (T, K, 2) with (x, y) last, got {tuple(gt.shape)}; "
                              f"transpose JHMDB's pos_img (2, K, T) with .transpose(2, 1, 0)")
         if pred.shape != gt.shape:
-            raise ValueError(f"pred must have the shape of gt {tuple(gt.shape)}, got {tuple(pred.shape)}")
+            raise ValueError(f"pred must have the shape of gt {tuple(gt.shape)}, "
+                             f"got {tuple(pred.shape)}")
         if self._total is not None and len(self._total) != gt.shape[1]:
             raise ValueError(f"gt has {gt.shape[1]} joints but earlier videos had {len(self._total)}")
         visible = self._visible(pred, gt_visible)
@@ -476,7 +479,8 @@ class PCKAccumulator:
             return np.ones(pred.shape[:2], bool)
         visible = _to_numpy(gt_visible)
         if visible.shape != pred.shape[:2]:
-            raise ValueError(f"gt_visible must have shape (T, K) = {pred.shape[:2]}, got {visible.shape}")
+            raise ValueError(f"gt_visible must have shape (T, K) = {pred.shape[:2]}, "
+                             f"got {visible.shape}")
         return visible.astype(bool)
 
     def result(self) -> dict[str, Any]:
@@ -491,8 +495,8 @@ class PCKAccumulator:
             ValueError: when nothing was accumulated or no joint was ever visible.
         """
         if self._total is None or not self._total.any():
-            raise ValueError("no visible joint in frames 1..T-1 was accumulated; call update(gt, pred) "
-                             "with at least one video of two or more frames")
+            raise ValueError("no visible joint in frames 1..T-1 was accumulated; call "
+                             "update(gt, pred) with at least one video of two or more frames")
         with np.errstate(divide="ignore", invalid="ignore"):
             per_joint = 100.0 * self._correct / self._total  # (A, K)
         return {
@@ -515,7 +519,7 @@ def _pck_counts(gt: np.ndarray, pred: np.ndarray, visible: np.ndarray,
     ex, ey = pred[..., 0] - gx, pred[..., 1] - gy
     with np.errstate(divide="ignore", invalid="ignore"):
         dist = np.sqrt(ex * ex + ey * ey) / scale[:, None]  # (T, K); scale 0 -> inf/nan -> a miss
-    dist[pred[..., 0] < 0] = np.inf  # vanished prediction (only reachable with ground-truth visibility)
+    dist[pred[..., 0] < 0] = np.inf  # vanished: a miss (only reachable with ground-truth visibility)
     scored = visible.copy()
     scored[:1] = False  # frame 0 is given, not predicted
     correct = np.stack([((dist <= a) & scored).sum(axis=0) for a in alphas]).astype(np.int64)
@@ -552,6 +556,9 @@ class MIoUAccumulator:
     Ground-truth values outside [0, n_classes) are ignored. IoU_c = TP / (TP + FP + FN); the mIoU
     is the mean over the classes whose union is not empty.
 
+    Args:
+        n_classes: number of classes C (20 for VIP).
+
     Example:
         >>> acc = MIoUAccumulator()
         >>> for gt, pred in videos:      # (T, H, W) class ids each, same size
@@ -560,9 +567,6 @@ class MIoUAccumulator:
     """
 
     def __init__(self, n_classes: int = len(VIP_CLASSES)) -> None:
-        """Args:
-            n_classes: number of classes C (20 for VIP).
-        """
         if n_classes < 1:
             raise ValueError(f"n_classes must be at least 1, got {n_classes}")
         self.n_classes = n_classes
