@@ -18,6 +18,8 @@ from ._version import __version__
 __all__ = ["main"]
 
 _EXAMPLES = {
+    "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4",
+    "demo": "tcore demo --model path/to/checkpoint.pth",
     "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/",
     "inspect": "tcore inspect some_checkpoint.pth --json",
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
@@ -38,6 +40,97 @@ def _command(name: str, help_text: str):
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- propagation
+
+def _propagate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="frame folder or video file (mp4/webm/avi need the [video] extra)")
+    p.add_argument("first_mask", help="first-frame mask: palette PNG, grey ids, or RGB colours")
+    p.add_argument("-o", "--output", required=True, help="folder for the indexed PNG masks")
+    _model_args(p)
+    p.add_argument("--threshold", type=float, default=None, help="binarise a soft grey first mask (>= T)")
+    p.add_argument("--overlay", default=None, help="also write an overlay video: OUT.mp4 or OUT.gif")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
+                        "(default: tcore_vits16, Kinetics-400)")
+    p.add_argument("--preset", default=None, choices=["davis", "jhmdb", "vip"],
+                   help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="working size (floored to the patch size)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: faster on GPUs, not bit-exact (opt-in)")
+
+
+@_command("propagate", "propagate a first-frame mask through a video")(_propagate_args)
+def _propagate(args: argparse.Namespace) -> int:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import read_mask, read_video, write_mask, write_overlay
+    from .propagation import propagate_masks
+
+    frames = read_video(args.video)
+    _, palette = read_mask(args.first_mask, threshold=args.threshold)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = propagate_masks(frames, args.first_mask, model=args.model, preset=args.preset,
+                             size=tuple(args.size) if args.size else None, threshold=args.threshold,
+                             device=args.device, stream=True, batch_size=args.batch_size,
+                             precision=args.precision, progress=not args.quiet)
+    pending = threading.BoundedSemaphore(16)  # PNG writes overlap propagation, at most 16 in flight
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = []
+
+        def masks():
+            for t, mask in stream:
+                pending.acquire()
+                future = pool.submit(write_mask, out / f"{frames.names[t]}.png", mask, palette)
+                future.add_done_callback(lambda _: pending.release())
+                futures.append(future)
+                yield mask
+
+        if args.overlay:
+            write_overlay(args.overlay, read_video(args.video), masks(), palette=palette, fps=frames.fps or 10)
+        else:
+            for _ in masks():
+                pass
+        for future in futures:
+            future.result()
+    print(f"wrote {len(futures)} masks to {out}" + (f" and {args.overlay}" if args.overlay else ""))
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="as tcore propagate --model (default: tcore_vits16, Kinetics-400)")
+    p.add_argument("--video", default=None, help="your own video (frame folder or file); needs --mask")
+    p.add_argument("--mask", default=None, help="its first-frame mask")
+    p.add_argument("--threshold", type=float, default=None, help="binarise a soft grey first mask (>= T)")
+    p.add_argument("-o", "--output", default="tcore-demo", help="folder for masks/ and overlay.gif")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@_command("demo", "propagate the built-in clip (or your own video) and score it")(_demo_args)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(model=args.model, video=args.video, mask=args.mask, out_dir=args.output,
+                      device=args.device, progress=not args.quiet, threshold=args.threshold)
+    if result.scores is not None:
+        s, c = result.scores, result.copy_scores
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        print(f"{'':<24}{'J&F':>7}{'J':>7}{'F':>7}")
+        print(f"{'tcore propagation':<24}{mean(s['JF']):7.3f}{mean(s['J']):7.3f}{mean(s['F']):7.3f}")
+        print(f"{'copy the first mask':<24}{mean(c['JF']):7.3f}{mean(c['J']):7.3f}{mean(c['F']):7.3f}")
+    print(f"wrote {result.mask_dir}/ and {result.overlay}")
+    return 0
 
 
 # --------------------------------------------------------------------------------- weights tools

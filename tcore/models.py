@@ -107,6 +107,10 @@ _CONSTRUCTORS = {"tcore_vits16": tcore_vits16, "tcore_vitb16": tcore_vitb16}
 
 # ----------------------------------------------------------------------------- other backbones
 
+# (width, depth) -> heads of the standard ViT sizes (Ti, S, B, L, g), all 64 channels per head
+_STANDARD_VIT_HEADS = {(192, 12): 3, (384, 12): 6, (768, 12): 12, (1024, 24): 16, (1536, 40): 24}
+
+
 def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str, num_heads: int | None = None) -> dict[str, Any]:
     """Architecture of a DINOv2-style (official) or timm-style ViT state dict.
 
@@ -126,6 +130,8 @@ def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str, num_heads: i
                  if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, found["depth"], found["patch_size"])]
         if known:
             num_heads = known[0]
+        elif (dim, found["depth"]) in _STANDARD_VIT_HEADS:
+            num_heads = _STANDARD_VIT_HEADS[(dim, found["depth"])]
         else:
             num_heads = max(1, dim // 64)
             _logger.warning("%s: assuming %d attention heads (64 channels per head); weights do not record "

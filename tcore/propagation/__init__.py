@@ -1,4 +1,7 @@
-"""Label propagation: the exact, streaming T-CoRe engine (front ends build on it)."""
+"""Label propagation: one exact, streaming engine and the front ends built on it."""
+from .api import propagate_keypoints, propagate_masks, propagate_parts
 from .engine import Propagator, propagate_labels
+from .presets import PRESETS, Preset
 
-__all__ = ["Propagator", "propagate_labels"]
+__all__ = ["PRESETS", "Preset", "Propagator", "propagate_keypoints", "propagate_labels", "propagate_masks",
+           "propagate_parts"]

@@ -1,0 +1,230 @@
+"""Front ends on the one propagation engine: masks, keypoints and part labels in, the same out.
+
+Every front end runs the same core (`_propagate_soft`): frames are decoded lazily, encoded once
+each in batches, and fed to a streaming `Propagator`; front ends only convert labels in and out.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Union
+
+import numpy as np
+import torch
+
+from .engine import Propagator
+from .features import FrameEncoder, pick_device
+from .labels import decode_ids, decode_keypoints, keypoint_heatmaps, soft_onehot_at_grid
+from .presets import Preset, get_preset, working_size
+
+__all__ = ["propagate_masks", "propagate_keypoints", "propagate_parts"]
+
+VideoSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, list]
+MaskSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
+
+
+def _progress_bar(total: int | None, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="frame", dynamic_ncols=True, leave=False)
+
+
+def _setup(video: VideoSource, model: Any, preset: str | Preset | None, size: tuple[int, int] | None,
+           device: str | torch.device | None):
+    """Frames, backbone, preset and working size shared by all front ends."""
+    from ..io import read_video
+    from ..models import create_backbone
+
+    frames = read_video(video)
+    if len(frames) < 2:
+        raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
+    device = pick_device(device)
+    backbone = create_backbone(model, device=device)
+    spec = get_preset(preset)
+    work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
+    return frames, backbone, spec, work, device
+
+
+def _engine(spec: Preset, topk: int | None, temperature: float | None, radius: float | None,
+            n_context: int | None) -> Propagator:
+    return Propagator(topk=spec.topk if topk is None else topk,
+                      temperature=spec.temperature if temperature is None else temperature,
+                      radius=spec.radius if radius is None else radius,
+                      n_context=spec.n_context if n_context is None else n_context)
+
+
+def _propagate_soft(frames, encoder: FrameEncoder, engine: Propagator, first_labels: torch.Tensor,
+                    progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(t, soft labels (C, h, w) on the device) for every frame t, streaming."""
+    bar = _progress_bar(len(frames), progress, desc)
+    t = 0
+    try:
+        for feats in encoder.stream(iter(frames)):  # (k, h, w, D)
+            if t == 0:
+                out = engine.reset(feats[0], first_labels.to(feats.device))[None]
+                if len(feats) > 1:
+                    out = torch.cat([out, engine.step(feats[1:])])
+            else:
+                out = engine.step(feats)
+            for labels in out:  # (C, h, w)
+                yield t, labels
+                t += 1
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _first_ids(first_mask: MaskSource, threshold: float | None, frame_size: tuple[int, int]) -> np.ndarray:
+    from ..io import read_mask
+
+    ids, _ = read_mask(first_mask, threshold=threshold)
+    if tuple(ids.shape) != tuple(frame_size):
+        raise ValueError(f"first_mask: size {ids.shape[1]}x{ids.shape[0]} (WxH) differs from the video frames' "
+                         f"{frame_size[1]}x{frame_size[0]}; resize the mask with nearest-neighbour "
+                         "interpolation (e.g. PIL Image.NEAREST) to the frame size")
+    return ids
+
+
+def _classes(ids: np.ndarray, what: str) -> np.ndarray:
+    classes = np.unique(ids)
+    if classes.max(initial=0) == 0:
+        raise ValueError(f"{what}: no object in the first mask (every pixel is background 0); "
+                         "give at least one non-zero id (for a soft grey mask use threshold=)")
+    return np.union1d(classes, [0]).astype(np.uint8)  # background is always channel 0
+
+
+def propagate_masks(
+    video: VideoSource,
+    first_mask: MaskSource,
+    *,
+    model: Any = None,
+    preset: str | Preset | None = None,
+    size: tuple[int, int] | None = None,
+    threshold: float | None = None,
+    device: str | torch.device | None = None,
+    stream: bool = False,
+    return_probs: bool = False,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    progress: bool = True,
+    topk: int | None = None,
+    temperature: float | None = None,
+    radius: float | None = None,
+    n_context: int | None = None,
+):
+    """Propagate the first frame's object masks through a video (semi-supervised VOS).
+
+    Args:
+        video: a frame folder, a video file (needs the `video` extra), a list of PIL images, a
+            uint8 array (T, H, W, 3), or a tensor (T, 3, H, W) (uint8, or float in [0, 1]).
+        first_mask: a path, PIL image or (H, W) integer array: palette PNG ids (255 = void ->
+            background), grey ids ({0, 255} is one object), or RGB colours (one object each). A
+            soft grey mask is an error: pass `threshold=` to binarise it.
+        model: None (T-CoRe ViT-S/16 Kinetics-400), a name, a checkpoint path, or a module (a
+            tcore backbone or a timm ViT).
+        preset: None (paper hyper-parameters, short side 480, aspect kept), "davis" (480x880
+            stretched: the paper's DAVIS protocol exactly), "jhmdb" or "vip".
+        size: (H, W) working size overriding the preset (floored to the patch size).
+        threshold: binarise a grey first mask at this value (>= is object 1).
+        device: None picks CUDA, then MPS, then CPU.
+        stream: return a generator of `(t, mask)` instead of an array.
+        return_probs: also return the soft labels (C, h, w) per frame at the feature grid, channel
+            c = the c-th smallest id of the first mask (0 = background).
+        batch_size: frames per backbone call.
+        precision: "fp32" (exact) or "bf16" (opt-in autocast for the backbone).
+        progress: show a progress bar on stderr.
+        topk, temperature, radius, n_context: override the preset's propagation settings (radius
+            in feature-grid cells).
+
+    Returns:
+        (T, H, W) uint8 object ids (with the first mask's ids, not renumbered); with
+        `return_probs`, `(masks, probs)` where probs is a (T, C, h, w) float32 tensor. With
+        `stream=True`, a generator of `(t, mask)` or `(t, mask, probs)`.
+    """
+    frames, backbone, spec, work, device = _setup(video, model, preset, size, device)
+    ids = _first_ids(first_mask, threshold, tuple(frames.size))
+    classes = _classes(ids, "first_mask")
+    first = soft_onehot_at_grid(ids, classes, work, backbone.patch_size)
+    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
+    engine = _engine(spec, topk, temperature, radius, n_context)
+    out_size = tuple(frames.size)
+
+    def generate():
+        for t, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating masks"):
+            mask = decode_ids(labels, classes, work, out_size, spec.output_resize)
+            yield (t, mask, labels.float().cpu()) if return_probs else (t, mask)
+
+    if stream:
+        return generate()
+    results = list(generate())
+    masks = np.stack([r[1] for r in results])
+    if return_probs:
+        return masks, torch.stack([r[2] for r in results])
+    return masks
+
+
+def propagate_parts(video: VideoSource, first_labels: MaskSource, *, preset: str | Preset | None = "vip",
+                    **kwargs: Any):
+    """Propagate semantic/part labels (grey class ids, e.g. VIP's 20 classes) through a video.
+
+    Same engine and options as `propagate_masks`, with the VIP protocol by default (long side 880,
+    short side floored to a multiple of 64, top-10, PIL NEAREST back to the original size).
+
+    Returns:
+        (T, H, W) uint8 class ids (or a generator with `stream=True`).
+    """
+    return propagate_masks(video, first_labels, preset=preset, **kwargs)
+
+
+def propagate_keypoints(
+    video: VideoSource,
+    first_keypoints: np.ndarray,
+    *,
+    model: Any = None,
+    preset: str | Preset | None = None,
+    size: tuple[int, int] | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    progress: bool = True,
+    topk: int | None = None,
+    temperature: float | None = None,
+    radius: float | None = None,
+    n_context: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Propagate the first frame's keypoints (the paper's JHMDB pose protocol with preset="jhmdb").
+
+    Each keypoint becomes the reference's Gaussian heatmap (sigma 0.5 feature-grid cells, its window
+    rules) plus a background channel; heatmaps are propagated like masks and decoded with a top-5
+    soft-argmax.
+
+    Args:
+        video: as in `propagate_masks`.
+        first_keypoints: (K, 2) float (x, y) pixel positions in frame 0 (0-based); NaN for a joint
+            that is not in the first frame.
+        preset: None (short side 480, aspect kept) or "jhmdb" (320x320 stretched, the paper's).
+        Other arguments as in `propagate_masks`.
+
+    Returns:
+        keypoints: (T, K, 2) float32 (x, y) pixels in the original frames, -1 where lost;
+        visible: (T, K) bool, False where the propagated heatmap vanished.
+    """
+    points = np.asarray(first_keypoints, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise ValueError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
+    frames, backbone, spec, work, device = _setup(video, model, preset, size, device)
+    h_img, w_img = frames.size
+    p = backbone.patch_size
+    grid_points = points * np.array([work[1] / w_img, work[0] / h_img]) / p  # (K, 2) in grid cells
+    first = keypoint_heatmaps(grid_points, (work[0] // p, work[1] // p))
+    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
+    engine = _engine(spec, topk, temperature, radius, n_context)
+    coords, visible = [], []
+    for _, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating keypoints"):
+        xy, vis = decode_keypoints(labels)
+        coords.append(xy.cpu())
+        visible.append(vis.cpu())
+    xy = torch.stack(coords).numpy()  # (T, K, 2) in grid cells
+    vis = torch.stack(visible).numpy()
+    scale = np.array([p * w_img / work[1], p * h_img / work[0]], dtype=np.float32)
+    pixels = np.where(vis[..., None], xy * scale, -1.0).astype(np.float32)
+    return pixels, vis

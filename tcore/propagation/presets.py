@@ -1,0 +1,98 @@
+"""Protocol constants of the paper's three benchmarks, and the working size of a video.
+
+A preset fixes everything the paper's numbers depend on besides the features: the frame size rule,
+the propagation hyper-parameters and how predictions are resized back to the original frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Preset", "PRESETS", "get_preset", "working_size"]
+
+SizeRule = Literal["short_side", "fixed", "long_side_64"]
+OutputResize = Literal["floor", "pil"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything besides the features that the benchmark numbers depend on.
+
+    Attributes:
+        name: preset name.
+        size_rule: "short_side" (scale the short side to `size[0]`, keep the aspect ratio),
+            "fixed" (stretch to `size` = (H, W)), or "long_side_64" (long side `size[0]`, short
+            side `int(short * long_target / long)` floored to a multiple of 64: VIP).
+        size: the rule's numbers, in pixels.
+        topk: keys kept per query.
+        temperature: softmax temperature on cosine scores.
+        radius: spatial radius for the short-term context, in feature-grid cells (strict <).
+        n_context: previous frames in the short-term context.
+        output_resize: "floor" = nearest with floor mapping, as OpenCV's INTER_NEAREST (DAVIS),
+            "pil" = PIL NEAREST (the VIP evaluator).
+    """
+
+    name: str
+    size_rule: SizeRule
+    size: tuple[int, ...]
+    topk: int = 7
+    temperature: float = 0.7
+    radius: float = 20
+    n_context: int = 20
+    output_resize: OutputResize = "floor"
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("default", "short_side", (480,)),
+    "davis": Preset("davis", "fixed", (480, 880)),
+    "jhmdb": Preset("jhmdb", "fixed", (320, 320)),
+    "vip": Preset("vip", "long_side_64", (880,), topk=10, output_resize="pil"),
+}
+
+
+def get_preset(preset: str | Preset | None) -> Preset:
+    """The preset for `preset=` (None means "default": the paper's hyper-parameters, aspect kept)."""
+    if isinstance(preset, Preset):
+        return preset
+    name = "default" if preset is None else preset
+    if name not in PRESETS:
+        raise ValueError(f"preset={preset!r}: expected None or one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _floor_to(value: int, multiple: int) -> int:
+    return max(multiple, value // multiple * multiple)
+
+
+def working_size(original: tuple[int, int], preset: Preset, patch_size: int,
+                 size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) the frames are resized to before the backbone; both multiples of `patch_size`.
+
+    Args:
+        original: (H, W) of the video frames in pixels.
+        preset: the size rule.
+        patch_size: the backbone's patch size (16 for T-CoRe, 14 for DINOv2).
+        size: an explicit (H, W) that overrides the preset's rule (floored to the patch size).
+
+    Returns:
+        (H', W') in pixels. Sizes the rule gives that are not multiples of the patch size (e.g.
+        DAVIS's 880 for a patch-14 model) are floored to one.
+    """
+    h, w = original
+    if size is not None:
+        if len(size) != 2 or min(size) < patch_size:
+            raise ValueError(f"size={size!r}: expected (H, W), each at least the patch size {patch_size}")
+        return _floor_to(int(size[0]), patch_size), _floor_to(int(size[1]), patch_size)
+    if preset.size_rule == "fixed":
+        th, tw = preset.size
+    elif preset.size_rule == "short_side":
+        scale = preset.size[0] / min(h, w)
+        th, tw = round(h * scale), round(w * scale)
+    else:  # "long_side_64", the VIP rule: long side fixed, short side floored to a multiple of 64
+        target = preset.size[0]
+        if h >= w:
+            th, tw = target, int(w * target / h) // 64 * 64
+        else:
+            th, tw = int(h * target / w) // 64 * 64, target
+        th, tw = max(th, 64), max(tw, 64)
+    return _floor_to(th, patch_size), _floor_to(tw, patch_size)
