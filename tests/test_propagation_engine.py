@@ -303,18 +303,33 @@ def test_public_names_are_exported_lazily_from_tcore():
     assert tcore.Propagator is Propagator and tcore.propagate_labels is propagate_labels
 
 
-def test_tf32_enabled_globally_is_turned_off_inside_the_engine_and_restored():
-    matmul = torch.backends.cuda.matmul
-    previous = matmul.fp32_precision
+@pytest.mark.parametrize("device, backend, reduced", [
+    ("cuda", torch.backends.cuda.matmul, "tf32"), ("cpu", torch.backends.mkldnn.matmul, "bf16"),
+])
+def test_reduced_precision_matmul_is_turned_off_inside_the_engine_and_restored(device, backend, reduced):
+    previous = backend.fp32_precision
     try:
-        matmul.fp32_precision = "tf32"
-        with engine._ieee_fp32_matmul(torch.device("cuda")):
-            assert matmul.fp32_precision == "ieee"
-        assert matmul.fp32_precision == "tf32"
-        with engine._ieee_fp32_matmul(torch.device("cpu")):
-            assert matmul.fp32_precision == "tf32"  # CPU matmuls never use TF32: nothing to change
+        backend.fp32_precision = reduced
+        with engine._ieee_fp32_matmul(torch.device(device)):
+            assert backend.fp32_precision == "ieee"
+        assert backend.fp32_precision == reduced
     finally:
-        matmul.fp32_precision = previous
+        backend.fp32_precision = previous
+
+
+def test_engine_results_ignore_float32_matmul_precision_medium():
+    feats, labels = drifting_video(6, 6, 20, 384, seed=31), soft_labels(3, 6, 20, seed=32)  # D=384 uses oneDNN
+    params = dict(topk=7, temperature=0.7, radius=6, n_context=3)
+    exact = propagate_labels(feats, labels, **params)
+    q, k = feats[1].reshape(-1, 384), feats[0].reshape(-1, 384)
+    ieee, previous = q @ k.T, torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        if torch.equal(q @ k.T, ieee):
+            pytest.skip("fp32 matmuls on this CPU are unchanged by 'medium': nothing to guard against")
+        assert torch.equal(propagate_labels(feats, labels, **params), exact)
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

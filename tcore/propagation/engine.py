@@ -214,22 +214,43 @@ def _target_affinity(
 
 @contextlib.contextmanager
 def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
-    """Run CUDA fp32 matmuls in full precision, even where the user enabled TF32 globally.
+    """Run fp32 matmuls in full precision, even where the user allowed reduced precision globally.
 
-    TF32 rounds inputs to 10 mantissa bits, which reorders close candidates (spec §13). The global
-    setting is restored on exit; this is not thread-safe against other threads changing it.
+    `torch.set_float32_matmul_precision("high"/"medium")` lets CUDA use TF32 and oneDNN on CPU
+    use TF32 or bf16 passes, which reorder close candidates (spec §13). Within this block the
+    device's matmul backend is set to "ieee"; the setting is restored on exit (not thread-safe
+    against other threads changing it meanwhile).
     """
-    matmul = torch.backends.cuda.matmul
-    previous = matmul.fp32_precision
-    effective = previous if previous != "none" else torch.backends.fp32_precision
-    if device.type != "cuda" or effective != "tf32":
+    backends = {"cuda": torch.backends.cuda.matmul, "cpu": getattr(torch.backends.mkldnn, "matmul", None)}
+    backend = backends.get(device.type)
+    previous = getattr(backend, "fp32_precision", None)  # None: torch < 2.9 or another device type
+    if previous is None:
+        with _legacy_no_tf32(device):
+            yield
+        return
+    effective = previous if previous != "none" else getattr(torch.backends, "fp32_precision", "none")
+    if effective in ("ieee", "none"):
         yield
         return
-    matmul.fp32_precision = "ieee"
+    backend.fp32_precision = "ieee"
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        backend.fp32_precision = previous
+
+
+@contextlib.contextmanager
+def _legacy_no_tf32(device: torch.device) -> Iterator[None]:
+    """`_ieee_fp32_matmul` for torch < 2.9: switch off `torch.backends.cuda.matmul.allow_tf32`."""
+    matmul = torch.backends.cuda.matmul
+    if device.type != "cuda" or not matmul.allow_tf32:
+        yield
+        return
+    matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = True
 
 
 def _check_tensor(name: str, x: object, shape_doc: str, ndim: int) -> torch.Tensor:
