@@ -102,13 +102,21 @@ def _videos(cfg: Config, out_dir: Path, info: DistInfo) -> list[str]:
     return read_manifest(path)
 
 
-def _setup_logging(info: DistInfo, out_dir: Path) -> None:
-    level = logging.INFO if info.is_main else logging.WARNING
+def _setup_logging(info: DistInfo, out_dir: Path) -> list[logging.Handler]:
+    """Log lines of the `training` loggers to stdout (and log.txt on rank 0); the root logger is left alone."""
+    logger = logging.getLogger("training")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    logger.propagate = False
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if info.is_main:
         handlers.append(logging.FileHandler(out_dir / "log.txt"))
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", handlers=handlers,
-                        force=True)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    return handlers
 
 
 def _tensorboard(cfg: Config, out_dir: Path, info: DistInfo) -> Any:
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(info)
-    _setup_logging(info, out_dir)
+    handlers = _setup_logging(info, out_dir)
     import yaml
     _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     device = info.device
@@ -272,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_file.close()
     if writer is not None:
         writer.close()
+    for handler in handlers:
+        logging.getLogger("training").removeHandler(handler)
+        handler.close()
     cleanup_distributed()
     return 0
 
