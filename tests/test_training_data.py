@@ -8,7 +8,7 @@ import torch
 from training.config import load_config
 from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest, sample_frame_indices,
                            scan_videos, write_manifest)
-from training.masking import batch_masks, block_mask, mask_upper_bound
+from training.masking import batch_masks, block_mask, mask_indices, mask_upper_bound
 from training.synthetic import make_frame_folders
 
 
@@ -90,6 +90,16 @@ def test_batch_masks_are_stratified_and_bounded():
     for i in range(bs):  # the i-th smallest masked crop drew its ratio from the i-th sub-interval
         assert (sorted_counts[:, i] >= int(n * probs[i])).all() and (sorted_counts[:, i] <= int(n * probs[i + 1])).all()
     assert abs(sorted_counts.sum(1).mean() / bs - 0.3 * n) < 3  # mean ratio ~0.3 (58.3 patches per crop)
+
+
+def test_mask_index_arrays():
+    masks = np.zeros((4, 3), dtype=bool)
+    masks[1, [0, 2]] = masks[3, 1] = True
+    index = mask_indices(masks)
+    assert index["aux_rows"].tolist() == [1, 3]
+    assert index["mask_index"].tolist() == [3, 5, 10]          # row * 3 + patch
+    assert index["aux_mask_index"].tolist() == [0, 2, 4]       # position in the stack of rows 1 and 3
+    assert index["mask_weight"].tolist() == [0.5, 0.5, 1.0]
 
 
 def test_which_crops_are_masked_is_shuffled():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from training import losses as L
 from training.config import LossConfig
+from training.masking import mask_indices
 
 
 def _ce(t: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
@@ -79,6 +80,10 @@ def test_centers_are_softmax_centering_with_ema_after_the_step():
     assert torch.allclose(probs, torch.softmax((torch.tensor([[1.0, 2.0, 3.0]]) - c.dino) / 0.04, -1))
 
 
+def _weights(masks: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(mask_indices(masks.numpy())["mask_weight"])
+
+
 def _reference_losses(out, t_cls_swapped, t_patch, masks, cfg):
     """The spec's formulas written literally: 16 local terms, swapped globals, per-image iBOT weights."""
     b = t_cls_swapped.shape[0] // 2
@@ -107,7 +112,7 @@ def test_tcore_losses_equal_the_literal_formulas():
            "past_logits": torch.randn(m, k), "future_logits": torch.randn(m, k), "global_cls": torch.randn(2 * b, d)}
     t_cls = torch.softmax(torch.randn(2 * b, k), -1)
     t_patch = torch.softmax(torch.randn(m, k), -1)
-    terms = L.tcore_losses(out, t_cls, t_patch, masks, LossConfig())
+    terms = L.tcore_losses(out, t_cls, t_patch, _weights(masks), LossConfig())
     ref = _reference_losses(out, t_cls, t_patch, masks, LossConfig())
     for ours, theirs in zip(terms.as_dict().values(), ref):
         assert torch.allclose(ours, theirs, atol=1e-5)
@@ -121,8 +126,8 @@ def test_each_weight_scales_only_its_term(weight):
     out = {"local_logits": torch.randn(4, 7), "global_logits": torch.randn(4, 7), "past_logits": torch.randn(3, 7),
            "future_logits": torch.randn(3, 7), "global_cls": torch.randn(4, 3)}
     t_cls, t_patch = torch.softmax(torch.randn(4, 7), -1), torch.softmax(torch.randn(3, 7), -1)
-    base = L.tcore_losses(out, t_cls, t_patch, masks, LossConfig())
-    zero = L.tcore_losses(out, t_cls, t_patch, masks, LossConfig(**{weight: 0.0}))
+    base = L.tcore_losses(out, t_cls, t_patch, _weights(masks), LossConfig())
+    zero = L.tcore_losses(out, t_cls, t_patch, _weights(masks), LossConfig(**{weight: 0.0}))
     part = {"dino_weight": base.dino_local + base.dino_global, "koleo_weight": base.koleo,
             "past_ibot_weight": 0.8 * base.ibot_past, "future_ibot_weight": 0.8 * base.ibot_future,
             "mse_weight": 20 * base.mse}[weight]

@@ -7,6 +7,7 @@ from torch import nn
 
 from training.config import ModelConfig, load_config
 from training.losses import Centers, tcore_losses
+from training.masking import mask_indices
 from training.model import (DINOHead, PatchMatchingModule, build_student, build_teacher, teacher_pairs,
                             teacher_targets, update_teacher)
 
@@ -70,10 +71,16 @@ def _batch(cfg, b=4, seed=0):
     masks = torch.zeros(2 * b, (g // 16) ** 2, dtype=torch.bool)
     masks[[0, 3, 5, 6], 0] = True
     masks[3, 2] = True
-    rows = torch.nonzero(masks.any(1)).flatten()
+    index = {k: torch.from_numpy(v) for k, v in mask_indices(masks.numpy()).items()}
+    n = len(index["aux_rows"])
     return {"globals": torch.randn(2 * b, 3, g, g, generator=gen), "locals": torch.randn(cfg.augment.n_local_crops * b,
-            3, l, l, generator=gen), "masks": masks, "aux_rows": rows,
-            "past": torch.randn(len(rows), 3, g, g, generator=gen), "future": torch.randn(len(rows), 3, g, g, generator=gen)}
+            3, l, l, generator=gen), "masks": masks, **index,
+            "past": torch.randn(n, 3, g, g, generator=gen), "future": torch.randn(n, 3, g, g, generator=gen)}
+
+
+def _student_out(student, batch):
+    return student(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["aux_mask_index"],
+                   batch["past"], batch["future"])
 
 
 def test_student_forward_backward_gives_every_student_parameter_a_gradient_and_the_teacher_none():
@@ -83,12 +90,12 @@ def test_student_forward_backward_gives_every_student_parameter_a_gradient_and_t
     teacher = build_teacher(student)
     batch = _batch(cfg)
     centers = Centers(cfg.model.head_n_prototypes, 0.9, torch.device("cpu"))
-    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["masks"], centers, 0.04)
-    out = student(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["past"], batch["future"])
+    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, 0.04)
+    out = _student_out(student, batch)
     m = int(batch["masks"].sum())
     assert out["past_logits"].shape == out["future_logits"].shape == patch_t.shape == (m, 256)
     assert out["local_logits"].shape == (2 * 4, 256) and cls_t.shape == out["global_logits"].shape == (8, 256)
-    tcore_losses(out, cls_t, patch_t, batch["masks"], cfg.loss).total.backward()
+    tcore_losses(out, cls_t, patch_t, batch["mask_weight"], cfg.loss).total.backward()
     for name, p in student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -101,7 +108,7 @@ def test_teacher_targets_are_crop_swapped_and_gathered_at_the_masks():
     teacher = build_teacher(build_student(cfg.model))
     batch = _batch(cfg)
     centers = Centers(cfg.model.head_n_prototypes, 0.9, torch.device("cpu"))
-    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["masks"], centers, 0.05)
+    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, 0.05)
     with torch.no_grad():
         out = teacher["backbone"](batch["globals"])
         logits = teacher["dino_head"](out["cls"])
@@ -127,3 +134,21 @@ def test_ema_update_rule():
     for t_old, t_new, s in zip(before, t_params, s_params):
         assert torch.allclose(t_new, 0.99 * t_old + 0.01 * s, atol=1e-6)
     assert len(t_params) == sum(1 for _ in teacher.parameters())  # backbone + head, not the PMM
+
+
+def test_student_reconstructions_are_gathered_at_the_masked_patches():
+    """Row m of past_logits is the head of the PMM output at the m-th masked (row, patch), in row-major order."""
+    cfg = load_config("training/configs/tiny.yaml", ["model.drop_path_rate=0.0"])
+    torch.manual_seed(0)
+    student = build_student(cfg.model).eval()
+    batch = _batch(cfg)
+    with torch.no_grad():
+        out = _student_out(student, batch)
+        aux = student.backbone(torch.cat([batch["past"], batch["future"]]))["patches"].flatten(1, 2)
+        q = student.backbone(batch["globals"], batch["masks"])["patches"].flatten(1, 2)
+        rows = batch["aux_rows"].tolist()
+        expected = []
+        for i, r in enumerate(rows):
+            rec = student.pmm(aux[i:i + 1], q[r:r + 1])[0]  # past view of row r
+            expected += [student.dino_head(rec[p:p + 1])[0] for p in range(4) if batch["masks"][r, p]]
+    assert torch.allclose(out["past_logits"], torch.stack(expected), atol=1e-5)

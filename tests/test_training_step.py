@@ -6,6 +6,7 @@ import torch
 
 from training.config import load_config
 from training.losses import Centers
+from training.masking import mask_indices
 from training.model import build_student, build_teacher
 from training.optim import build_optimizer
 from training.pretrain import forward_backward, micro_seed, optimizer_step
@@ -19,9 +20,9 @@ def _setup(precision: str):
     gen = torch.Generator().manual_seed(1)
     masks = torch.zeros(8, 4, dtype=torch.bool)
     masks[[1, 2, 4, 7], :2] = True
-    rows = torch.nonzero(masks.any(1)).flatten()
+    index = {k: torch.from_numpy(v) for k, v in mask_indices(masks.numpy()).items()}
     batch = {"globals": torch.randn(8, 3, 32, 32, generator=gen), "locals": torch.randn(8, 3, 16, 16, generator=gen),
-             "masks": masks, "aux_rows": rows, "past": torch.randn(4, 3, 32, 32, generator=gen),
+             "masks": masks, **index, "past": torch.randn(4, 3, 32, 32, generator=gen),
              "future": torch.randn(4, 3, 32, 32, generator=gen)}
     return cfg, student, teacher, batch
 

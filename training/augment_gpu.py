@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from training.augment import BLUR_KERNEL, SOLARIZE_THRESHOLD
-from training.data import normalize
+from training.data import INDEX_KEYS, normalize
 
 __all__ = ["resample_matrix", "resize_crops", "photometric", "decode_frames", "render_batch"]
 
@@ -198,29 +198,37 @@ def photometric(x: torch.Tensor, photo: dict[str, torch.Tensor]) -> torch.Tensor
     """Colour jitter (per-image order) -> grey -> blur -> solarize, per image's parameters.
 
     Args:
-        x: (n, 3, S, S) float on the 8-bit grid.
+        x: (n, 3, S, S) float on the 8-bit grid, on any device.
         photo: "jitter" (n,) bool, "order" (n, 4), "factors" (n, 4), "gray", "blur" (n,) bool,
-            "sigma" (n,), "solarize" (n,) bool, on x's device.
+            "sigma" (n,), "solarize" (n,) bool, as CPU tensors: the selections are made on the CPU,
+            so the device never waits for the host.
 
     Returns:
         (n, 3, S, S) float on the 8-bit grid.
     """
+    device = x.device
     x = x.clone()
     factors = photo["factors"].float()
+
+    def rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sel = torch.nonzero(mask).flatten()  # CPU
+        return sel, sel.to(device, non_blocking=True)
+
     for position in range(4):
         for op in range(4):
-            sel = torch.nonzero(photo["jitter"] & (photo["order"][:, position] == op)).flatten()
+            sel, idx = rows(photo["jitter"] & (photo["order"][:, position] == op))
             if sel.numel():
-                x[sel] = _JITTER_OPS[op](x[sel], factors[sel, op].view(-1, 1, 1, 1) if op < 3 else factors[sel, op])
-    sel = torch.nonzero(photo["gray"]).flatten()
+                f = factors[sel, op].to(device, non_blocking=True)
+                x[idx] = _JITTER_OPS[op](x[idx], f.view(-1, 1, 1, 1) if op < 3 else f)
+    sel, idx = rows(photo["gray"])
     if sel.numel():
-        x[sel] = _luma(x[sel]).expand(-1, 3, -1, -1)
-    sel = torch.nonzero(photo["blur"]).flatten()
+        x[idx] = _luma(x[idx]).expand(-1, 3, -1, -1)
+    sel, idx = rows(photo["blur"])
     if sel.numel():
-        x[sel] = _gaussian_blur(x[sel], photo["sigma"][sel])
-    sel = torch.nonzero(photo["solarize"]).flatten()
+        x[idx] = _gaussian_blur(x[idx], photo["sigma"][sel].to(device, non_blocking=True))
+    sel, idx = rows(photo["solarize"])
     if sel.numel():
-        x[sel] = torch.where(x[sel] >= SOLARIZE_THRESHOLD, 255 - x[sel], x[sel])
+        x[idx] = torch.where(x[idx] >= SOLARIZE_THRESHOLD, 255 - x[idx], x[idx])
     return x
 
 
@@ -246,9 +254,9 @@ def decode_frames(encoded: list[torch.Tensor], device: torch.device) -> torch.Te
     return out
 
 
-def _photo(batch: dict[str, Any], prefix: str, device: torch.device) -> dict[str, torch.Tensor]:
+def _photo(batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
     keys = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize")
-    return {k: batch[f"{prefix}_photo_{k}"].to(device, non_blocking=True) for k in keys}
+    return {k: batch[f"{prefix}_photo_{k}"].cpu() for k in keys}
 
 
 def _select(photo: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -261,7 +269,7 @@ def render_batch(batch: dict[str, Any], device: torch.device, global_size: int, 
 
     Returns:
         dict: "globals" (2b, 3, G, G), "locals" (L*b, 3, l, l), "past"/"future" (n, 3, G, G)
-        normalised, "masks" (2b, N) bool and "aux_rows" (n,) on `device` (same layout as the CPU path).
+        normalised, and the mask index tensors, on `device` (the layout of the CPU path).
     """
     boxes = batch["current_boxes"].to(device)          # (b, 2+L, 4)
     flips = batch["current_flips"].to(device)          # (b, 2+L)
@@ -270,20 +278,19 @@ def render_batch(batch: dict[str, Any], device: torch.device, global_size: int, 
     glob = resize_crops(current, boxes[:, :2], global_size).transpose(0, 1).reshape(2 * b, 3, global_size, global_size)
     loc = resize_crops(current, boxes[:, 2:], local_size, flips[:, 2:]).transpose(0, 1)
     loc = loc.reshape((k - 2) * b, 3, local_size, local_size)  # crop-major
-    photo = _photo(batch, "current", device)  # rows: sample-major (j, crop)
-    crop_major = torch.arange(b * k, device=device).view(b, k).t()  # (k, b): row of (crop i, sample j)
+    photo = _photo(batch, "current")  # rows: sample-major (j, crop)
+    crop_major = torch.arange(b * k).view(b, k).t()  # (k, b): row of (crop i, sample j)
     glob = photometric(glob, _select(photo, crop_major[:2].reshape(-1)))
     loc = photometric(loc, _select(photo, crop_major[2:].reshape(-1)))
     out = {"globals": normalize(glob, dtype, channels_last), "locals": normalize(loc, dtype, channels_last),
-           "masks": batch["masks"].to(device, non_blocking=True),
-           "aux_rows": batch["aux_rows"].to(device, non_blocking=True)}
+           **{k: batch[k].to(device, non_blocking=True) for k in INDEX_KEYS}}
     n = batch["aux_rows"].shape[0]
     if n:
         aux = decode_frames(batch["aux_bytes"], device)
         aux = resize_crops(aux, batch["aux_boxes"].to(device)[:, None], global_size)[:, 0]  # (m, 3, G, G)
         for name in ("past", "future"):
             crops = aux[batch[f"{name}_frame"].to(device)]
-            out[name] = normalize(photometric(crops, _photo(batch, name, device)), dtype, channels_last)
+            out[name] = normalize(photometric(crops, _photo(batch, name)), dtype, channels_last)
     else:
         empty = torch.empty(0, 3, global_size, global_size, device=device, dtype=dtype)
         out["past"], out["future"] = empty, empty

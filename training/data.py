@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from training.augment import (IMAGENET_MEAN, IMAGENET_STD, CropPlan, Photo, apply_plan_pil, center_box,
                               draw_current_plan, draw_photo, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2)
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
-from training.masking import batch_masks
+from training.masking import batch_masks, mask_indices
 
 __all__ = [
     "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
@@ -35,6 +35,7 @@ __all__ = [
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
+INDEX_KEYS = ("masks", "aux_rows", "mask_index", "aux_mask_index", "mask_weight")
 
 
 # ---------------------------------------------------------------------------------- the index
@@ -176,11 +177,12 @@ def _row(photo: Photo, i: int) -> Photo:
 class ClipBatchDataset(Dataset):
     """Item g = global micro-batch g, fully built (crops, masks), for a DataLoader with batch_size=None.
 
-    CPU augmentation (`aug.device == "cpu"`) returns uint8 crops:
-        "globals" (2b, 3, G, G) crop-major (row i*b + j = crop i of sample j), "locals" (L*b, 3, l, l)
-        crop-major, "masks" (2b, N) bool, "aux_rows" (n,) int64 the masked global rows, "past" and
-        "future" (n, 3, G, G): slot `r // b` of sample `r % b`'s past/future frame for each row r.
-    GPU augmentation returns the JPEG bytes and the plans instead (see `training.augment_gpu`).
+    Every item has "masks" (2b, N) bool and the index arrays of `training.masking.mask_indices`
+    ("aux_rows" (n,): the global rows with masked patches, "mask_index", "aux_mask_index",
+    "mask_weight" (M,)). CPU augmentation (`aug.device == "cpu"`) adds uint8 crops: "globals"
+    (2b, 3, G, G) crop-major (row i*b + j = crop i of sample j), "locals" (L*b, 3, l, l) crop-major,
+    "past" and "future" (n, 3, G, G): slot `r // b` of sample `r % b`'s past/future frame for each
+    aux row r. GPU augmentation adds the JPEG bytes and the plans instead (`training.augment_gpu`).
 
     Args:
         cfg: the run's config.
@@ -215,19 +217,20 @@ class ClipBatchDataset(Dataset):
         idx = sample_frame_indices(len(names), rng, d.current_range, d.past_offset_range, d.future_offset_range)
         return [folder / names[i] for i in idx], rng
 
-    def _masks(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, g: int) -> dict[str, Any]:
         m = self.mask
         masks = batch_masks(2 * self.batch_size, self.grid, mask_rng(self.seed, g), m.probability,
                             m.ratio_min_max, m.min_num_patches, m.min_aspect)
-        return masks, np.flatnonzero(masks.any(axis=1))
-
-    def __getitem__(self, g: int) -> dict[str, Any]:
-        masks, aux_rows = self._masks(g)
+        index = mask_indices(masks)
+        batch = {"masks": torch.from_numpy(masks), **{k: torch.from_numpy(v) for k, v in index.items()}}
         if self.aug.device == "gpu":
-            return self._encoded_batch(g, masks, aux_rows)
-        return self._rendered_batch(g, masks, aux_rows)
+            batch.update(self._encoded_batch(g, index["aux_rows"]))
+        else:
+            batch.update(self._rendered_batch(g, index["aux_rows"]))
+        return batch
 
-    def _rendered_batch(self, g: int, masks: np.ndarray, aux_rows: np.ndarray) -> dict[str, Any]:
+    def _rendered_batch(self, g: int, aux_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """uint8 crops rendered with PIL in this worker."""
         b = self.batch_size
         n_local = self.aug.n_local_crops
         globals_ = [[None] * b for _ in range(2)]
@@ -255,13 +258,11 @@ class ClipBatchDataset(Dataset):
         return {
             "globals": torch.stack([c for crops in globals_ for c in crops]),  # (2b, 3, G, G)
             "locals": torch.stack([c for crops in locals_ for c in crops]),    # (L*b, 3, l, l)
-            "masks": torch.from_numpy(masks),
-            "aux_rows": torch.from_numpy(aux_rows.astype(np.int64)),
             "past": torch.stack([aux["past"][int(r)] for r in aux_rows]) if len(aux_rows) else empty,
             "future": torch.stack([aux["future"][int(r)] for r in aux_rows]) if len(aux_rows) else empty,
         }
 
-    def _encoded_batch(self, g: int, masks: np.ndarray, aux_rows: np.ndarray) -> dict[str, Any]:
+    def _encoded_batch(self, g: int, aux_rows: np.ndarray) -> dict[str, Any]:
         """JPEG bytes + plans for `training.augment_gpu.render_batch` (decoding happens on the GPU)."""
         b = self.batch_size
         current_bytes, boxes, flips, photos = [], [], [], []
@@ -297,8 +298,6 @@ class ClipBatchDataset(Dataset):
             "aux_boxes": torch.tensor(aux_boxes, dtype=torch.int64).reshape(-1, 4),  # (m, 4)
             "past_frame": torch.tensor([aux_frame[("past", r % b)] for r in rows], dtype=torch.int64),
             "future_frame": torch.tensor([aux_frame[("future", r % b)] for r in rows], dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-            "aux_rows": torch.from_numpy(aux_rows.astype(np.int64)),
         }
         for prefix, group in (("current", photos), ("past", past_photo), ("future", future_photo)):
             batch.update({f"{prefix}_{k}": v for k, v in _stack_photos(group).items()})
@@ -367,7 +366,7 @@ def to_device_batch(batch: dict[str, Any], device: torch.device, aug: AugmentCon
         from training.augment_gpu import render_batch
 
         return render_batch(batch, device, aug.global_size, aug.local_size, channels_last=channels_last)
-    out = {k: batch[k].to(device, non_blocking=True) for k in ("masks", "aux_rows")}
+    out = {k: batch[k].to(device, non_blocking=True) for k in INDEX_KEYS}
     for key in ("globals", "locals", "past", "future"):
         out[key] = normalize(batch[key].to(device, non_blocking=True), channels_last=channels_last)
     return out

@@ -159,10 +159,10 @@ class Centers:
         stats = torch.cat([self._sums, self._counts], dim=1)  # (2, K + 1)
         if all_reduce_sum is not None:
             all_reduce_sum(stats)
-        means, counts = stats[:, :-1], stats[:, -1:]
-        for k, center in enumerate((self.dino, self.ibot)):
-            if counts[k] > 0:
-                center.mul_(self.momentum).add_(means[k:k + 1] / counts[k], alpha=1 - self.momentum)
+        means, counts = stats[:, :-1] / stats[:, -1:].clamp(min=1), stats[:, -1:]
+        for k, center in enumerate((self.dino, self.ibot)):  # no host sync: a step without patches keeps c
+            updated = self.momentum * center + (1 - self.momentum) * means[k:k + 1]
+            center.copy_(torch.where(counts[k] > 0, updated, center))
         self._sums.zero_()
         self._counts.zero_()
 
@@ -191,7 +191,7 @@ class LossTerms:
 
 
 def tcore_losses(student: dict[str, torch.Tensor], cls_targets: torch.Tensor, patch_targets: torch.Tensor,
-                 masks: torch.Tensor, cfg: LossConfig) -> LossTerms:
+                 mask_weight: torch.Tensor, cfg: LossConfig) -> LossTerms:
     """All loss terms of one micro-batch (spec §4 f).
 
     Args:
@@ -199,7 +199,7 @@ def tcore_losses(student: dict[str, torch.Tensor], cls_targets: torch.Tensor, pa
         cls_targets: (2b, K) teacher probabilities, already crop-swapped (row r = the other crop of
             the sample of student row r).
         patch_targets: (M, K) teacher probabilities at the masked patches.
-        masks: (2b, N) bool masks (for the per-image weights 1 / masked patches of its image).
+        mask_weight: (M,) per masked patch, 1 / (masked patches of its image).
         cfg: loss weights and temperatures.
     """
     two_b = cls_targets.shape[0]
@@ -211,8 +211,7 @@ def tcore_losses(student: dict[str, torch.Tensor], cls_targets: torch.Tensor, pa
     dino_local = soft_cross_entropy(student["local_logits"], both, tau).sum() / (b * normaliser)
     dino_global = 2 * soft_cross_entropy(student["global_logits"], cls_targets, tau).mean() / normaliser
     koleo_term = sum(koleo(c) for c in student["global_cls"].chunk(2))
-    per_image = masks.sum(dim=1, keepdim=True).clamp(min=1).expand_as(masks)[masks]  # (M,)
-    weights = 1.0 / per_image.float()
+    weights = mask_weight.float()
     ibot_past = (soft_cross_entropy(student["past_logits"], patch_targets, tau) * weights).sum() / two_b
     ibot_future = (soft_cross_entropy(student["future_logits"], patch_targets, tau) * weights).sum() / two_b
     mse = logit_mse(student["past_logits"], student["future_logits"])

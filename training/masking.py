@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["block_mask", "batch_masks", "mask_upper_bound"]
+__all__ = ["block_mask", "batch_masks", "mask_upper_bound", "mask_indices"]
 
 _ATTEMPTS = 10  # rectangle tries per call of the inner step
 
@@ -98,3 +98,28 @@ def batch_masks(n_crops: int, grid: tuple[int, int], rng: np.random.Generator, p
         k = int(n_patches * rng.uniform(probs[i], probs[i + 1]))
         masks[i] = block_mask(k, grid, rng, min_patches, min_aspect).reshape(n_patches)
     return masks[rng.permutation(n_crops)]
+
+
+def mask_indices(masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Index arrays of a batch's masks, computed once on the CPU (no device sync in the step).
+
+    Args:
+        masks: (B, N) bool.
+
+    Returns:
+        "aux_rows" (n,) int64: rows with at least one masked patch (the crops the PMM reconstructs);
+        "mask_index" (M,) int64: flat positions row * N + patch of the masked patches, row-major;
+        "aux_mask_index" (M,) int64: the same patches as positions i * N + patch in the stack of
+        the n aux rows; "mask_weight" (M,) float32: 1 / (masked patches of its row).
+    """
+    b, n = masks.shape
+    aux_rows = np.flatnonzero(masks.any(axis=1))
+    mask_index = np.flatnonzero(masks)
+    sub = masks[aux_rows]
+    counts = masks.sum(axis=1)
+    return {
+        "aux_rows": aux_rows.astype(np.int64),
+        "mask_index": mask_index.astype(np.int64),
+        "aux_mask_index": np.flatnonzero(sub).astype(np.int64),
+        "mask_weight": (1.0 / counts[mask_index // n]).astype(np.float32),
+    }

@@ -152,7 +152,7 @@ class Student(nn.Module):
         self.pmm = pmm
 
     def forward(self, globals_: torch.Tensor, locals_: torch.Tensor, masks: torch.Tensor, aux_rows: torch.Tensor,
-                past: torch.Tensor, future: torch.Tensor) -> dict[str, torch.Tensor]:
+                aux_mask_index: torch.Tensor, past: torch.Tensor, future: torch.Tensor) -> dict[str, torch.Tensor]:
         """The student side of a step (spec §4 b-e).
 
         Args:
@@ -160,6 +160,7 @@ class Student(nn.Module):
             locals_: (L*b, 3, l, l) local crops, crop-major.
             masks: (2b, N) bool iBOT masks of the global crops.
             aux_rows: (n,) the global rows with at least one masked patch.
+            aux_mask_index: (M,) the masked patches as flat positions in the stack of those n rows.
             past, future: (n, 3, G, G) the auxiliary views paired with those rows.
 
         Returns:
@@ -172,10 +173,9 @@ class Student(nn.Module):
         cur = self.backbone(globals_, masks)
         loc = self.backbone(locals_)
         q = cur["patches"].flatten(1, 2)[aux_rows]  # (n, N, D): only masked crops are supervised
-        sub_masks = masks[aux_rows]                  # (n, N)
         rec = self.pmm(torch.cat([aux_past, aux_future]), torch.cat([q, q]))  # (2n, N, D)
-        rec_past, rec_future = rec.chunk(2)
-        rows = [loc["cls"], cur["cls"], rec_past[sub_masks], rec_future[sub_masks]]
+        rec_past, rec_future = (r.flatten(0, 1)[aux_mask_index] for r in rec.chunk(2))  # (M, D) each
+        rows = [loc["cls"], cur["cls"], rec_past, rec_future]
         logits = self.dino_head(torch.cat(rows))  # one head call for every row (the reference makes two)
         local_logits, global_logits, past_logits, future_logits = logits.split([r.shape[0] for r in rows])
         return {"local_logits": local_logits, "global_logits": global_logits, "past_logits": past_logits,
@@ -220,14 +220,14 @@ def update_teacher(teacher_params: list[torch.Tensor], student_params: list[torc
 
 
 @torch.no_grad()
-def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, masks: torch.Tensor, centers, temp: float
+def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: torch.Tensor, centers, temp: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher probabilities of a micro-batch (spec §4 a) and its contribution to the centres.
 
     Args:
         teacher: the EMA teacher (eval mode).
         globals_: (2b, 3, G, G) unmasked current-frame global crops, crop-major.
-        masks: (2b, N) bool student masks.
+        mask_index: (M,) flat positions row * N + patch of the student's masked patches.
         centers: `training.losses.Centers` (read, and this batch's means queued).
         temp: teacher temperature of this step.
 
@@ -240,7 +240,7 @@ def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, masks: torch
     out = teacher["backbone"](globals_)
     cls = out["cls"]                                      # (2b, D)
     swapped = torch.cat(cls.chunk(2)[::-1])               # crop 1 rows, then crop 0 rows
-    patches = out["patches"].flatten(1, 2)[masks]         # (M, D), row-major over (crop row, patch)
+    patches = out["patches"].flatten(0, 2)[mask_index]    # (M, D), row-major over (crop row, patch)
     logits = teacher["dino_head"](torch.cat([swapped, patches]))  # one head call
     cls_logits, patch_logits = logits.split([swapped.shape[0], patches.shape[0]])
     centers.accumulate(cls_logits, patch_logits)

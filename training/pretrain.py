@@ -71,10 +71,10 @@ def forward_backward(model: torch.nn.Module, teacher: torch.nn.ModuleDict, cente
     device_type = batch["globals"].device.type
     dtype = _DTYPES[cfg.train.precision]
     with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-        cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["masks"], centers, teacher_temp)
-        out = model(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["past"],
-                    batch["future"])
-    terms = tcore_losses(out, cls_t, patch_t, batch["masks"], cfg.loss)  # float32, outside autocast
+        cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, teacher_temp)
+        out = model(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["aux_mask_index"],
+                    batch["past"], batch["future"])
+    terms = tcore_losses(out, cls_t, patch_t, batch["mask_weight"], cfg.loss)  # float32, outside autocast
     scaler.scale(terms.total * scale).backward()
     return terms
 
