@@ -1,0 +1,280 @@
+"""Speed and memory of label propagation (a harness that prints tables; not a test).
+
+Parts (`--part`):
+
+* ``engine``: `tcore.propagate_labels` against a straightforward reference-style engine written
+  here the way the official code works (the padded sequence of T + n_context frames, keys gathered
+  per target frame, dense affinities + radius mask + top-k + softmax, then the recurrence), on the
+  same random drifting unit features: agreement (max |diff|, argmax differences), both times and
+  the ratio. Then the stream-mode peak memory of the engine for a short and a long video (it must
+  be flat): peak RSS growth of a fresh process on CPU, `torch.cuda.max_memory_allocated` on CUDA.
+* ``pipeline`` (to be added by the front-end author): the whole `propagate_masks` pipeline against
+  the backbone alone. Hook: write `pipeline_part(args)` yielding `(title, rows)` tables and register
+  it in `PARTS`; `--part pipeline` and `--part all` then run it. Extra options go in `add_arguments`.
+
+Usage::
+
+    python benchmarks/propagation.py --part engine --frames 60 --grid 30 55 --dim 384 --device cpu
+    python benchmarks/propagation.py --device cuda --repeat 3 --memory-frames 60 240
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import tcore
+
+Row = dict[str, object]
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+def drifting_features(frames: int, h: int, w: int, dim: int, seed: int, device: str) -> torch.Tensor:
+    """(T, h, w, D) random unit features drifting from frame to frame (fp32, on `device`)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(h, w, dim, generator=gen)
+    out = torch.empty(frames, h, w, dim)
+    for t in range(frames):
+        out[t] = F.normalize(base + 0.05 * t * torch.randn(h, w, dim, generator=gen), dim=-1)
+    return out.to(device)
+
+
+def first_labels(classes: int, h: int, w: int, seed: int, device: str) -> torch.Tensor:
+    """(C, h, w) soft labels summing to 1 over C."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.softmax(3 * torch.randn(classes, h, w, generator=gen), dim=0).to(device)
+
+
+# --- the reference-style engine ---------------------------------------------------------------------
+
+def reference_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7, temperature: float = 0.7,
+                          radius: float = 20, n_context: int = 20, query_chunk: int = 100) -> torch.Tensor:
+    """The official engine's way: padded sequence, per-target key gather, dense masked top-k.
+
+    Args:
+        features: (T, h, w, D) unit features.
+        labels: (C, h, w) soft labels of frame 0.
+        topk, temperature, radius, n_context: the protocol's hyper-parameters.
+        query_chunk: queries per dense affinity chunk (the official code uses 100).
+
+    Returns:
+        (T, C, h, w) soft labels.
+    """
+    frames, h, w, dim = features.shape
+    n_cells, classes = h * w, labels.shape[0]
+    feats = features.reshape(frames, n_cells, dim)  # (T, N, D)
+    real = [max(0, e - n_context) for e in range(frames + n_context)]  # extended index -> real frame
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()  # (N, 2)
+    mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float().to(features.device)  # (N_k, N_q)
+    weights, index = [], []
+    for t in range(1, frames):  # all affinities first: they depend on features only
+        slots = [0, *range(t, t + n_context)]
+        keys = feats[[real[e] for e in slots]]  # (S, N, D) gathered copy
+        w_t, i_t = [], []
+        for q0 in range(0, n_cells, query_chunk):
+            scores = torch.einsum("skd,qd->skq", keys, feats[t, q0:q0 + query_chunk])  # (S, N_k, n_q)
+            scores[1:] += mask[:, q0:q0 + query_chunk]
+            scores /= temperature
+            values, idx = scores.reshape(len(slots) * n_cells, -1).topk(topk, dim=0)  # (K, n_q)
+            w_t.append(torch.softmax(values, dim=0))
+            i_t.append(idx)
+        weights.append(torch.cat(w_t, 1))
+        index.append(torch.cat(i_t, 1))
+    bank = [labels.reshape(classes, n_cells).float()] * (n_context + 1)  # extended frames 0..n_context
+    out = [labels.float()]
+    for t in range(1, frames):
+        context = torch.cat([bank[e] for e in [0, *range(t, t + n_context)]], 1)  # (C, S*N)
+        pred = (context[:, index[t - 1]] * weights[t - 1][None]).sum(1)  # (C, N)
+        bank.append(pred)
+        out.append(pred.reshape(classes, h, w))
+    return torch.stack(out)
+
+
+# --- the engine part ---------------------------------------------------------------------------------
+
+def _timed(fn: Callable[[], torch.Tensor], device: str, repeat: int) -> tuple[torch.Tensor, float]:
+    """Result of `fn` and its best wall time over `repeat` runs."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def bench_engine(frames: int = 60, grid: Sequence[int] = (30, 55), dim: int = 384, classes: int = 5,
+                 topk: int = 7, device: str = "cpu", repeat: int = 1, seed: int = 0,
+                 reference: bool = True) -> list[Row]:
+    """Time tcore's engine and the reference-style engine on the same features; check agreement."""
+    h, w = grid
+    feats = drifting_features(frames, h, w, dim, seed, device)
+    labels = first_labels(classes, h, w, seed, device)
+    params = dict(topk=topk, temperature=0.7, radius=20, n_context=20)
+    tcore.propagate_labels(feats[:3], labels, **params)  # warm-up: thread pools, BLAS, allocator
+    if reference:
+        reference_propagation(feats[:3], labels, **params)
+    ours, t_ours = _timed(lambda: tcore.propagate_labels(feats, labels, **params), device, repeat)
+    rows: list[Row] = []
+    common = {"frames": frames, "grid": f"{h}x{w}", "D": dim, "C": classes, "K": topk, "device": device}
+    if reference:
+        ref, t_ref = _timed(lambda: reference_propagation(feats, labels, **params), device, 1)
+        agree = {"max|diff|": f"{(ours - ref).abs().max().item():.1e}",
+                 "argmax diffs": int((ours.argmax(1) != ref.argmax(1)).sum())}
+        rows.append({"engine": "reference-style", **common, "time s": round(t_ref, 3),
+                     "s/frame": round(t_ref / (frames - 1), 4), "speed-up": 1.0, **agree})
+    rows.append({"engine": "tcore", **common, "time s": round(t_ours, 3), "s/frame": round(t_ours / (frames - 1), 4),
+                 "speed-up": round(t_ref / t_ours, 1) if reference else "-",
+                 **(agree if reference else {})})
+    return rows
+
+
+_MEMORY_CHILD = """
+import json, sys
+sys.path.insert(0, {here!r})
+from propagation import stream_memory
+print(json.dumps(stream_memory(**json.loads(sys.argv[1]))))
+"""
+
+
+def stream_memory(frames: int, grid: Sequence[int], dim: int, classes: int, topk: int, device: str,
+                  seed: int, frames_per_step: int = 8) -> Row:
+    """Peak memory growth while streaming `frames` frames through a `Propagator`.
+
+    Frames are made one step at a time and outputs are dropped, as a streaming caller does, so
+    the peak measures the engine. CPU: growth of the process's peak RSS over its RSS before the
+    loop (run this in a fresh process). CUDA: `torch.cuda.max_memory_allocated` growth.
+    """
+    import resource
+
+    h, w = grid
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(h, w, dim, generator=gen)
+
+    def frame_batch(t0: int, n: int) -> torch.Tensor:
+        batch = torch.stack([base + 0.05 * t * torch.randn(h, w, dim, generator=gen) for t in range(t0, t0 + n)])
+        return F.normalize(batch, dim=-1).to(device)  # (n, h, w, D)
+
+    prop = tcore.Propagator(topk=topk, temperature=0.7, radius=20, n_context=20)
+    prop.reset(frame_batch(0, 1)[0], first_labels(classes, h, w, seed, device))
+    prop.step(frame_batch(1, 1))  # warm-up: allocator and thread pools
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/statm") as f:
+            before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    for t0 in range(2, frames, frames_per_step):
+        prop.step(frame_batch(t0, min(frames_per_step, frames - t0)))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        how = "cuda max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        how = "peak RSS growth"
+    return {"frames": frames, "grid": f"{h}x{w}", "D": dim, "device": device, "peak MiB": round(peak / 2**20, 1),
+            "state MiB": round(prop.nbytes / 2**20, 1), "measure": how}
+
+
+def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: int, classes: int, topk: int,
+                        device: str, seed: int) -> list[Row]:
+    """`stream_memory` for each frame count, each in a fresh process on CPU (peak RSS is per process)."""
+    rows = []
+    for frames in frame_counts:
+        kwargs = dict(frames=frames, grid=list(grid), dim=dim, classes=classes, topk=topk, device=device, seed=seed)
+        if device.startswith("cuda"):
+            rows.append(stream_memory(**kwargs))
+            continue
+        code = _MEMORY_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                              check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    peaks = [float(r["peak MiB"]) for r in rows]
+    for row in rows:
+        row["vs first"] = f"{float(row['peak MiB']) / max(peaks[0], 1e-9):.2f}x"
+    return rows
+
+
+def engine_part(args: argparse.Namespace) -> Iterator[tuple[str, list[Row]]]:
+    """The engine tables: speed and agreement, then stream-mode memory."""
+    yield ("engine: tcore vs reference-style (same features)",
+           bench_engine(args.frames, args.grid, args.dim, args.classes, args.topk, args.device, args.repeat,
+                        args.seed, reference=not args.no_reference))
+    if args.memory_frames:
+        yield ("engine: stream-mode peak memory",
+               bench_stream_memory(args.memory_frames, args.grid, args.dim, args.classes, args.topk, args.device,
+                                   args.seed))
+
+
+# name -> function(args) yielding (title, rows) tables; the pipeline part registers itself here
+PARTS: dict[str, Callable[[argparse.Namespace], Iterator[tuple[str, list[Row]]]]] = {"engine": engine_part}
+
+
+# --- output and command line -------------------------------------------------------------------------
+
+def format_table(rows: list[Row]) -> str:
+    """Rows of equal keys as a fixed-width text table."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[str(row.get(k, "")) for k in keys] for row in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    line = lambda values: "  ".join(v.rjust(wd) for v, wd in zip(values, widths))  # noqa: E731
+    return "\n".join([line(keys), line(["-" * wd for wd in widths]), *(line(c) for c in cells)])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument("--frames", type=int, default=60, help="frames in the timed video (default 60)")
+    parser.add_argument("--grid", type=int, nargs=2, default=[30, 55], metavar=("H", "W"),
+                        help="feature grid (default 30 55: DAVIS 480x880 at patch 16)")
+    parser.add_argument("--dim", type=int, default=384, help="feature width D (default 384: ViT-S)")
+    parser.add_argument("--classes", type=int, default=5, help="label channels C (default 5)")
+    parser.add_argument("--topk", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs of tcore's engine; the best is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference-style engine")
+    parser.add_argument("--memory-frames", type=int, nargs="*", default=[60, 240],
+                        help="video lengths for the stream-memory table (none: skip it)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory part's child processes
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
+          f"{platform.processor() or platform.machine()}  threads {torch.get_num_threads()}  "
+          f"load {load:.2f}  device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print("# " + " ".join(["python", "benchmarks/propagation.py", *(argv if argv is not None else sys.argv[1:])]))
+    for name, part in PARTS.items():
+        if args.part in (name, "all"):
+            for title, rows in part(args):
+                print(f"\n[{title}]\n{format_table(rows)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
