@@ -202,12 +202,15 @@ def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: i
             rows.append(stream_memory(**kwargs))
             continue
         code = _MEMORY_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)))
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"stream-memory child for {frames} frames failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    peaks = [float(r["peak MiB"]) for r in rows]
+    first = max(float(rows[0]["peak MiB"]), 1e-9)
     for row in rows:
-        row["vs first"] = f"{float(row['peak MiB']) / max(peaks[0], 1e-9):.2f}x"
+        ratio = float(row["peak MiB"]) / first
+        row["vs first"] = f"{ratio:.2f}x"
+        row["flat (<=1.10x)"] = "yes" if ratio <= 1.10 else "NO"
     return rows
 
 
