@@ -1,0 +1,409 @@
+"""Readers for the three benchmarks in their official layouts, and their ground truth.
+
+* DAVIS-2017 (semi-supervised VOS, val): ``<root>/JPEGImages/480p/<seq>/00000.jpg``,
+  ``<root>/Annotations/480p/<seq>/00000.png`` (palette PNGs, 0 background, 1..K objects, 255 void)
+  and the split ``<root>/ImageSets/2017/val.txt``.
+* JHMDB (pose propagation): ``<root>/Rename_Images/<action>/<clip>/00001.png`` and
+  ``<root>/joint_positions/<action>/<clip>/joint_positions.mat`` (``pos_img``: 2 x 15 joints x T
+  frames, 1-based pixels; read with scipy, the ``eval`` extra). The split is a list file
+  (the official ``jhmdb_vallist.txt``); without one every clip found is used.
+* VIP (part propagation): ``<root>/Images/videos<N>/<frame>.jpg`` and
+  ``<root>/Annotations/Category_ids/videos<N>/<frame>.png`` (grey class ids 0..19). The split is
+  a list file (the official ``vip_vallist.txt``); without one, every annotated ``videos*`` folder.
+
+A list file has one video per line: one or two whitespace-separated paths (frames, annotations,
+in either order, as in the official lists ``<.mat path> <frames dir>``) or a bare video name. Only
+the part of a path after the layout's folder names (``Rename_Images/``, ``Images/``, ...) is used,
+so the official lists work whatever their path prefix; every file is then taken from `root`.
+
+Nothing here writes anything: the readers only list folders.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "BENCHMARK_NAMES",
+    "Dataset",
+    "DatasetError",
+    "Video",
+    "davis_ground_truth",
+    "frame_names",
+    "jhmdb_ground_truth",
+    "read_dataset",
+    "read_davis",
+    "read_index_png",
+    "read_jhmdb",
+    "read_vip",
+]
+
+_logger = logging.getLogger(__name__)
+
+BENCHMARK_NAMES = ("davis", "jhmdb", "vip")
+JHMDB_JOINTS = 15
+
+_DAVIS_FRAMES = ("JPEGImages", "480p")
+_DAVIS_LABELS = ("Annotations", "480p")
+_DAVIS_SPLIT = ("ImageSets", "2017", "val.txt")
+_JHMDB_FRAMES = ("Rename_Images",)
+_JHMDB_LABELS = ("joint_positions",)
+_JHMDB_MAT = "joint_positions.mat"
+_VIP_FRAMES = ("Images",)
+_VIP_LABELS = ("Annotations", "Category_ids")
+
+_LAYOUT_HELP = {
+    "davis": ("the DAVIS-2017 trainval layout (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt); "
+              "download DAVIS-2017-trainval-480p.zip from https://davischallenge.org/davis2017/code.html"),
+    "jhmdb": ("the JHMDB layout (Rename_Images/<action>/<clip>/00001.png and "
+              "joint_positions/<action>/<clip>/joint_positions.mat); download JHMDB.tar.gz and "
+              "joint_positions.zip from http://jhmdb.is.tue.mpg.de/"),
+    "vip": ("the VIP layout (Images/videos<N>/*.jpg and Annotations/Category_ids/videos<N>/*.png); "
+            "download VIP_Fine from https://github.com/HCPLab-SYSU/ATEN"),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset folder or list file that does not have the expected layout."""
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video of a benchmark.
+
+    Attributes:
+        name: its id in the split and in the results folder ("car-shadow", "catch/<clip>",
+            "videos338").
+        frames: its frame folder.
+        labels: its annotation folder (DAVIS, VIP) or its ``joint_positions.mat`` (JHMDB).
+    """
+
+    name: str
+    frames: Path
+    labels: Path
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The videos of one benchmark split.
+
+    Attributes:
+        benchmark: "davis", "jhmdb" or "vip".
+        root: the dataset folder.
+        videos: the videos, in the split's order.
+        split: where the video list came from (a file path, or a description).
+        official_split: False when the list is not the paper's split (JHMDB or VIP without a list).
+    """
+
+    benchmark: str
+    root: Path
+    videos: tuple[Video, ...]
+    split: str
+    official_split: bool
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _check_root(root: str | os.PathLike, benchmark: str, marker: tuple[str, ...]) -> Path:
+    """The root folder, or a clear error that says what layout was expected (and a likely fix)."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(f"root {str(path)!r}: {what}; expected {_LAYOUT_HELP[benchmark]}")
+    if not path.joinpath(*marker).exists():
+        raise DatasetError(f"root {str(path)!r}: no {'/'.join(marker)}; expected {_LAYOUT_HELP[benchmark]}"
+                           + _suggest_subfolder(path, marker))
+    return path
+
+
+def _suggest_subfolder(path: Path, marker: tuple[str, ...]) -> str:
+    """A hint when the layout sits one or two folders further down (a common mistake)."""
+    for depth_glob in ("*", "*/*"):
+        for child in sorted(path.glob(depth_glob)):
+            if child.is_dir() and child.joinpath(*marker).exists():
+                return f". Did you mean --root {child}?"
+    return ""
+
+
+def _require_dir(path: Path, what: str, benchmark: str) -> None:
+    if not path.is_dir():
+        raise DatasetError(f"{what}: missing folder {path}; expected {_LAYOUT_HELP[benchmark]}")
+
+
+def _video_id(field: str, anchors: tuple[tuple[str, ...], ...], strip_file: str | None) -> str | None:
+    """The part of `field` after the last occurrence of one of the anchor folder sequences."""
+    parts = Path(field.rstrip("/")).parts
+    if strip_file is not None and parts and parts[-1] == strip_file:
+        parts = parts[:-1]
+    best = None
+    for anchor in anchors:
+        n = len(anchor)
+        for i in range(len(parts) - n, -1, -1):
+            if parts[i:i + n] == anchor:
+                best = max(best or 0, i + n)
+                break
+    if best is None:
+        return None
+    return "/".join(parts[best:]) or None
+
+
+def _read_list(list_file: str | os.PathLike, anchors: tuple[tuple[str, ...], ...],
+               strip_file: str | None = None) -> list[str]:
+    """Video ids from a list file (see the module docstring for the accepted lines)."""
+    path = Path(list_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"list file {str(path)!r}: no such file")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) > 2:
+            raise DatasetError(f"list file {path}, line {number}: expected a video name or 1-2 paths "
+                               f"(frames, annotations), got {len(fields)} fields: {line.strip()!r}")
+        found = {_video_id(f, anchors, strip_file) for f in fields} - {None}
+        if not found and len(fields) == 1:
+            found = {fields[0].strip("/")}
+        if len(found) != 1:
+            names = sorted(found) or fields
+            raise DatasetError(f"list file {path}, line {number}: cannot tell which video it names "
+                               f"({', '.join(map(repr, names))}); write one video name per line, or "
+                               f"paths containing {' or '.join('/'.join(a) for a in anchors)}")
+        video = found.pop()
+        if Path(video).is_absolute() or ".." in Path(video).parts:
+            raise DatasetError(f"list file {path}, line {number}: video name {video!r} leaves the dataset "
+                               f"folder; name videos relative to it")
+        if video in seen:
+            raise DatasetError(f"list file {path}: video {video!r} is listed twice (lines {seen[video]} "
+                               f"and {number}); each video is scored once")
+        seen[video] = number
+        ids.append(video)
+    if not ids:
+        raise DatasetError(f"list file {path}: no video listed")
+    return ids
+
+
+def frame_names(folder: Path) -> list[str]:
+    """Stems of the frames in a frame folder, in the order the propagation reads them."""
+    from ..io import read_video
+
+    return read_video(folder).names
+
+
+def _check_labels_per_frame(video: Video, benchmark: str) -> None:
+    """Every frame needs an annotation PNG of the same name (DAVIS, VIP score every frame)."""
+    names = frame_names(video.frames)
+    present = {p.stem for p in video.labels.iterdir() if p.suffix.lower() == ".png"}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise DatasetError(
+            f"{benchmark} video {video.name!r}: no annotation {video.labels / (missing[0] + '.png')} "
+            f"({len(missing)} of {len(names)} frames lack one); scoring needs ground truth for every "
+            f"frame of {video.frames}" + (" (DAVIS-2017 trainval has it; test-dev does not)"
+                                          if benchmark == "davis" else ""))
+
+
+def _natural(name: str) -> tuple:
+    from ..io._common import natural_key
+
+    return natural_key(Path(name))
+
+
+# ------------------------------------------------------------------------------------- readers
+
+
+def read_davis(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
+    """The DAVIS-2017 val sequences (or those of `list_file`) of a DAVIS-2017 trainval folder.
+
+    Args:
+        root: the folder holding JPEGImages/480p, Annotations/480p and ImageSets/2017/val.txt.
+        list_file: another split: sequence names (as val.txt) or the official
+            ``davis_vallist_480_880.txt`` (``<JPEG dir> <Annotation dir>`` per line).
+
+    Returns:
+        The `Dataset`; every frame of every sequence has its annotation.
+
+    Raises:
+        FileNotFoundError: `root` or `list_file` does not exist.
+        DatasetError: a wrong layout, a missing sequence folder or annotation.
+    """
+    path = _check_root(root, "davis", _DAVIS_FRAMES if list_file else _DAVIS_SPLIT)
+    for folder in (_DAVIS_FRAMES, _DAVIS_LABELS):
+        _require_dir(path.joinpath(*folder), f"root {str(path)!r}", "davis")
+    if list_file is None:
+        split_file = path.joinpath(*_DAVIS_SPLIT)
+        names = _read_list(split_file, (_DAVIS_FRAMES, _DAVIS_LABELS))
+        split = str(split_file)
+    else:
+        names = _read_list(list_file, (_DAVIS_FRAMES, _DAVIS_LABELS))
+        split = str(Path(list_file).expanduser())
+    videos = []
+    for name in names:
+        video = Video(name, path.joinpath(*_DAVIS_FRAMES, name), path.joinpath(*_DAVIS_LABELS, name))
+        _require_dir(video.frames, f"davis sequence {name!r}", "davis")
+        _require_dir(video.labels, f"davis sequence {name!r}", "davis")
+        _check_labels_per_frame(video, "davis")
+        videos.append(video)
+    return Dataset("davis", path, tuple(videos), split, official_split=True)
+
+
+def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
+    """The JHMDB clips of `list_file` (the paper's split), else every clip with joint positions.
+
+    Args:
+        root: the folder holding Rename_Images/ and joint_positions/.
+        list_file: the official ``jhmdb_vallist.txt`` (``<.mat path> <frames dir>`` per line; any
+            path prefix) or ``<action>/<clip>`` names, one per line. Without it every clip found is
+            used, with a warning: that is not the paper's split.
+
+    Returns:
+        The `Dataset` (clips named ``<action>/<clip>``).
+
+    Raises:
+        FileNotFoundError: `root` or `list_file` does not exist.
+        DatasetError: a wrong layout, a clip without frames or without joint_positions.mat.
+    """
+    path = _check_root(root, "jhmdb", _JHMDB_LABELS)
+    _require_dir(path.joinpath(*_JHMDB_FRAMES), f"root {str(path)!r}", "jhmdb")
+    if list_file is not None:
+        names = _read_list(list_file, (_JHMDB_FRAMES, _JHMDB_LABELS), strip_file=_JHMDB_MAT)
+        split, official = str(Path(list_file).expanduser()), True
+    else:
+        mats = path.joinpath(*_JHMDB_LABELS).glob(f"*/*/{_JHMDB_MAT}")
+        names = sorted(f"{m.parent.parent.name}/{m.parent.name}" for m in mats)
+        if not names:
+            raise DatasetError(f"root {str(path)!r}: no joint_positions/<action>/<clip>/{_JHMDB_MAT} found; "
+                               f"expected {_LAYOUT_HELP['jhmdb']}")
+        split, official = "every clip with joint positions (not the paper's split)", False
+        _logger.warning("jhmdb: no list file given, so all %d clips found under %s are evaluated: this is NOT "
+                        "the paper's split; pass --list jhmdb_vallist.txt (list_file=) to reproduce it",
+                        len(names), path)
+    videos = []
+    for name in names:
+        video = Video(name, path.joinpath(*_JHMDB_FRAMES, name), path.joinpath(*_JHMDB_LABELS, name, _JHMDB_MAT))
+        _require_dir(video.frames, f"jhmdb clip {name!r}", "jhmdb")
+        if not video.labels.is_file():
+            raise DatasetError(f"jhmdb clip {name!r}: missing {video.labels}; expected {_LAYOUT_HELP['jhmdb']}")
+        videos.append(video)
+    return Dataset("jhmdb", path, tuple(videos), split, official)
+
+
+def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
+    """The VIP videos of `list_file`, else every ``videos*`` folder of Images/ with annotations.
+
+    Args:
+        root: the folder holding Images/ and Annotations/Category_ids/.
+        list_file: the official ``vip_vallist.txt`` (``<Images/videosN> <Annotations/Category_ids/videosN>``
+            per line; any path prefix) or ``videosN`` names.
+
+    Returns:
+        The `Dataset`; every frame of every video has its annotation.
+
+    Raises:
+        FileNotFoundError: `root` or `list_file` does not exist.
+        DatasetError: a wrong layout, a missing video folder or annotation.
+    """
+    path = _check_root(root, "vip", _VIP_LABELS)
+    images = path.joinpath(*_VIP_FRAMES)
+    _require_dir(images, f"root {str(path)!r}", "vip")
+    if list_file is not None:
+        names = _read_list(list_file, (_VIP_FRAMES, _VIP_LABELS))
+        split, official = str(Path(list_file).expanduser()), True
+    else:
+        labels = path.joinpath(*_VIP_LABELS)
+        names = sorted((p.name for p in images.iterdir()
+                        if p.is_dir() and p.name.startswith("videos") and (labels / p.name).is_dir()),
+                       key=_natural)
+        if not names:
+            raise DatasetError(f"root {str(path)!r}: no Images/videos* folder with annotations; "
+                               f"expected {_LAYOUT_HELP['vip']}")
+        split, official = "every annotated videos* folder (pass the official vip_vallist.txt for the paper's)", False
+    videos = []
+    for name in names:
+        video = Video(name, path.joinpath(*_VIP_FRAMES, name), path.joinpath(*_VIP_LABELS, name))
+        _require_dir(video.frames, f"vip video {name!r}", "vip")
+        _require_dir(video.labels, f"vip video {name!r}", "vip")
+        _check_labels_per_frame(video, "vip")
+        videos.append(video)
+    return Dataset("vip", path, tuple(videos), split, official)
+
+
+_READERS: dict[str, Callable[..., Dataset]] = {"davis": read_davis, "jhmdb": read_jhmdb, "vip": read_vip}
+
+
+def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
+    """`read_davis`, `read_jhmdb` or `read_vip` by name.
+
+    Raises:
+        ValueError: an unknown benchmark name.
+    """
+    if benchmark not in _READERS:
+        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+    return _READERS[benchmark](root, list_file)
+
+
+# -------------------------------------------------------------------------------- ground truth
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """(H, W) uint8 ids of a label PNG: palette indices ("P") or grey values ("L").
+
+    Raises:
+        DatasetError: an unreadable file, or a colour image whose channels differ.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
+                raise DatasetError(f"{path}: label image of mode {image.mode!r}; expected palette or grey ids")
+            ids = np.asarray(image)
+    except (OSError, SyntaxError, EOFError) as err:
+        raise DatasetError(f"{path}: unreadable label image ({err})") from err
+    if ids.ndim == 3:  # grey ids saved as RGB: all channels equal
+        if not (ids[..., :3] == ids[..., :1]).all():
+            raise DatasetError(f"{path}: a colour label image; expected palette indices or grey class ids")
+        ids = ids[..., 0]
+    if ids.dtype != np.uint8:
+        if ids.max(initial=0) > 255:
+            raise DatasetError(f"{path}: label ids above 255")
+        ids = ids.astype(np.uint8)
+    return ids
+
+
+def davis_ground_truth(video: Video, names: list[str]) -> np.ndarray:
+    """(T, H, W) uint8 palette indices of a sequence's annotations (0 background, 255 void).
+
+    Args:
+        video: a DAVIS (or VIP) video.
+        names: its frame names (stems), in order.
+    """
+    return np.stack([read_index_png(video.labels / f"{name}.png") for name in names])
+
+
+def jhmdb_ground_truth(video: Video) -> np.ndarray:
+    """A JHMDB clip's joints: (T, 15, 2) float64 (x, y) pixels, 0-based (``pos_img - 1``).
+
+    Raises:
+        ImportError: scipy is missing (the ``eval`` extra).
+        DatasetError: no ``pos_img`` of shape (2, 15, T) in the file.
+    """
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:
+        raise ImportError('reading JHMDB joint_positions.mat needs scipy: pip install "tcore[eval]"') from err
+    try:
+        contents = loadmat(str(video.labels))
+    except (OSError, ValueError, TypeError) as err:
+        raise DatasetError(f"{video.labels}: unreadable MATLAB file ({err})") from err
+    pos = contents.get("pos_img")
+    if pos is None or pos.ndim != 3 or pos.shape[:2] != (2, JHMDB_JOINTS) or pos.shape[2] < 2:
+        found = "no pos_img" if pos is None else f"pos_img of shape {pos.shape}"
+        raise DatasetError(f"{video.labels}: {found}; expected pos_img of shape (2, {JHMDB_JOINTS}, T) with T >= 2")
+    return pos.transpose(2, 1, 0).astype(np.float64) - 1.0  # (2, K, T) -> (T, K, 2), 1-based -> 0-based

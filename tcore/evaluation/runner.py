@@ -1,0 +1,314 @@
+"""The evaluation loop shared by the three benchmarks.
+
+Read the dataset, load the model once, check the results folder's manifest, predict the videos
+that are not finished (sharded over the ranks under ``torchrun``), then score every video from the
+files and write the CSVs and ``summary.json``. Only rank 0 scores, writes the summary and shows
+progress bars; every rank returns the same summary.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+from .benchmarks import BENCHMARKS, RunSettings
+from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_dataset
+from .results import (MANIFEST_NAME, PARTIAL_DIR, SUMMARY_NAME, build_manifest, describe_model, paper_scores,
+                      prepare_results_folder, weights_digest, write_json_atomic, write_text_atomic)
+
+__all__ = ["evaluate", "shard_videos"]
+
+_logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_GROUP_TIMEOUT = timedelta(hours=6)  # ranks wait for the slowest rank and for rank 0's scoring
+
+
+@dataclass(frozen=True)
+class _Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    group: Any = None  # a gloo process group for the small object exchanges
+    owns_default_group: bool = False
+
+
+def shard_videos(videos: Sequence[_T], rank: int, world_size: int) -> list[_T]:
+    """The videos rank `rank` of `world_size` predicts: every world_size-th, from the rank-th.
+
+    Args:
+        videos: all videos, in the split's order.
+        rank: 0 <= rank < world_size.
+        world_size: number of processes.
+
+    Returns:
+        `videos[rank::world_size]`; the shards of all ranks partition `videos`.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
+    return list(videos[rank::world_size])
+
+
+def _init_distributed() -> _Dist:
+    """Join the torchrun job when there is one (WORLD_SIZE > 1), or the process group already set up."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return _Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        if dist.get_world_size() == 1:
+            return _Dist()
+        group = dist.new_group(backend="gloo", timeout=_GROUP_TIMEOUT)
+        return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, group)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Dist()
+    # Only small Python objects are exchanged (status, counts, the summary): gloo on the CPU is enough.
+    dist.init_process_group(backend="gloo", timeout=_GROUP_TIMEOUT)
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, None, owns_default_group=True)
+
+
+def _all_gather(dist_info: _Dist, value: Any) -> list[Any]:
+    if dist_info.world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * dist_info.world
+    dist.all_gather_object(values, value, group=dist_info.group)
+    return values
+
+
+def _raise_if_any_failed(dist_info: _Dist, error: BaseException | None) -> None:
+    """Collective: every rank raises when one failed (its own error, or a note naming the rank)."""
+    messages = _all_gather(dist_info, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    if failed:
+        rank, message = failed[0]
+        raise RuntimeError(f"evaluation failed on rank {rank}: {message}")
+
+
+def _broadcast(dist_info: _Dist, value: Any) -> Any:
+    if dist_info.world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=dist_info.group)
+    return box[0]
+
+
+def _pick_device(device: str | torch.device | None, dist_info: _Dist) -> torch.device:
+    """The requested device; under torchrun each rank takes its local GPU."""
+    from ..propagation.features import pick_device
+
+    picked = pick_device(device)
+    if picked.type == "cuda" and picked.index is None and dist_info.world > 1:
+        picked = torch.device("cuda", dist_info.local_rank % torch.cuda.device_count())
+    return picked
+
+
+def _check_outside(results: Path, root: Path) -> None:
+    """Results are never written into the dataset folder."""
+    out, data = results.expanduser().resolve(), root.resolve()
+    if out == data or data in out.parents:
+        raise ValueError(f"out_dir: {results} is inside the dataset folder {root}; results are never written into "
+                         f"the dataset: pick a folder outside it with -o (out_dir=)")
+
+
+def _protocol(benchmark: str, size: tuple[int, int] | None, precision: str) -> dict[str, Any]:
+    from ..propagation.presets import PRESETS
+
+    spec = PRESETS[benchmark]
+    return {"preset": spec.name, "size_rule": spec.size_rule, "size": list(spec.size),
+            "size_override": None if size is None else [int(s) for s in size],
+            "topk": spec.topk, "temperature": spec.temperature, "radius": spec.radius,
+            "n_context": spec.n_context, "output_resize": spec.output_resize, "precision": precision}
+
+
+def _working_sizes(dataset: Dataset, patch_size: int, size: tuple[int, int] | None) -> list[list[int]]:
+    """Distinct (H, W) working sizes of the videos (frame headers only)."""
+    from ..io import read_video
+    from ..propagation.presets import PRESETS, working_size
+
+    spec = PRESETS[dataset.benchmark]
+    sizes = {working_size(tuple(read_video(v.frames).size), spec, patch_size, size) for v in dataset.videos}
+    return [list(s) for s in sorted(sizes)]
+
+
+def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> list[str]:
+    notes = []
+    if not dataset.official_split:
+        notes.append(f"split: {dataset.split}; pass --list (list_file=) with the official list to reproduce the paper")
+    if size is not None:
+        notes.append("--size (size=) overrides the paper's working size: not comparable with the paper")
+    if precision != "fp32":
+        notes.append(f"precision {precision}: not bit-exact (the paper's protocol runs in fp32)")
+    return notes
+
+
+def evaluate(
+    benchmark: str,
+    root: str | os.PathLike,
+    *,
+    model: Any = None,
+    out_dir: str | os.PathLike,
+    list_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    size: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run a benchmark of the paper end to end: propagate every video, score, write the results.
+
+    Outputs go to ``<out_dir>/<benchmark>/`` (never into the dataset): per-video predictions
+    (DAVIS ``<seq>/<frame>.png`` indexed with the DAVIS palette, JHMDB ``<action>/<clip>.npy``
+    (T, 15, 2) pixels with -1 where a joint vanished, VIP ``videos<N>/<frame>.png`` class ids), the
+    CSV files (DAVIS: the official ``global_results-val.csv`` and ``per-sequence_results-val.csv``),
+    ``summary.json`` and ``manifest.json``. A second run with the same model and protocol skips the
+    finished videos (and scores them again); a folder made by another model, protocol or tcore
+    version is an error unless `overwrite`. Under ``torchrun`` the videos are sharded over the ranks.
+
+    Args:
+        benchmark: "davis" (DAVIS-2017 val), "jhmdb" or "vip"; the preset of the same name is used.
+        root: the dataset folder in its official layout (see `tcore.evaluation.datasets`).
+        model: as `propagate_masks`'s `model=` (None: tcore_vits16, Kinetics-400); loaded once.
+        out_dir: the results folder.
+        list_file: the split (DAVIS default ImageSets/2017/val.txt; JHMDB/VIP the official
+            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note).
+        overwrite: delete this benchmark's outputs in `out_dir` and start again.
+        device: None picks CUDA (each rank its local GPU), then MPS, then CPU.
+        batch_size: frames per backbone call.
+        precision: "fp32" (exact) or "bf16" (opt-in, not the paper's).
+        size: (H, W) working size overriding the preset (not the paper's protocol; for quick runs).
+        progress: progress bars on stderr (overall and per video).
+
+    Returns:
+        The summary (also written to ``summary.json``): "benchmark"; "scores" {column: percent}
+        with the paper's columns (J&F-Mean, J-Mean, F-Mean | PCK@0.1, PCK@0.2 | mIoU); "paper" (the
+        released model's numbers from the registry, or None); "details" (DAVIS official fractions
+        and per-sequence J/F, all PCK alphas per joint and per clip, VIP IoU per class and per
+        video); "n_videos", "n_resumed", "n_predicted"; "model", "protocol", "manifest",
+        "working_sizes", "split", "official_split", "notes", "out_dir", "files".
+
+    Raises:
+        FileNotFoundError: a missing dataset folder, list file or model.
+        DatasetError: a dataset that does not have the official layout.
+        ManifestMismatchError: `out_dir` holds another run's outputs (pass overwrite=True).
+        ValueError: bad arguments, or a video the propagation refuses (the message names it).
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ValueError(f"size={size!r}: expected (H, W) in pixels")
+    dataset = read_dataset(benchmark, root, list_file)
+    results = Path(out_dir).expanduser() / benchmark
+    _check_outside(results, dataset.root)
+    dist_info = _init_distributed()
+    try:
+        return _run(dataset, results, dist_info, model=model, overwrite=overwrite, device=device,
+                    batch_size=batch_size, precision=precision, size=None if size is None else tuple(size),
+                    progress=progress)
+    finally:
+        if dist_info.owns_default_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overwrite: bool,
+         device: str | torch.device | None, batch_size: int, precision: str, size: tuple[int, int] | None,
+         progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from ..models import create_backbone
+
+    benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
+    torch_device = _pick_device(device, dist_info)
+    backbone = create_backbone(model)  # loaded once, on the CPU first to fingerprint its weights
+    info = describe_model(model)
+    protocol = _protocol(benchmark, size, precision)
+    manifest = build_manifest(benchmark, info, backbone, weights_digest(backbone), protocol)
+    error = None
+    if dist_info.rank == 0:
+        try:
+            prepare_results_folder(results, manifest, overwrite)
+        except (ValueError, OSError) as err:
+            error = err
+    _raise_if_any_failed(dist_info, error)
+    backbone.to(torch_device)
+
+    is_main = dist_info.rank == 0
+    settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
+    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world)
+    todo = [v for v in mine if not bench.is_finished(results, v)]
+    if len(todo) < len(mine):
+        _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
+                     benchmark, len(mine) - len(todo), len(mine), results)
+    error = None
+    try:
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
+                  desc=f"{benchmark} videos", unit="video", dynamic_ncols=True) as bar:
+            for video in todo:
+                _predict(bench, video, backbone, results, settings)
+                bar.update(1)
+    except Exception as err:  # every rank must learn that one failed, or the others wait forever
+        error = err
+    counts = _all_gather(dist_info, (len(mine) - len(todo), len(todo)))
+    _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
+
+    summary = None
+    if is_main:
+        shutil.rmtree(results / PARTIAL_DIR, ignore_errors=True)
+        scored = bench.score(dataset, results, settings)
+        for name, text in scored.files.items():
+            write_text_atomic(results / name, text)
+        summary = {
+            "benchmark": benchmark,
+            "scores": scored.scores,
+            "paper": paper_scores(info, benchmark),
+            "details": scored.details,
+            "n_videos": len(dataset.videos),
+            "n_resumed": sum(c[0] for c in counts),
+            "n_predicted": sum(c[1] for c in counts),
+            "videos": [v.name for v in dataset.videos],
+            "root": str(dataset.root),
+            "split": dataset.split,
+            "official_split": dataset.official_split,
+            "model": info,
+            "protocol": protocol,
+            "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
+            "notes": _notes(dataset, size, precision),
+            "world_size": dist_info.world,
+            "out_dir": str(results),
+            "manifest": json.loads((results / MANIFEST_NAME).read_text()),
+            "files": [str(results / n) for n in (*scored.files, SUMMARY_NAME)],
+        }
+        write_json_atomic(results / SUMMARY_NAME, summary)
+        summary = json.loads((results / SUMMARY_NAME).read_text())  # the JSON form: plain lists, NaN -> None
+    return _broadcast(dist_info, summary)
+
+
+def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:
+    """Predict one video; errors name the video."""
+    try:
+        bench.predict(video, backbone, results, settings)
+    except DatasetError:  # already names the video
+        raise
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{bench.name} video {video.name!r}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{bench.name} video {video.name!r}: {err}") from err
