@@ -8,8 +8,8 @@ from torch import nn
 from training.config import ModelConfig, load_config
 from training.losses import Centers, tcore_losses
 from training.masking import mask_indices
-from training.model import (DINOHead, PatchMatchingModule, build_student, build_teacher, teacher_pairs,
-                            teacher_targets, update_teacher)
+from training.model import (DINOHead, PatchMatchingModule, build_student, build_teacher, compile_models,
+                            teacher_pairs, teacher_targets, update_teacher)
 
 
 def test_official_head_and_pmm_sizes_and_names():
@@ -152,3 +152,19 @@ def test_student_reconstructions_are_gathered_at_the_masked_patches():
             rec = student.pmm(aux[i:i + 1], q[r:r + 1])[0]  # past view of row r
             expected += [student.dino_head(rec[p:p + 1])[0] for p in range(4) if batch["masks"][r, p]]
     assert torch.allclose(out["past_logits"], torch.stack(expected), atol=1e-5)
+
+
+def test_compiled_models_keep_names_and_outputs():
+    """train.compile compiles in place: same state_dict keys (checkpoints stay loadable), same outputs."""
+    cfg = load_config("training/configs/tiny.yaml", ["model.drop_path_rate=0.0"])
+    torch.manual_seed(0)
+    student = build_student(cfg.model).eval()
+    teacher = build_teacher(student)
+    batch = _batch(cfg)
+    with torch.no_grad():
+        before = _student_out(student, batch)["past_logits"]
+    keys = list(student.state_dict()) + list(teacher.state_dict())
+    compile_models(student, teacher, backend="eager")  # the graph capture; inductor codegen is a GPU-suite part
+    assert list(student.state_dict()) + list(teacher.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.allclose(_student_out(student, batch)["past_logits"], before, atol=1e-6)

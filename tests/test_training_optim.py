@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from training.config import Config, ModelConfig, OptimConfig, load_config
+from training.config import Config, OptimConfig, load_config
 from training.model import build_student
 from training.optim import (apply_schedules, build_optimizer, build_param_groups, build_schedules, cosine_schedule,
                             param_multipliers, scaled_lr)

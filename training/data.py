@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.augment import (IMAGENET_MEAN, IMAGENET_STD, CropPlan, Photo, apply_plan_pil, center_box,
                               draw_current_plan, draw_photo, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2)
@@ -30,7 +30,8 @@ from training.masking import batch_masks, mask_indices
 
 __all__ = [
     "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
-    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "normalize", "to_device_batch",
+    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader", "normalize",
+    "to_device_batch", "mask_rng", "sample_rng",
 ]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -345,6 +346,21 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.total_steps - self.start_step, 0) * self.accum
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers run PIL; one torch thread each avoids oversubscription
+
+
+def build_loader(dataset: ClipBatchDataset, sampler: StepSampler, cfg: DataConfig, pin_memory: bool
+                 ) -> DataLoader:
+    """The DataLoader of the loop: one item = one finished micro-batch (batch_size=None)."""
+    workers = cfg.num_workers
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                      pin_memory=cfg.pin_memory and pin_memory,
+                      persistent_workers=cfg.persistent_workers and workers > 0,
+                      prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+                      worker_init_fn=_worker_init if workers > 0 else None)
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:

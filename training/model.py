@@ -20,7 +20,7 @@ import tcore
 from training.config import ModelConfig
 
 __all__ = ["WeightNormLinear", "DINOHead", "PatchMatchingModule", "Student", "build_student", "build_teacher",
-           "teacher_pairs", "update_teacher", "teacher_targets"]
+           "teacher_pairs", "update_teacher", "teacher_targets", "compile_models"]
 
 
 class WeightNormLinear(nn.Module):
@@ -245,3 +245,17 @@ def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: 
     cls_logits, patch_logits = logits.split([swapped.shape[0], patches.shape[0]])
     centers.accumulate(cls_logits, patch_logits)
     return teacher_probs(cls_logits, centers.dino, temp), teacher_probs(patch_logits, centers.ibot, temp)
+
+
+def compile_models(student: Student, teacher: nn.ModuleDict, backend: str = "inductor") -> None:
+    """torch.compile in place (state_dict names unchanged): backbones with static shapes, heads dynamic.
+
+    The backbones see three input shapes (global, local, auxiliary batches); static shapes give one
+    graph each, and avoid symbolic sizes in the antialiased bicubic position-embedding resize,
+    whose backward inductor cannot compile with dynamic shapes. The heads see a varying number of
+    masked-patch rows, hence dynamic.
+    """
+    for module in (student.backbone, teacher["backbone"]):
+        module.compile(dynamic=False, backend=backend)
+    for module in (student.dino_head, teacher["dino_head"]):
+        module.compile(dynamic=True, backend=backend)

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
 
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, config_to_dict, load_config
-from training.data import ClipBatchDataset, StepSampler, read_manifest, scan_videos, to_device_batch, write_manifest
+from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
+                           write_manifest)
 from training.dist import DistInfo, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
 from training.losses import Centers, LossTerms, tcore_losses
-from training.model import Student, build_student, build_teacher, teacher_pairs, teacher_targets, update_teacher
+from training.model import (Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets,
+                            update_teacher)
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
 
 __all__ = ["main", "forward_backward", "optimizer_step", "micro_seed"]
@@ -129,10 +130,6 @@ def _tensorboard(cfg: Config, out_dir: Path, info: DistInfo) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers run PIL; one torch thread each avoids oversubscription
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -192,24 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         start_step = int(state["step"])
         _logger.info("resumed from %s at step %d", resume, start_step)
     if cfg.train.compile:
-        student.backbone.compile()
-        student.dino_head.compile(dynamic=True)
-        teacher["backbone"].compile()
-        teacher["dino_head"].compile(dynamic=True)
+        compile_models(student, teacher)
     model = DDP(student, device_ids=[info.local_rank] if device.type == "cuda" else None,
                 gradient_as_bucket_view=True) if info.distributed else student
     t_params, s_params = teacher_pairs(student, teacher)
 
     end_step = min(total_steps, cfg.train.stop_at_step) if cfg.train.stop_at_step > 0 else total_steps
     dataset = ClipBatchDataset(cfg, cfg.data.root, videos, o.batch_size_per_gpu)
-    workers = cfg.data.num_workers
-    loader = DataLoader(dataset, batch_size=None, sampler=StepSampler(start_step, end_step, accum, info.rank,
-                                                                      info.world_size),
-                        num_workers=workers, pin_memory=cfg.data.pin_memory and device.type == "cuda",
-                        persistent_workers=cfg.data.persistent_workers and workers > 0,
-                        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
-                        worker_init_fn=_worker_init if workers > 0 else None)
-    batches = iter(loader)
+    sampler = StepSampler(start_step, end_step, accum, info.rank, info.world_size)
+    batches = iter(build_loader(dataset, sampler, cfg.data, pin_memory=device.type == "cuda"))
     writer = _tensorboard(cfg, out_dir, info)
     metrics_file = open(out_dir / "metrics.jsonl", "a") if info.is_main else None
 

@@ -12,16 +12,19 @@ import numpy as np
 __all__ = ["synthetic_frame", "make_frame_folders", "make_video"]
 
 
-def synthetic_frame(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 smooth random image."""
+def synthetic_frame(rng: np.random.Generator, height: int, width: int, noise: float = 0.0) -> np.ndarray:
+    """(H, W, 3) uint8 smooth random image, plus Gaussian texture of std `noise` (grey levels)."""
     from PIL import Image
 
     small = (rng.random((max(2, height // 16), max(2, width // 16), 3)) * 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
+    image = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
+    if noise:
+        image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
+    return image
 
 
 def make_frame_folders(root: str | Path, frame_counts: list[int], size: tuple[int, int] = (48, 64),
-                       layout: str = "kinetics", seed: int = 0, quality: int = 90) -> list[Path]:
+                       layout: str = "kinetics", seed: int = 0, quality: int = 90, noise: float = 0.0) -> list[Path]:
     """Write one JPEG frame folder per entry of `frame_counts`.
 
     Args:
@@ -29,6 +32,7 @@ def make_frame_folders(root: str | Path, frame_counts: list[int], size: tuple[in
         frame_counts: frames of each video.
         size: (H, W) of the frames.
         layout: "kinetics" (`root/train/class<i%3>/video<i>/00000.jpg`) or "folders" (`root/video<i>/`).
+        noise: texture std in grey levels (bigger, more natural JPEG files; see `synthetic_frame`).
 
     Returns:
         The video folders.
@@ -41,7 +45,7 @@ def make_frame_folders(root: str | Path, frame_counts: list[int], size: tuple[in
         folder = Path(root) / (f"train/class{i % 3}/video{i:04d}" if layout == "kinetics" else f"video{i:04d}")
         folder.mkdir(parents=True, exist_ok=True)
         for t in range(count):
-            Image.fromarray(synthetic_frame(rng, *size)).save(folder / f"{t:05d}.jpg", quality=quality)
+            Image.fromarray(synthetic_frame(rng, *size, noise=noise)).save(folder / f"{t:05d}.jpg", quality=quality)
         folders.append(folder)
     return folders
 
