@@ -133,6 +133,55 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ evaluation
+
+_EXAMPLES["eval"] = "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/"
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("benchmark", choices=["davis", "jhmdb", "vip"],
+                   help="davis (DAVIS-2017 val, J&F), jhmdb (PCK) or vip (mIoU); runs the paper's preset of that name")
+    p.add_argument("--root", required=True, help="the dataset folder, in its official layout")
+    p.add_argument("-o", "--output", default="tcore-eval",
+                   help="results folder; outputs go to OUTPUT/BENCHMARK/, never into the dataset (default: tcore-eval)")
+    p.add_argument("--model", default=None,
+                   help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
+                        "(default: tcore_vits16, Kinetics-400)")
+    p.add_argument("--list", dest="list_file", default=None,
+                   help="split list: the official jhmdb_vallist.txt / vip_vallist.txt (default: DAVIS "
+                        "ImageSets/2017/val.txt; JHMDB/VIP every clip found, which is not the paper's split)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this benchmark's outputs in the results folder and start again (default: resume)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="override the paper's working size (quick runs; not comparable with the paper)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available; "
+                                                  "under torchrun each rank its local GPU)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: faster on GPUs, not bit-exact (opt-in)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@_command("eval", "run a benchmark of the paper (DAVIS-2017, JHMDB, VIP) and print its table")(_eval_args)
+def _eval(args: argparse.Namespace) -> int:
+    import os
+
+    from .evaluation import evaluate, format_table
+
+    summary = evaluate(args.benchmark, args.root, model=args.model, out_dir=args.output, list_file=args.list_file,
+                       overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
+                       precision=args.precision, size=tuple(args.size) if args.size else None,
+                       progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
+    print(format_table(summary))
+    if summary["n_resumed"]:
+        print(f"resumed: {summary['n_resumed']} of {summary['n_videos']} videos were already finished and were "
+              f"scored without predicting them again (--overwrite redoes them)")
+    print(f"wrote {summary['out_dir']} (summary.json, CSV files, predictions)")
+    return 0
+
+
 # --------------------------------------------------------------------------------- weights tools
 
 def _convert_args(p: argparse.ArgumentParser) -> None:

@@ -318,9 +318,25 @@ def test_eval_jhmdb_writes_keypoints_and_pck_and_warns_without_a_list(jhmdb_root
     assert pred.shape == (5, 15, 2) and pred.dtype == np.float32
     assert 0 <= summary["scores"]["PCK@0.1"] <= summary["scores"]["PCK@0.2"] <= 100
     assert set(summary["details"]["PCK"]) == {"PCK@0.1", "PCK@0.2", "PCK@0.3", "PCK@0.4", "PCK@0.5"}
+    strict = summary["details"]["PCK_vanished_as_misses"]  # the stricter rule, reported alongside
+    assert set(strict) == set(summary["details"]["PCK"]) and all(0 <= v <= 100 for v in strict.values())
     rows = (tmp_path / "jhmdb" / "per-clip_results.csv").read_text().splitlines()
     assert rows[0].startswith("Clip,PCK@0.1") and [r.split(",")[0] for r in rows[1:]] == ["catch/clip_a", "run/clip_b"]
     assert "PCK@0.1" in format_table(summary) and "2 clips" in format_table(summary)
+
+
+def test_cli_list_precision_and_batch_size_reach_the_run(jhmdb_root, tiny_model, tmp_path, capsys):
+    split = tmp_path / "jhmdb_vallist.txt"
+    split.write_text("/data/JHMDB/joint_positions/catch/clip_a/joint_positions.mat "
+                     "/data/JHMDB/Rename_Images/catch/clip_a\n")
+    rc = main(["eval", "jhmdb", "--root", str(jhmdb_root), "--list", str(split), "--model", str(tiny_model),
+               "-o", str(tmp_path / "out"), "--precision", "bf16", "--batch-size", "2", "--size", "64", "64",
+               "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "jhmdb" / "summary.json").read_text())
+    assert rc == 0 and summary["videos"] == ["catch/clip_a"] and summary["official_split"]
+    assert summary["manifest"]["protocol"]["precision"] == "bf16" and "note: precision bf16" in out
+    assert "not the paper's split" not in out and "1 clip " in out
 
 
 # ------------------------------------------------------------------------------------ VIP

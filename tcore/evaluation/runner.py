@@ -260,8 +260,9 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
                      benchmark, len(mine) - len(todo), len(mine), results)
     error = None
     try:
+        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world})" if dist_info.world > 1 else "")
         with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
-                  desc=f"{benchmark} videos", unit="video", dynamic_ncols=True) as bar:
+                  desc=desc, unit="video", dynamic_ncols=True) as bar:
             for video in todo:
                 _predict(bench, video, backbone, results, settings)
                 bar.update(1)
