@@ -269,6 +269,19 @@ def test_wrong_root_gives_one_clear_error_line(davis_root, jhmdb_root, tiny_mode
     assert not (tmp_path / "out").exists()
 
 
+def test_wrong_jhmdb_and_vip_roots_name_the_expected_layout_and_the_download(davis_root, tmp_path, capsys):
+    for benchmark, expected in (("jhmdb", "http://jhmdb.is.tue.mpg.de/"), ("vip", "video_parsing.php")):
+        rc = main(["eval", benchmark, "--root", str(davis_root), "-o", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("tcore: error:") == 1 and expected in err
+    aten = tmp_path / "VIP"  # ATEN's layout keeps Category_ids/ at the top level
+    (aten / "Images" / "videos1").mkdir(parents=True)
+    (aten / "Category_ids" / "videos1").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="ln -s ../Category_ids"):
+        read_vip(aten)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_annotation_names_the_file(davis_root, tmp_path):
     root = shutil.copytree(davis_root, tmp_path / "davis")
     (root / "Annotations" / "480p" / "pair" / "00002.png").unlink()

@@ -62,10 +62,10 @@ _LAYOUT_HELP = {
     "davis": ("the DAVIS-2017 trainval layout (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt); "
               "download DAVIS-2017-trainval-480p.zip from https://davischallenge.org/davis2017/code.html"),
     "jhmdb": ("the JHMDB layout (Rename_Images/<action>/<clip>/00001.png and "
-              "joint_positions/<action>/<clip>/joint_positions.mat); download JHMDB.tar.gz and "
-              "joint_positions.zip from http://jhmdb.is.tue.mpg.de/"),
+              "joint_positions/<action>/<clip>/joint_positions.mat); download the frames and the joint "
+              "positions from http://jhmdb.is.tue.mpg.de/"),
     "vip": ("the VIP layout (Images/videos<N>/*.jpg and Annotations/Category_ids/videos<N>/*.png); "
-            "download VIP_Fine from https://github.com/HCPLab-SYSU/ATEN"),
+            "download VIP_Fine from http://sysu-hcp.net/lip/video_parsing.php"),
 }
 
 
@@ -311,6 +311,11 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
         FileNotFoundError: `root` or `list_file` does not exist.
         DatasetError: a wrong layout, a missing video folder or annotation.
     """
+    top_level = Path(root).expanduser() / _VIP_LABELS[-1]
+    if top_level.is_dir() and not Path(root).expanduser().joinpath(*_VIP_LABELS).exists():
+        raise DatasetError(f"root {str(root)!r}: Category_ids/ is at the top level (the ATEN layout) but the paper's "
+                           f"lists expect Annotations/Category_ids/; link it: mkdir {Path(root) / 'Annotations'} && "
+                           f"ln -s ../Category_ids {Path(root) / 'Annotations' / 'Category_ids'}")
     path = _check_root(root, "vip", _VIP_LABELS)
     images = path.joinpath(*_VIP_FRAMES)
     _require_dir(images, f"root {str(path)!r}", "vip")
