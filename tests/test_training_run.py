@@ -86,13 +86,16 @@ def test_two_ranks_with_workers_resume_exactly(frames, tmp_path):
     common = [f"data.root={frames}", "data.num_workers=2", "optim.epoch_length=2", "train.checkpoint_every=2",
               "train.export_at_end=false"]
     _run(_torchrun(2, *common, f"train.output_dir={tmp_path / 'straight'}"))
-    _run(_torchrun(2, *common, f"train.output_dir={tmp_path / 'resumed'}", "train.stop_at_step=2"))  # "killed" at 2
-    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "ckpt_00000002.pt"
-    _run(_torchrun(2, *common, f"train.output_dir={tmp_path / 'resumed'}"))
-    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
-    assert [m["step"] for m in straight] == [1, 2, 3, 4] and straight == resumed
+    resumed = tmp_path / "resumed"
+    _run(_torchrun(2, *common, f"train.output_dir={resumed}", "train.stop_at_step=3"))
+    # killed after step 3 had been logged but before its checkpoint was written:
+    (resumed / "checkpoints" / "ckpt_00000003.pt").unlink()
+    assert latest_checkpoint(resumed / "checkpoints").name == "ckpt_00000002.pt"
+    _run(_torchrun(2, *common, f"train.output_dir={resumed}"))
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]  # step 3's stale line was replaced
+    assert _metrics(tmp_path / "straight") == _metrics(resumed)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "ckpt_00000004.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "ckpt_00000004.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "ckpt_00000004.pt")
     for part in ("student", "teacher", "centers"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):

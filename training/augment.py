@@ -28,7 +28,7 @@ from training.config import AugmentConfig
 
 __all__ = [
     "PIPELINE_GLOBAL1", "PIPELINE_GLOBAL2", "PIPELINE_LOCAL", "BLUR_PROBS", "Photo", "CropPlan",
-    "random_resized_crop_box", "center_box", "draw_photo", "draw_current_plan", "draw_aux_plan",
+    "random_resized_crop_box", "center_box", "draw_photo", "draw_current_plan", "draw_aux_photo", "aux_plan",
     "apply_plan_pil", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -150,12 +150,16 @@ def draw_current_plan(rng: np.random.Generator, height: int, width: int, cfg: Au
     return CropPlan(np.asarray(boxes, dtype=np.int64), flips, sizes, draw_photo(rng, pipelines, cfg.blur))
 
 
-def draw_aux_plan(rng: np.random.Generator, height: int, width: int, cfg: AugmentConfig) -> CropPlan:
-    """Plan for a past or future frame: the fixed centre box in slot 0 (global1) and 1 (global2)."""
+def draw_aux_photo(rng: np.random.Generator, cfg: AugmentConfig) -> Photo:
+    """Photometric parameters of a past or future frame's slots 0 (global1) and 1 (global2)."""
+    return draw_photo(rng, np.array([PIPELINE_GLOBAL1, PIPELINE_GLOBAL2]), cfg.blur)
+
+
+def aux_plan(height: int, width: int, photo: Photo, cfg: AugmentConfig) -> CropPlan:
+    """Plan of a past or future frame: the fixed centre box in both slots, no flip."""
     box = center_box(height, width)
-    pipelines = np.array([PIPELINE_GLOBAL1, PIPELINE_GLOBAL2])
     return CropPlan(np.asarray([box, box], dtype=np.int64), np.zeros(2, dtype=bool),
-                    np.array([cfg.global_size] * 2, dtype=np.int64), draw_photo(rng, pipelines, cfg.blur))
+                    np.array([cfg.global_size] * 2, dtype=np.int64), photo)
 
 
 def _photometric_pil(img, photo: Photo, i: int):

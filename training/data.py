@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.augment import (IMAGENET_MEAN, IMAGENET_STD, CropPlan, Photo, apply_plan_pil, center_box,
-                              draw_current_plan, draw_photo, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2)
+from training.augment import (IMAGENET_MEAN, IMAGENET_STD, Photo, apply_plan_pil, aux_plan, center_box,
+                              draw_aux_photo, draw_current_plan)
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
 from training.masking import batch_masks, mask_indices
 
@@ -166,11 +166,6 @@ def _stack_photos(photos: list[Photo]) -> dict[str, torch.Tensor]:
             for k in Photo.__dataclass_fields__}
 
 
-def _aux_photo(rng: np.random.Generator, aug: AugmentConfig) -> Photo:
-    """Slots 0 and 1 of a past or future frame (pipelines global1 and global2)."""
-    return draw_photo(rng, np.array([PIPELINE_GLOBAL1, PIPELINE_GLOBAL2]), aug.blur)
-
-
 def _row(photo: Photo, i: int) -> Photo:
     return Photo(**{k: getattr(photo, k)[i:i + 1] for k in Photo.__dataclass_fields__})
 
@@ -248,12 +243,11 @@ class ClipBatchDataset(Dataset):
                 locals_[i][j] = crops[2 + i]
             slots = [int(r) // b for r in aux_rows if int(r) % b == j]
             for name, path in (("past", paths[0]), ("future", paths[2])):
-                photo = _aux_photo(rng, self.aug)  # drawn whether or not it is rendered
+                photo = draw_aux_photo(rng, self.aug)  # drawn whether or not it is rendered
                 if slots:
                     image = current if path == paths[1] else _open_rgb(path)
-                    aux_plan = CropPlan(np.asarray([center_box(image.height, image.width)] * 2, dtype=np.int64),
-                                        np.zeros(2, dtype=bool), np.full(2, self.aug.global_size), photo)
-                    for slot, crop in zip(slots, apply_plan_pil(image, aux_plan, slots)):
+                    plan_aux = aux_plan(image.height, image.width, photo, self.aug)
+                    for slot, crop in zip(slots, apply_plan_pil(image, plan_aux, slots)):
                         aux[name][slot * b + j] = crop
         empty = torch.empty(0, 3, self.aug.global_size, self.aug.global_size, dtype=torch.uint8)
         return {
@@ -281,7 +275,7 @@ class ClipBatchDataset(Dataset):
             photos.append(plan.photo)
             need = any(int(r) % b == j for r in aux_rows)
             for name, path in (("past", paths[0]), ("future", paths[2])):
-                photo = _aux_photo(rng, self.aug)
+                photo = draw_aux_photo(rng, self.aug)
                 if need:
                     data, (w, h) = (current_bytes[-1], (width, height)) if path == paths[1] else _read_encoded(path)
                     aux_frame[(name, j)] = len(aux_bytes)

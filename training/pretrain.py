@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -120,6 +121,14 @@ def _setup_logging(info: DistInfo, out_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
+def _open_metrics(path: Path, start_step: int) -> Any:
+    """metrics.jsonl for appending, without the lines of steps after `start_step` (a resumed run redoes them)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")
+
+
 def _tensorboard(cfg: Config, out_dir: Path, info: DistInfo) -> Any:
     if not (cfg.train.tensorboard and info.is_main):
         return None
@@ -139,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(info)
     handlers = _setup_logging(info, out_dir)
-    import yaml
     _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     device = info.device
     torch.backends.cuda.matmul.allow_tf32 = cfg.train.precision != "fp32"  # as the reference; fp32 means fp32
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = StepSampler(start_step, end_step, accum, info.rank, info.world_size)
     batches = iter(build_loader(dataset, sampler, cfg.data, pin_memory=device.type == "cuda"))
     writer = _tensorboard(cfg, out_dir, info)
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if info.is_main else None
+    metrics_file = _open_metrics(out_dir / "metrics.jsonl", start_step) if info.is_main else None
 
     def checkpoint(step: int) -> None:
         if info.is_main:
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                           momentum=values["momentum"], teacher_temp=values["teacher_temp"],
                           samples_per_s=steps_logged * o.global_batch_size / elapsed)
             if device.type == "cuda":
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
             if info.is_main:
                 eta = (end_step - done) * elapsed / steps_logged
                 _logger.info("step %d/%d  loss %.4f  (dino %.4f+%.4f koleo %.4f ibot %.4f/%.4f mse %.5f)  lr %.3g  "
