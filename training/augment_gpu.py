@@ -64,21 +64,23 @@ def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out
         (n, out_size, in_size) float32; row o holds the weights of output pixel o.
     """
     device = start.device
-    start = start.double()[:, None, None]
-    length = length.double()[:, None, None]
-    scale = length / out_size                                        # (n, 1, 1)
+    length64 = length.double()[:, None, None]
+    scale = length64 / out_size                                      # (n, 1, 1)
     fscale = scale.clamp(min=1.0)
     support = 2.0 * fscale
     o = torch.arange(out_size, device=device, dtype=torch.float64)[None, :, None]
-    center = (o + 0.5) * scale                                       # (n, out, 1), in crop coordinates
-    x = torch.arange(in_size, device=device, dtype=torch.float64)[None, None, :] - start  # (n, 1, in)
-    lo = torch.trunc(center - support + 0.5).clamp(min=0)
-    hi = torch.minimum(torch.trunc(center + support + 0.5), length)
-    w = _bicubic((x - center + 0.5) / fscale) * ((x >= lo) & (x < hi))
+    center = (o + 0.5) * scale                                       # (n, out, 1), crop coordinates, float64
+    lo = torch.trunc(center - support + 0.5).clamp(min=0).float()   # PIL's window [lo, hi), integers
+    hi = torch.minimum(torch.trunc(center + support + 0.5), length64).float()
+    whole = torch.floor(center)                                      # center = whole + frac, exactly
+    offset = (0.5 - (center - whole)).float()                        # (n, out, 1)
+    x = torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :] - start.float()[:, None, None]
+    # (x - center + 0.5) / fscale, with the large parts cancelled exactly in float32: (n, out, in)
+    w = _bicubic(((x - whole.float()) + offset) / fscale.float()) * ((x >= lo) & (x < hi))
     w = w / w.sum(dim=2, keepdim=True)
     if flip is not None:
         w = torch.where(flip[:, None, None], w.flip(1), w)
-    return w.float()
+    return w
 
 
 def _round8(x: torch.Tensor) -> torch.Tensor:
