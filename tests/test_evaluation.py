@@ -322,8 +322,10 @@ def test_list_files_in_the_official_formats_name_videos_under_root(davis_root, j
 
 
 def test_eval_jhmdb_writes_keypoints_and_pck_and_warns_without_a_list(jhmdb_root, tiny_model, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="tcore.evaluation.datasets"):
+    before = _listing(jhmdb_root)
+    with caplog.at_level(logging.WARNING, logger="tcore.evaluation.runner"):
         summary = _run("jhmdb", jhmdb_root, tiny_model, tmp_path, size=None)  # the jhmdb preset: 320x320
+    assert _listing(jhmdb_root) == before
     assert "NOT the paper's split" in caplog.text
     assert not summary["official_split"] and any("split" in n for n in summary["notes"])
     assert summary["working_sizes"] == [[320, 320]]
@@ -356,7 +358,9 @@ def test_cli_list_precision_and_batch_size_reach_the_run(jhmdb_root, tiny_model,
 
 
 def test_eval_vip_writes_part_pngs_and_a_global_miou_including_frame_0(vip_root, tiny_model, tmp_path):
+    before = _listing(vip_root)
     summary = _run("vip", vip_root, tiny_model, tmp_path)
+    assert _listing(vip_root) == before
     assert summary["videos"] == ["videos3", "videos12"]
     check = MIoUAccumulator()
     for video in summary["videos"]:

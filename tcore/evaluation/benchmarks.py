@@ -9,13 +9,15 @@ scored alike (and, under torchrun, rank 0 scores what every rank wrote).
 """
 from __future__ import annotations
 
+import abc
+import contextlib
 import logging
 import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -88,13 +90,22 @@ def _missing_output(benchmark: str, video: Video, path: Path) -> DatasetError:
                         f"(run the evaluation again to predict it)")
 
 
+@contextlib.contextmanager
+def _naming(benchmark: str, video: Video) -> Iterator[None]:
+    """Metric errors name the video they come from."""
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(f"{benchmark} video {video.name!r}: {err}") from err
+
+
 def _bar(iterable: Iterable, total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, disable=not enabled, desc=desc, unit="video", dynamic_ncols=True, leave=False)
 
 
-class Benchmark:
+class Benchmark(abc.ABC):
     """Interface of the three benchmarks.
 
     Attributes:
@@ -112,13 +123,13 @@ class Benchmark:
         target = self.output(out, video)
         return target.is_dir() and all((target / f"{n}.png").is_file() for n in frame_names(video.frames))
 
+    @abc.abstractmethod
     def predict(self, video: Video, backbone: torch.nn.Module, out: Path, settings: RunSettings) -> None:
         """Propagate one video and write its outputs (atomically)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def score(self, dataset: Dataset, out: Path, settings: RunSettings) -> Scored:
         """Score every video of `dataset` from the files in `out`."""
-        raise NotImplementedError
 
     def _front_end_kwargs(self, backbone: torch.nn.Module, settings: RunSettings) -> dict[str, Any]:
         return dict(model=backbone, preset=self.name, size=settings.size, device=settings.device,
@@ -152,7 +163,8 @@ class _Davis(Benchmark):
                                    f"1..T-2, so a sequence needs at least 3")
             gt = davis_ground_truth(video, names)  # (T, H, W) palette indices, 255 void
             pred = np.stack([_read_output(self, out, video, n) for n in names])
-            per_sequence[video.name] = davis_scores(gt, pred, device=metric_device)
+            with _naming(self.name, video):
+                per_sequence[video.name] = davis_scores(gt, pred, device=metric_device)
         summary = davis_summary(per_sequence)
         global_csv, sequence_csv = format_davis_csv(summary)
         n_objects = sum(s["n_objects"] for s in per_sequence.values())
@@ -266,8 +278,9 @@ class _Vip(Benchmark):
                 pred = _read_output(self, out, video, name)
                 if pred.shape != gt.shape:  # as the official evaluator: PIL NEAREST to the GT size
                     pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST))
-                total.update(gt, pred)
-                one.update(gt, pred)
+                with _naming(self.name, video):
+                    total.update(gt, pred)
+                    one.update(gt, pred)
             per_video[video.name] = 100 * one.result()["mIoU"]
         result = total.result()
         iou = {c: 100 * v for c, v in zip(VIP_CLASSES, result["IoU"])}

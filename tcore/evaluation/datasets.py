@@ -20,7 +20,6 @@ Nothing here writes anything: the readers only list folders.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,6 @@ __all__ = [
     "read_jhmdb",
     "read_vip",
 ]
-
-_logger = logging.getLogger(__name__)
 
 BENCHMARK_NAMES = ("davis", "jhmdb", "vip")
 JHMDB_JOINTS = 15
@@ -262,7 +259,7 @@ def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = No
         root: the folder holding Rename_Images/ and joint_positions/.
         list_file: the official ``jhmdb_vallist.txt`` (``<.mat path> <frames dir>`` per line; any
             path prefix) or ``<action>/<clip>`` names, one per line. Without it every clip found is
-            used, with a warning: that is not the paper's split.
+            used (``official_split=False``: not the paper's split).
 
     Returns:
         The `Dataset` (clips named ``<action>/<clip>``).
@@ -283,9 +280,6 @@ def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = No
             raise DatasetError(f"root {str(path)!r}: no joint_positions/<action>/<clip>/{_JHMDB_MAT} found; "
                                f"expected {_LAYOUT_HELP['jhmdb']}")
         split, official = "every clip with joint positions (not the paper's split)", False
-        _logger.warning("jhmdb: no list file given, so all %d clips found under %s are evaluated: this is NOT "
-                        "the paper's split; pass --list jhmdb_vallist.txt (list_file=) to reproduce it",
-                        len(names), path)
     videos = []
     for name in names:
         video = Video(name, path.joinpath(*_JHMDB_FRAMES, name), path.joinpath(*_JHMDB_LABELS, name, _JHMDB_MAT))
@@ -330,7 +324,7 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
         if not names:
             raise DatasetError(f"root {str(path)!r}: no Images/videos* folder with annotations; "
                                f"expected {_LAYOUT_HELP['vip']}")
-        split, official = "every annotated videos* folder (pass the official vip_vallist.txt for the paper's)", False
+        split, official = "every annotated videos* folder (not the paper's split)", False
     videos = []
     for name in names:
         video = Video(name, path.joinpath(*_VIP_FRAMES, name), path.joinpath(*_VIP_LABELS, name))

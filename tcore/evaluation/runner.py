@@ -252,6 +252,10 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
     backbone.to(torch_device)
 
     is_main = dist_info.rank == 0
+    if is_main and not dataset.official_split:
+        _logger.warning("%s: no list file given, so all %d videos found under %s are evaluated: this is NOT the "
+                        "paper's split; pass --list (list_file=) with the official %s_vallist.txt to reproduce it",
+                        benchmark, len(dataset.videos), dataset.root, benchmark)
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
     mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world)
     todo = [v for v in mine if not bench.is_finished(results, v)]
