@@ -1,9 +1,13 @@
 """Training config: defaults are the official recipe, YAML + dotted overrides, loud errors."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import pytest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
+
+
+import pytest  # noqa: E402
 
 pytest.importorskip("yaml")
 
