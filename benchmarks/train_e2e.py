@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(values)
         parts = ("loader", "e2e") if args.part == "both" else (args.part,)
         results = [run(part, cfg, root, device, args.steps, args.warmup) for part in parts]
-    print("| part | augment | workers | batch/GPU | samples/s | ms/batch | peak alloc GB |\n|---|---|---|---|---|---|---|")
+    print("| part | augment | workers | batch/GPU | samples/s | ms/batch | peak alloc GB |\n"
+          "|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['part']} | {r['augment']} | {r['workers']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['ms_per_batch']:.1f} | {r.get('peak_gb', float('nan')):.2f} |")

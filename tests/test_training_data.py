@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from training.config import load_config  # noqa: E402
-from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest, sample_frame_indices,  # noqa: E402
-                           scan_videos, write_manifest)
+from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest,  # noqa: E402
+                           sample_frame_indices, scan_videos, write_manifest)
 from training.masking import batch_masks, block_mask, mask_indices, mask_upper_bound  # noqa: E402
 from training.synthetic import make_frame_folders  # noqa: E402
 

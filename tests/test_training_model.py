@@ -120,7 +120,8 @@ def test_teacher_targets_are_crop_swapped_and_gathered_at_the_masks():
         patches = out["patches"].flatten(1, 2)
         expected_patches = torch.stack([patches[r, p] for r in range(8) for p in range(4) if batch["masks"][r, p]])
         patch_logits = teacher["dino_head"](expected_patches)
-    assert torch.allclose(cls_t[:4], torch.softmax(logits[4:] / 0.05, -1), atol=1e-5)  # student crop 0 <- teacher crop 1
+    # student crop 0 <- teacher crop 1, and the other way round
+    assert torch.allclose(cls_t[:4], torch.softmax(logits[4:] / 0.05, -1), atol=1e-5)
     assert torch.allclose(cls_t[4:], torch.softmax(logits[:4] / 0.05, -1), atol=1e-5)
     assert torch.allclose(patch_t, torch.softmax(patch_logits / 0.05, -1), atol=1e-5)
 

@@ -25,7 +25,8 @@ def test_select_fixed_number_of_frames():
 
 def test_select_frames_at_a_rate():
     times = [i / 10 for i in range(30)]  # 10 fps, 2.9 s
-    assert select_frames(times, fps=4) == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]  # nearest to k/4 s, ties: earlier
+    # the frame nearest to each k/4 s; on a tie (0.25 s between 0.2 and 0.3) the earlier one
+    assert select_frames(times, fps=4) == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]
     assert select_frames(times, fps=100) == list(range(30))  # never the same frame twice
     with pytest.raises(ValueError, match="fps"):
         select_frames(times)

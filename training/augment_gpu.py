@@ -88,7 +88,8 @@ def _round8(x: torch.Tensor) -> torch.Tensor:
     return torch.floor(x + 0.5).clamp_(0, 255)
 
 
-def resize_crops(frames: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor | None = None) -> torch.Tensor:
+def resize_crops(frames: torch.Tensor, boxes: torch.Tensor, size: int,
+                 flips: torch.Tensor | None = None) -> torch.Tensor:
     """Crop and resize k boxes per frame, as PIL `crop(box).resize((size, size), BICUBIC)`.
 
     Args:
