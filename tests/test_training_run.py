@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
 
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -96,7 +97,9 @@ def test_two_ranks_with_workers_resume_exactly(frames, tmp_path):
     assert latest_checkpoint(resumed / "checkpoints").name == "ckpt_00000002.pt"
     _run(_torchrun(2, *common, f"train.output_dir={resumed}"))
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]  # step 3's stale line was replaced
-    assert _metrics(tmp_path / "straight") == _metrics(resumed)
+    straight = _metrics(tmp_path / "straight")
+    assert all(math.isfinite(v) for m in straight for v in m.values())
+    assert straight == _metrics(resumed)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "ckpt_00000004.pt")
     b = load_checkpoint(resumed / "checkpoints" / "ckpt_00000004.pt")
     for part in ("student", "teacher", "centers"):
