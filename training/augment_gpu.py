@@ -274,8 +274,8 @@ def render_batch(batch: dict[str, Any], device: torch.device, global_size: int, 
         dict: "globals" (2b, 3, G, G), "locals" (L*b, 3, l, l), "past"/"future" (n, 3, G, G)
         normalised, and the mask index tensors, on `device` (the layout of the CPU path).
     """
-    boxes = batch["current_boxes"].to(device)          # (b, 2+L, 4)
-    flips = batch["current_flips"].to(device)          # (b, 2+L)
+    boxes = batch["current_boxes"].to(device, non_blocking=True)          # (b, 2+L, 4)
+    flips = batch["current_flips"].to(device, non_blocking=True)          # (b, 2+L)
     b, k = flips.shape
     current = decode_frames(batch["current_bytes"], device)
     glob = resize_crops(current, boxes[:, :2], global_size).transpose(0, 1).reshape(2 * b, 3, global_size, global_size)
@@ -286,13 +286,14 @@ def render_batch(batch: dict[str, Any], device: torch.device, global_size: int, 
     glob = photometric(glob, _select(photo, crop_major[:2].reshape(-1)))
     loc = photometric(loc, _select(photo, crop_major[2:].reshape(-1)))
     out = {"globals": normalize(glob, dtype, channels_last), "locals": normalize(loc, dtype, channels_last),
-           **{k: batch[k].to(device, non_blocking=True) for k in INDEX_KEYS}}
+           **{key: batch[key].to(device, non_blocking=True) for key in INDEX_KEYS}}
     n = batch["aux_rows"].shape[0]
     if n:
         aux = decode_frames(batch["aux_bytes"], device)
-        aux = resize_crops(aux, batch["aux_boxes"].to(device)[:, None], global_size)[:, 0]  # (m, 3, G, G)
+        aux_boxes = batch["aux_boxes"].to(device, non_blocking=True)[:, None]  # (m, 1, 4): one box per frame
+        aux = resize_crops(aux, aux_boxes, global_size)[:, 0]                 # (m, 3, G, G)
         for name in ("past", "future"):
-            crops = aux[batch[f"{name}_frame"].to(device)]
+            crops = aux[batch[f"{name}_frame"].to(device, non_blocking=True)]
             out[name] = normalize(photometric(crops, _photo(batch, name)), dtype, channels_last)
     else:
         empty = torch.empty(0, 3, global_size, global_size, device=device, dtype=dtype)

@@ -357,10 +357,16 @@ def build_loader(dataset: ClipBatchDataset, sampler: StepSampler, cfg: DataConfi
                       worker_init_fn=_worker_init if workers > 0 else None)
 
 
+_NORMALIZE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, 3, H, W) in [0, 255] -> ImageNet-normalised float (ToTensor + Normalize)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    device = images.device
+    if device not in _NORMALIZE:  # built once per device: a host-to-device copy would wait for the GPU
+        _NORMALIZE[device] = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).mul(255).to(device),
+                              torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).mul(255).to(device))
+    mean, std = _NORMALIZE[device]
     out = ((images.float() - mean) / std).to(dtype)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
