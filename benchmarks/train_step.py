@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from training.config import Config, load_config  # noqa: E402
 from training.data import mask_rng  # noqa: E402
-from training.losses import Centers, tcore_losses  # noqa: E402
+from training.losses import Centers, compile_loss_kernels, tcore_losses  # noqa: E402
 from training.masking import batch_masks, mask_indices  # noqa: E402
 from training.model import (build_student, build_teacher, compile_models, teacher_pairs,  # noqa: E402
                             teacher_targets, update_teacher)
@@ -94,6 +94,7 @@ def build_step(cfg: Config, device: torch.device) -> Callable[[dict, int], torch
     centers = Centers(cfg.model.head_n_prototypes, cfg.loss.center_momentum, device)
     if cfg.train.compile:
         compile_models(student, teacher)
+        compile_loss_kernels()
     schedules = build_schedules(cfg, 936)
     t_params, s_params = teacher_pairs(student, teacher)
 

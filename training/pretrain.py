@@ -38,7 +38,7 @@ from training.config import Config, config_to_dict, load_config
 from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
                            write_manifest)
 from training.dist import DistInfo, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
-from training.losses import Centers, LossTerms, tcore_losses
+from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
 from training.model import (Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets,
                             update_teacher)
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         _logger.info("resumed from %s at step %d", resume, start_step)
     if cfg.train.compile:
         compile_models(student, teacher)
+        compile_loss_kernels()
     model = DDP(student, device_ids=[info.local_rank] if device.type == "cuda" else None,
                 gradient_as_bucket_view=True) if info.distributed else student
     t_params, s_params = teacher_pairs(student, teacher)
