@@ -36,12 +36,11 @@ import torch  # noqa: E402
 
 from training.config import Config, load_config  # noqa: E402
 from training.data import mask_rng  # noqa: E402
-from training.losses import Centers, compile_loss_kernels, tcore_losses  # noqa: E402
+from training.losses import Centers, tcore_losses  # noqa: E402
 from training.masking import batch_masks, mask_indices  # noqa: E402
-from training.model import (build_student, build_teacher, compile_models, teacher_pairs,  # noqa: E402
-                            teacher_targets, update_teacher)
-from training.optim import apply_schedules, build_optimizer, build_schedules  # noqa: E402
-from training.pretrain import forward_backward, optimizer_step  # noqa: E402
+from training.model import build_student, build_teacher, teacher_pairs, teacher_targets, update_teacher  # noqa: E402
+from training.optim import apply_schedules, build_schedules  # noqa: E402
+from training.pretrain import build_training, forward_backward, optimizer_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = {"vits16": ("vits16_k400.yaml", 64), "vitb16": ("vitb16_k400.yaml", 32), "tiny": ("tiny.yaml", 4)}
@@ -80,21 +79,7 @@ def sync(device: torch.device) -> None:
 
 def build_step(cfg: Config, device: torch.device) -> Callable[[dict, int], torch.Tensor]:
     """The training loop's step on fresh models: `step(batch, i)` -> the loss (a device tensor)."""
-    precision = cfg.train.precision
-    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-    torch.backends.cudnn.allow_tf32 = precision != "fp32"
-    torch.manual_seed(0)
-    student = build_student(cfg.model).to(device)
-    teacher = build_teacher(student)
-    if cfg.train.channels_last:
-        student.to(memory_format=torch.channels_last)
-        teacher.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(student, cfg.optim, cfg.model.depth, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    centers = Centers(cfg.model.head_n_prototypes, cfg.loss.center_momentum, device)
-    if cfg.train.compile:
-        compile_models(student, teacher)
-        compile_loss_kernels()
+    student, teacher, optimizer, scaler, centers = build_training(cfg, device)
     schedules = build_schedules(cfg, 936)
     t_params, s_params = teacher_pairs(student, teacher)
 

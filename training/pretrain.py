@@ -43,7 +43,7 @@ from training.model import (Student, build_student, build_teacher, compile_model
                             update_teacher)
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
 
-__all__ = ["main", "forward_backward", "optimizer_step", "micro_seed"]
+__all__ = ["main", "build_training", "forward_backward", "optimizer_step", "micro_seed"]
 
 _logger = logging.getLogger("training")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -91,6 +91,29 @@ def optimizer_step(student: Student, optimizer: torch.optim.Optimizer, scaler: t
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def build_training(cfg: Config, device: torch.device) -> tuple[Student, torch.nn.ModuleDict, torch.optim.Optimizer,
+                                                              torch.amp.GradScaler, Centers]:
+    """Precision flags, then student, EMA teacher, AdamW, grad scaler and centres, seeded by train.seed.
+
+    With train.compile the models and loss kernels are compiled in place (state_dict names unchanged).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = cfg.train.precision != "fp32"  # as the reference; fp32 means fp32
+    torch.backends.cudnn.allow_tf32 = cfg.train.precision != "fp32"
+    torch.manual_seed(cfg.train.seed)
+    student = build_student(cfg.model).to(device)
+    teacher = build_teacher(student)
+    if cfg.train.channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(student, cfg.optim, cfg.model.depth, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    centers = Centers(cfg.model.head_n_prototypes, cfg.loss.center_momentum, device)
+    if cfg.train.compile:
+        compile_models(student, teacher)
+        compile_loss_kernels()
+    return student, teacher, optimizer, scaler, centers
 
 
 def _videos(cfg: Config, out_dir: Path, info: DistInfo) -> list[str]:
@@ -150,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     handlers = _setup_logging(info, out_dir)
     _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     device = info.device
-    torch.backends.cuda.matmul.allow_tf32 = cfg.train.precision != "fp32"  # as the reference; fp32 means fp32
-    torch.backends.cudnn.allow_tf32 = cfg.train.precision != "fp32"
 
     # ---- data: the sample stream is global, split into micro-batches over ranks and accumulation
     o = cfg.optim
@@ -172,15 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                  accum, o.global_batch_size, total_steps, o.epochs, epoch_length, scaled_lr(o))
 
     # ---- model, teacher, optimizer (same seed on every rank; DDP also broadcasts rank 0's weights)
-    torch.manual_seed(cfg.train.seed)
-    student = build_student(cfg.model).to(device)
-    teacher = build_teacher(student)
-    if cfg.train.channels_last:
-        student.to(memory_format=torch.channels_last)
-        teacher.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(student, o, cfg.model.depth, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    centers = Centers(cfg.model.head_n_prototypes, cfg.loss.center_momentum, device)
+    student, teacher, optimizer, scaler, centers = build_training(cfg, device)
     start_step = 0
     ckpt_dir = out_dir / "checkpoints"
     resume = latest_checkpoint(ckpt_dir) if cfg.train.resume == "auto" else cfg.train.resume or None
@@ -196,9 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         centers.load_state_dict(state["centers"])
         start_step = int(state["step"])
         _logger.info("resumed from %s at step %d", resume, start_step)
-    if cfg.train.compile:
-        compile_models(student, teacher)
-        compile_loss_kernels()
     model = DDP(student, device_ids=[info.local_rank] if device.type == "cuda" else None,
                 gradient_as_bucket_view=True) if info.distributed else student
     t_params, s_params = teacher_pairs(student, teacher)
