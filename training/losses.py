@@ -9,6 +9,7 @@ past and future logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +193,7 @@ class Centers:
             self._counts[1] += 1
 
     @torch.no_grad()
-    def update(self, all_reduce_sum=None) -> None:
+    def update(self, all_reduce_sum: Callable[[torch.Tensor], Any] | None = None) -> None:
         """Apply the step's mean to the EMAs; `all_reduce_sum(tensor)` sums over ranks in place."""
         stats = torch.cat([self._sums, self._counts], dim=1)  # (2, K + 1)
         if all_reduce_sum is not None:

@@ -18,6 +18,7 @@ from torch import nn
 
 import tcore
 from training.config import ModelConfig
+from training.losses import Centers, teacher_probs
 
 __all__ = ["WeightNormLinear", "DINOHead", "PatchMatchingModule", "Student", "build_student", "build_teacher",
            "teacher_pairs", "update_teacher", "teacher_targets", "compile_models"]
@@ -220,8 +221,8 @@ def update_teacher(teacher_params: list[torch.Tensor], student_params: list[torc
 
 
 @torch.no_grad()
-def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: torch.Tensor, centers, temp: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: torch.Tensor, centers: Centers,
+                    temp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher probabilities of a micro-batch (spec §4 a) and its contribution to the centres.
 
     Args:
@@ -235,8 +236,6 @@ def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: 
         (2b, K) CLS probabilities in crop-swapped order (row r targets student row r) and (M, K)
         probabilities of the teacher's own tokens at the masked patches, both float32.
     """
-    from training.losses import teacher_probs
-
     out = teacher["backbone"](globals_)
     cls = out["cls"]                                      # (2b, D)
     swapped = torch.cat(cls.chunk(2)[::-1])               # crop 1 rows, then crop 0 rows
