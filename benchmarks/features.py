@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     print(f"device {device} | torch {torch.__version__} | input {args.size[0]}x{args.size[1]} | "
           f"threads {torch.get_num_threads()}")
-    print(f"| model | batch | precision | tcore frames/s | timm frames/s | tcore / timm |")
-    print(f"|---|---:|---|---:|---:|---:|")
+    print("| model | batch | precision | tcore frames/s | timm frames/s | tcore / timm |")
+    print("|---|---:|---|---:|---:|---:|")
     for name in args.models:
         build, arch = ARCHS[name]
         ours = build(pretrained=False).to(device)

@@ -59,11 +59,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import metrics
-    from .backbone import TCoReBackbone, TimmViTBackbone
-    from .evaluation import evaluate
-    from .io import read_mask, read_video, write_masks, write_overlay
-    from .models import create_backbone, load_backbone, tcore_vitb16, tcore_vits16
-    from .propagation import Propagator, propagate_keypoints, propagate_labels, propagate_masks, propagate_parts
-    from .weights import (CheckpointError, WeightsUnavailableError, convert_state_dict, download,
+    from . import metrics  # noqa: F401
+    from .backbone import TCoReBackbone, TimmViTBackbone  # noqa: F401
+    from .evaluation import evaluate  # noqa: F401
+    from .io import read_mask, read_video, write_masks, write_overlay  # noqa: F401
+    from .models import create_backbone, load_backbone, tcore_vitb16, tcore_vits16  # noqa: F401
+    from .propagation import Propagator, propagate_keypoints, propagate_labels, propagate_masks, propagate_parts  # noqa: F401
+    from .weights import (CheckpointError, WeightsUnavailableError, convert_state_dict, download,  # noqa: F401
                           get_pretrained, inspect_checkpoint, list_models)

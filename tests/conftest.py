@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `from helpers import shared_path`
+# `training/` runs from the clone (it is not in the wheel): appended, so that `tcore` still resolves to
+# the installed package and never to the source tree.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
+import tempfile
 import sys
 import sysconfig
 import zipfile
@@ -18,9 +20,10 @@ from helpers import REPO, shared_path
 import tcore
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tcore", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m tcore ...` run outside the source tree, so it imports the installed package."""
+    return subprocess.run([sys.executable, "-m", "tcore", *args], capture_output=True, text=True,
+                          cwd=Path(tempfile.gettempdir()), env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def _installed_distribution() -> metadata.Distribution:
@@ -38,7 +41,7 @@ def _installed_files() -> list[str]:
     """Files of the installed distribution; for an editable install, those of a freshly built wheel."""
     dist = _installed_distribution()
     if _is_editable(dist):
-        out = Path(__import__("tempfile").mkdtemp())
+        out = Path(tempfile.mkdtemp())
         subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
                         "-q", "-w", str(out)], check=True, capture_output=True)
         (wheel,) = out.glob("tcore-*.whl")

@@ -66,7 +66,7 @@ def test_video_file_with_a_soft_first_mask_runs_end_to_end(dinov2):
 def test_demo_with_real_weights_scores_well_end_to_end(tmp_path):
     weights = shared_path("weights", "dinov2_vits14_imgfocus.safetensors")
     out = subprocess.run([sys.executable, "-m", "tcore", "demo", "--model", str(weights), "-o", str(tmp_path),
-                          "--quiet"], capture_output=True, text=True)
+                          "--quiet"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {line[:24].strip(): float(line[24:31]) for line in out.stdout.splitlines()[1:3]}
     print(out.stdout)

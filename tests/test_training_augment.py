@@ -1,23 +1,18 @@
 """Augmentation (spec §1.5): the random parameters, the PIL path, and the batched path against PIL."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms.functional as TF  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from training import augment_gpu as G  # noqa: E402
-from training.augment import (BLUR_PROBS, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2, PIPELINE_LOCAL, center_box,  # noqa: E402
+from training import augment_gpu as G
+from training.augment import (BLUR_PROBS, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2, PIPELINE_LOCAL, center_box,
                               draw_current_plan, draw_photo, random_resized_crop_box)
-from training.config import AugmentConfig, load_config  # noqa: E402
-from training.data import ClipBatchDataset, scan_videos, to_device_batch  # noqa: E402
-from training.synthetic import make_frame_folders, synthetic_frame  # noqa: E402
+from training.config import AugmentConfig, load_config
+from training.data import ClipBatchDataset, scan_videos, to_device_batch
+from training.synthetic import make_frame_folders, synthetic_frame
 
 
 @pytest.mark.parametrize("h,w,box", [

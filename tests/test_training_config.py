@@ -1,17 +1,13 @@
 """Training config: defaults are the official recipe, YAML + dotted overrides, loud errors."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-
-import pytest  # noqa: E402
+import pytest
 
 pytest.importorskip("yaml")
 
-from training.config import Config, ConfigError, config_from_dict, config_to_dict, load_config  # noqa: E402
+from training.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 

@@ -1,20 +1,15 @@
 """Sandwich sampling, masking, the sample stream and the batches the workers build (spec §1-2)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from training.config import load_config  # noqa: E402
-from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest,  # noqa: E402
+from training.config import load_config
+from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest,
                            sample_frame_indices, scan_videos, write_manifest)
-from training.masking import batch_masks, block_mask, mask_indices, mask_upper_bound  # noqa: E402
-from training.synthetic import make_frame_folders  # noqa: E402
+from training.masking import batch_masks, block_mask, mask_indices, mask_upper_bound
+from training.synthetic import make_frame_folders
 
 
 def _windows(t: int) -> dict:

@@ -1,18 +1,13 @@
 """Each loss term against a literal computation of the spec's formulas on tiny tensors (spec §4 f)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pytest
+import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from training import losses as L  # noqa: E402
-from training.config import LossConfig  # noqa: E402
-from training.masking import mask_indices  # noqa: E402
+from training import losses as L
+from training.config import LossConfig
+from training.masking import mask_indices
 
 
 def _ce(t: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:

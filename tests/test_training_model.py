@@ -1,19 +1,14 @@
 """DINO head, Patch Matching Module, student/teacher (spec §3-4)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from training.config import ModelConfig, load_config  # noqa: E402
-from training.losses import Centers, tcore_losses  # noqa: E402
-from training.masking import mask_indices  # noqa: E402
-from training.model import (DINOHead, PatchMatchingModule, build_student, build_teacher, compile_models,  # noqa: E402
+from training.config import ModelConfig, load_config
+from training.losses import Centers, tcore_losses
+from training.masking import mask_indices
+from training.model import (DINOHead, PatchMatchingModule, build_student, build_teacher, compile_models,
                             teacher_pairs, teacher_targets, update_teacher)
 
 

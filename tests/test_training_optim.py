@@ -1,19 +1,14 @@
 """Schedules and parameter groups (spec §5)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import math
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
+import pytest
+import torch
 
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from training.config import Config, OptimConfig, load_config  # noqa: E402
-from training.model import build_student  # noqa: E402
-from training.optim import (apply_schedules, build_optimizer, build_param_groups,  # noqa: E402
+from training.config import Config, OptimConfig, load_config
+from training.model import build_student
+from training.optim import (apply_schedules, build_optimizer, build_param_groups,
                             build_schedules, cosine_schedule, param_multipliers, scaled_lr)
 
 

@@ -1,19 +1,14 @@
 """Frame extraction (PyAV, parallel, resumable) and manifests."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 pytest.importorskip("av")
 
-from training.prepare import extract_all, main, select_frames  # noqa: E402
-from training.synthetic import make_video  # noqa: E402
+from training.prepare import extract_all, main, select_frames
+from training.synthetic import make_video
 
 
 def test_select_fixed_number_of_frames():

@@ -8,23 +8,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
+import json
+import math
+import os
+import signal
+import subprocess
 
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import tcore  # noqa: E402
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.export import main as export_main  # noqa: E402
-from training.optim import build_schedules  # noqa: E402
-from training.synthetic import make_frame_folders  # noqa: E402
+import tcore
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.config import load_config
+from training.export import main as export_main
+from training.optim import build_schedules
+from training.synthetic import make_frame_folders
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,8 +107,8 @@ def test_two_ranks_with_workers_resume_exactly(frames, tmp_path):
 
 
 _CRASHING_SAVER = """
-import sys, time, torch  # noqa: E402
-from training.checkpoint import save_checkpoint  # noqa: E402
+import sys, time, torch
+from training.checkpoint import save_checkpoint
 folder = sys.argv[1]
 save_checkpoint(folder, {"format_version": 1, "step": 1, "w": torch.ones(3)}, 1, 3)
 def stalled_save(obj, f):

@@ -1,20 +1,15 @@
 """One training step in isolation: precision, gradient clipping per module, accumulation seeds."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training/` runs from the clone, not site-packages
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from training.config import load_config  # noqa: E402
-from training.losses import Centers  # noqa: E402
-from training.masking import mask_indices  # noqa: E402
-from training.model import build_student, build_teacher  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
-from training.pretrain import forward_backward, micro_seed, optimizer_step  # noqa: E402
+from training.config import load_config
+from training.losses import Centers
+from training.masking import mask_indices
+from training.model import build_student, build_teacher
+from training.optim import build_optimizer
+from training.pretrain import forward_backward, micro_seed, optimizer_step
 
 
 def _setup(precision: str):
