@@ -153,25 +153,19 @@ print(json.dumps(stream_memory(**json.loads(sys.argv[1]))))
 
 def stream_memory(frames: int, grid: Sequence[int], dim: int, classes: int, topk: int, device: str,
                   seed: int, frames_per_step: int = 8) -> Row:
-    """Peak memory growth while streaming `frames` frames through a `Propagator`.
+    """Peak memory growth of the engine while streaming `frames` frames through a `Propagator`.
 
-    Frames are made one step at a time and outputs are dropped, as a streaming caller does, so
-    the peak measures the engine. CPU: growth of the process's peak RSS over its RSS before the
-    loop (run this in a fresh process). CUDA: `torch.cuda.max_memory_allocated` growth.
+    The features are made before the baseline is taken and outputs are dropped, so the growth is
+    the engine's own (its context plus per-step workspace). CPU: the process's peak RSS over its
+    RSS before the loop (run this in a fresh process). CUDA: `torch.cuda.max_memory_allocated`.
     """
     import resource
 
     h, w = grid
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(h, w, dim, generator=gen)
-
-    def frame_batch(t0: int, n: int) -> torch.Tensor:
-        batch = torch.stack([base + 0.05 * t * torch.randn(h, w, dim, generator=gen) for t in range(t0, t0 + n)])
-        return F.normalize(batch, dim=-1).to(device)  # (n, h, w, D)
-
+    feats = drifting_features(frames, h, w, dim, seed, device)
     prop = tcore.Propagator(topk=topk, temperature=0.7, radius=20, n_context=20)
-    prop.reset(frame_batch(0, 1)[0], first_labels(classes, h, w, seed, device))
-    prop.step(frame_batch(1, 1))  # warm-up: allocator and thread pools
+    prop.reset(feats[0], first_labels(classes, h, w, seed, device))
+    prop.step(feats[1:2])  # warm-up: allocator and thread pools
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -179,17 +173,17 @@ def stream_memory(frames: int, grid: Sequence[int], dim: int, classes: int, topk
     else:
         with open("/proc/self/statm") as f:
             before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    start = time.perf_counter()
     for t0 in range(2, frames, frames_per_step):
-        prop.step(frame_batch(t0, min(frames_per_step, frames - t0)))
+        prop.step(feats[t0:t0 + frames_per_step])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-        how = "cuda max_memory_allocated"
+        peak, how = torch.cuda.max_memory_allocated() - before, "cuda max_memory_allocated growth"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-        how = "peak RSS growth"
+        peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "peak RSS growth"
     return {"frames": frames, "grid": f"{h}x{w}", "D": dim, "device": device, "peak MiB": round(peak / 2**20, 1),
-            "state MiB": round(prop.nbytes / 2**20, 1), "measure": how}
+            "state MiB": round(prop.nbytes / 2**20, 1),
+            "s/frame": round((time.perf_counter() - start) / max(frames - 2, 1), 4), "measure": how}
 
 
 def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: int, classes: int, topk: int,
