@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import tcore
 from tcore.propagation import Propagator, engine, propagate_labels
@@ -165,8 +166,6 @@ def test_frame0_is_unrestricted_and_restricting_it_changes_the_result():
 
 def golden_cases():
     meta = json.loads(shared_path("golden", "propagation_official.json").read_text())
-    from safetensors.torch import load_file
-
     outputs = load_file(str(shared_path("golden", "propagation_official.safetensors")))
     inputs = golden_inputs()
     for name, case in meta["cases"].items():
