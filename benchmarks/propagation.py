@@ -27,7 +27,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,7 @@ def bench_engine(frames: int = 60, grid: Sequence[int] = (30, 55), dim: int = 38
     h, w = grid
     feats = drifting_features(frames, h, w, dim, seed, device)
     labels = first_labels(classes, h, w, seed, device)
-    params = dict(topk=topk, temperature=0.7, radius=20, n_context=20)
+    params = {"topk": topk, "temperature": 0.7, "radius": 20, "n_context": 20}
     tcore.propagate_labels(feats[:3], labels, **params)  # warm-up: thread pools, BLAS, allocator
     if reference:
         reference_propagation(feats[:3], labels, **params)
@@ -191,12 +191,14 @@ def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: i
     """`stream_memory` for each frame count, each in a fresh process on CPU (peak RSS is per process)."""
     rows = []
     for frames in frame_counts:
-        kwargs = dict(frames=frames, grid=list(grid), dim=dim, classes=classes, topk=topk, device=device, seed=seed)
+        kwargs = {"frames": frames, "grid": list(grid), "dim": dim, "classes": classes, "topk": topk,
+                  "device": device, "seed": seed}
         if device.startswith("cuda"):
             rows.append(stream_memory(**kwargs))
             continue
         code = _MEMORY_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)))
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                              check=False)
         if done.returncode != 0:
             raise RuntimeError(f"stream-memory child for {frames} frames failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -230,8 +232,8 @@ def format_table(rows: list[Row]) -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))
     cells = [[str(row.get(k, "")) for k in keys] for row in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = lambda values: "  ".join(v.rjust(wd) for v, wd in zip(values, widths))  # noqa: E731
-    return "\n".join([line(keys), line(["-" * wd for wd in widths]), *(line(c) for c in cells)])
+    lines = [keys, ["-" * wd for wd in widths], *cells]
+    return "\n".join("  ".join(v.rjust(wd) for v, wd in zip(values, widths)) for values in lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

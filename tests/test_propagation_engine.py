@@ -12,12 +12,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import golden_inputs, shared_path
 from safetensors.torch import load_file
 
 import tcore
 from tcore.propagation import Propagator, engine, propagate_labels
-
-from helpers import golden_inputs, shared_path
 
 TOL = 1e-6
 
@@ -36,14 +35,15 @@ def literal_propagation(features: torch.Tensor, first_labels: torch.Tensor, topk
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()  # (N, 2)
     mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float()  # (N_key, N_query)
-    if pad_with_first:  # extended index e holds real frame max(0, e - n_context)
-        real = [max(0, e - n_context) for e in range(frames + n_context)]
-        slots_of = lambda t: [0] + list(range(t, t + n_context))  # noqa: E731
-        query_slot = lambda t: t + n_context  # noqa: E731
-    else:  # frame 0 once, then the distinct previous frames
-        real = list(range(frames))
-        slots_of = lambda t: [0] + list(range(max(1, t - n_context), t))  # noqa: E731
-        query_slot = lambda t: t  # noqa: E731
+    offset = n_context if pad_with_first else 0  # the padded sequence puts real frame t at index t + n_context
+    real = [max(0, e - offset) for e in range(frames + offset)]  # extended index -> real frame
+
+    def slots_of(t: int) -> list[int]:
+        """Extended indices of target t's keys: frame 0, then the short-term slots."""
+        if pad_with_first:
+            return [0, *range(t, t + n_context)]
+        return [0, *range(max(1, t - n_context), t)]  # frame 0 once, then the distinct previous frames
+
     labels = {e: first_labels.reshape(n_classes, n_cells).float() for e, r in enumerate(real) if r == 0}
     out = [first_labels.float()]
     for t in range(1, frames):
@@ -55,7 +55,7 @@ def literal_propagation(features: torch.Tensor, first_labels: torch.Tensor, topk
         weights = torch.softmax(values, dim=0)
         context = torch.cat([labels[e] for e in slots], 1)  # (C, S*N_key)
         pred = (context[:, index] * weights[None]).sum(1)  # (C, N_query)
-        labels[query_slot(t)] = pred
+        labels[t + offset] = pred
         out.append(pred.reshape(n_classes, h, w))
     return torch.stack(out)
 
@@ -106,13 +106,13 @@ def run_in_steps(features: torch.Tensor, labels: torch.Tensor, sizes: list[int],
 def test_engine_equals_literal_padded_sequence_before_and_after_n_context(grid, topk):
     h, w = grid
     feats, labels = drifting_video(12, h, w, 12, seed=h * w + topk), soft_labels(3, h, w, seed=1)
-    params = dict(topk=topk, temperature=0.7, radius=3, n_context=4)  # frames 1..4 padded, 5..11 not
+    params = {"topk": topk, "temperature": 0.7, "radius": 3, "n_context": 4}  # frames 1..4 padded, 5..11 not
     assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
 
 
 def test_engine_equals_literal_with_paper_context_on_a_wide_grid():
     feats, labels = drifting_video(24, 8, 30, 16, seed=3), soft_labels(4, 8, 30, seed=4)
-    params = dict(topk=7, temperature=0.7, radius=6, n_context=20)
+    params = {"topk": 7, "temperature": 0.7, "radius": 6, "n_context": 20}
     assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
 
 
@@ -121,7 +121,7 @@ def test_engine_equals_literal_when_every_band_holds_one_line(monkeypatch, grid)
     monkeypatch.setitem(engine._BAND_QUERIES, "cpu", 1)  # one grid line per band: many bands, tight key ranges
     h, w = grid
     feats, labels = drifting_video(10, h, w, 8, seed=5), soft_labels(3, h, w, seed=6)
-    params = dict(topk=7, temperature=0.7, radius=4.5, n_context=3)
+    params = {"topk": 7, "temperature": 0.7, "radius": 4.5, "n_context": 3}
     assert len(engine._build_geometry(h, w, 4.5, torch.device("cpu")).bands) == 21  # bands along the long axis
     assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
 
@@ -129,19 +129,19 @@ def test_engine_equals_literal_when_every_band_holds_one_line(monkeypatch, grid)
 @pytest.mark.parametrize("n_context", [0, 1])
 def test_engine_equals_literal_with_tiny_contexts(n_context):
     feats, labels = drifting_video(6, 6, 9, 8, seed=7), soft_labels(2, 6, 9, seed=8)
-    params = dict(topk=5, temperature=0.7, radius=2, n_context=n_context)
+    params = {"topk": 5, "temperature": 0.7, "radius": 2, "n_context": n_context}
     assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
 
 
 def test_radius_larger_than_the_grid_restricts_nothing():
     feats, labels = drifting_video(8, 5, 6, 8, seed=9), soft_labels(3, 5, 6, seed=10)
-    params = dict(topk=7, temperature=0.7, radius=100, n_context=3)
+    params = {"topk": 7, "temperature": 0.7, "radius": 100, "n_context": 3}
     assert_same_labels(propagate_labels(feats, labels, **params), literal_propagation(feats, labels, **params))
 
 
 def test_frame0_multiplicity_is_counted_and_dropping_it_changes_the_result():
     feats, labels = drifting_video(10, 8, 12, 12, seed=11), soft_labels(3, 8, 12, seed=12)
-    params = dict(topk=7, temperature=0.7, radius=4, n_context=6)
+    params = {"topk": 7, "temperature": 0.7, "radius": 4, "n_context": 6}
     ours = propagate_labels(feats, labels, **params)
     assert_same_labels(ours, literal_propagation(feats, labels, **params))
     mistaken = literal_propagation(feats, labels, **params, pad_with_first=False)
@@ -155,7 +155,7 @@ def test_frame0_multiplicity_is_counted_and_dropping_it_changes_the_result():
 def test_frame0_is_unrestricted_and_restricting_it_changes_the_result():
     # the texture moves 2 cells per frame: after a few frames frame 0's best match lies beyond radius 3
     feats, labels = moving_video(8, 6, 20, 12, seed=13, shift=2), soft_labels(3, 6, 20, seed=14)
-    params = dict(topk=7, temperature=0.7, radius=3, n_context=3)
+    params = {"topk": 7, "temperature": 0.7, "radius": 3, "n_context": 3}
     ours = propagate_labels(feats, labels, **params)
     assert_same_labels(ours, literal_propagation(feats, labels, **params))
     mistaken = literal_propagation(feats, labels, **params, radius_on_first=True)
@@ -193,7 +193,7 @@ def test_engine_reproduces_the_official_golden_outputs(frames_per_step):
 
 def test_results_are_identical_whatever_the_frames_per_step():
     feats, labels = drifting_video(30, 6, 25, 8, seed=15), soft_labels(3, 6, 25, seed=16)
-    params = dict(topk=7, temperature=0.7, radius=4, n_context=5)
+    params = {"topk": 7, "temperature": 0.7, "radius": 4, "n_context": 5}
     one = run_in_steps(feats, labels, [1] * 29, **params)
     assert torch.equal(one, run_in_steps(feats, labels, [8, 8, 8, 5], **params))
     assert torch.equal(one, run_in_steps(feats, labels, [3, 0, 11, 1, 14], **params))
@@ -243,8 +243,8 @@ def test_step_before_reset_says_to_call_reset():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(topk=0), "topk"), (dict(topk=2.5), "topk"), (dict(topk=True), "topk"),
-    (dict(temperature=0), "temperature"), (dict(radius=-1), "radius"), (dict(n_context=-1), "n_context"),
+    ({"topk": 0}, "topk"), ({"topk": 2.5}, "topk"), ({"topk": True}, "topk"),
+    ({"temperature": 0}, "temperature"), ({"radius": -1}, "radius"), ({"n_context": -1}, "n_context"),
 ])
 def test_bad_hyper_parameters_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -319,7 +319,7 @@ def test_reduced_precision_matmul_is_turned_off_inside_the_engine_and_restored(d
 
 def test_engine_results_ignore_float32_matmul_precision_medium():
     feats, labels = drifting_video(6, 6, 20, 384, seed=31), soft_labels(3, 6, 20, seed=32)  # D=384 uses oneDNN
-    params = dict(topk=7, temperature=0.7, radius=6, n_context=3)
+    params = {"topk": 7, "temperature": 0.7, "radius": 6, "n_context": 3}
     exact = propagate_labels(feats, labels, **params)
     q, k = feats[1].reshape(-1, 384), feats[0].reshape(-1, 384)
     ieee, previous = q @ k.T, torch.get_float32_matmul_precision()
@@ -335,7 +335,7 @@ def test_engine_results_ignore_float32_matmul_precision_medium():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_engine_on_cuda_equals_the_literal_implementation():
     feats, labels = drifting_video(24, 8, 30, 16, seed=29), soft_labels(4, 8, 30, seed=30)
-    params = dict(topk=7, temperature=0.7, radius=6, n_context=20)
+    params = {"topk": 7, "temperature": 0.7, "radius": 6, "n_context": 20}
     ours = propagate_labels(feats.cuda(), labels.cuda(), **params)
     assert ours.device.type == "cuda"
     assert_same_labels(ours.cpu(), literal_propagation(feats, labels, **params))
