@@ -7,7 +7,8 @@ Parts (`--part`):
   per target frame, dense affinities + radius mask + top-k + softmax, then the recurrence), on the
   same random drifting unit features: agreement (max |diff|, argmax differences), both times and
   the ratio. Then the stream-mode peak memory of the engine for a short and a long video (it must
-  be flat): peak RSS growth of a fresh process on CPU, `torch.cuda.max_memory_allocated` on CUDA.
+  be flat): on CPU the peak growth of the memory malloc has in use (sampled every millisecond), on
+  CUDA `torch.cuda.max_memory_allocated`.
 * ``pipeline`` (to be added by the front-end author): the whole `propagate_masks` pipeline against
   the backbone alone. Hook: write `pipeline_part(args)` yielding `(title, rows)` tables and register
   it in `PARTS`; `--part pipeline` and `--part all` then run it. Extra options go in `add_arguments`.
@@ -20,12 +21,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -151,44 +155,96 @@ print(json.dumps(stream_memory(**json.loads(sys.argv[1]))))
 """
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _heap_probe() -> tuple[Callable[[], int], str]:
+    """A function giving the bytes of CPU memory in use now, and its name.
+
+    glibc's `mallinfo2` counts live allocations (torch's CPU tensors included) and not the freed
+    memory malloc keeps, so its peak is the CPU analogue of `torch.cuda.max_memory_allocated`.
+    Elsewhere: anonymous resident memory (resident minus file-backed pages, Linux).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        def anon_rss() -> int:
+            with open("/proc/self/statm") as f:
+                _, resident, shared = (int(v) for v in f.read().split()[:3])
+            return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+        return anon_rss, "anon RSS"
+
+    def live() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+    return live, "malloc in use"
+
+
+class _PeakSampler:
+    """Samples `probe()` every `interval` seconds in a thread; `peak` is the largest sample."""
+
+    def __init__(self, probe: Callable[[], int], interval: float = 0.001) -> None:
+        self.probe, self.interval, self.peak = probe, interval, probe()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.probe())
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.probe())
+
+
 def stream_memory(frames: int, grid: Sequence[int], dim: int, classes: int, topk: int, device: str,
                   seed: int, frames_per_step: int = 8) -> Row:
     """Peak memory growth of the engine while streaming `frames` frames through a `Propagator`.
 
     The features are made before the baseline is taken and outputs are dropped, so the growth is
-    the engine's own (its context plus per-step workspace). CPU: the process's peak RSS over its
-    RSS before the loop (run this in a fresh process). CUDA: `torch.cuda.max_memory_allocated`.
+    the engine's own (its context plus per-step workspace). CPU: the peak of the memory malloc has
+    in use (sampled every millisecond, see `_heap_probe`) over its value before the loop. CUDA:
+    `torch.cuda.max_memory_allocated` growth.
     """
-    import resource
-
     h, w = grid
     feats = drifting_features(frames, h, w, dim, seed, device)
     prop = tcore.Propagator(topk=topk, temperature=0.7, radius=20, n_context=20)
     prop.reset(feats[0], first_labels(classes, h, w, seed, device))
     prop.step(feats[1:2])  # warm-up: allocator and thread pools
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/statm") as f:
-            before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    probe, probe_name = _heap_probe()
+    before = torch.cuda.memory_allocated() if cuda else probe()
     start = time.perf_counter()
-    for t0 in range(2, frames, frames_per_step):
-        prop.step(feats[t0:t0 + frames_per_step])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sampler = None if cuda else _PeakSampler(probe)
+    with sampler or contextlib.nullcontext():
+        for t0 in range(2, frames, frames_per_step):
+            prop.step(feats[t0:t0 + frames_per_step])
+        if cuda:
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if cuda:
         peak, how = torch.cuda.max_memory_allocated() - before, "cuda max_memory_allocated growth"
     else:
-        peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "peak RSS growth"
+        peak, how = sampler.peak - before, f"peak {probe_name} growth (1 ms samples)"
     return {"frames": frames, "grid": f"{h}x{w}", "D": dim, "device": device, "peak MiB": round(peak / 2**20, 1),
-            "state MiB": round(prop.nbytes / 2**20, 1),
-            "s/frame": round((time.perf_counter() - start) / max(frames - 2, 1), 4), "measure": how}
+            "state MiB": round(prop.nbytes / 2**20, 1), "s/frame": round(seconds / max(frames - 2, 1), 4),
+            "measure": how}
 
 
 def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: int, classes: int, topk: int,
                         device: str, seed: int) -> list[Row]:
-    """`stream_memory` for each frame count, each in a fresh process on CPU (peak RSS is per process)."""
+    """`stream_memory` for each frame count, each in a fresh process on CPU (a clean heap for each)."""
     rows = []
     for frames in frame_counts:
         kwargs = {"frames": frames, "grid": list(grid), "dim": dim, "classes": classes, "topk": topk,
@@ -202,7 +258,7 @@ def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: i
         if done.returncode != 0:
             raise RuntimeError(f"stream-memory child for {frames} frames failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    first = max(float(rows[0]["peak MiB"]), 1e-9)
+    first = max(float(rows[0]["peak MiB"]), 1.0)  # MiB; below that, allocator noise dominates
     for row in rows:
         ratio = float(row["peak MiB"]) / first
         row["vs first"] = f"{ratio:.2f}x"
