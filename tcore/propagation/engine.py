@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -95,7 +95,7 @@ class _State:
     first_labels: torch.Tensor  # (N, C) fp32, internal cell order
     features: deque[torch.Tensor]  # each (N, D): frames max(1, t-n_context) .. t-1
     labels: deque[torch.Tensor]  # each (N, C): their soft labels
-    t: int = field(default=1)  # index of the next frame
+    t: int = 1  # index of the next frame
 
 
 def _build_geometry(h: int, w: int, radius: float, device: torch.device) -> _Geometry:
@@ -287,6 +287,28 @@ def _check_positive_float(name: str, value: object) -> float:
     return float(value)
 
 
+def _to_cells(feats: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(k, h, w, D) -> (k, N, D) fp32 contiguous in internal cell order."""
+    if geometry.transposed:
+        feats = feats.transpose(1, 2)  # (k, w, h, D)
+    return feats.reshape(feats.shape[0], geometry.h * geometry.w, feats.shape[-1]).to(torch.float32).contiguous()
+
+
+def _labels_to_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(C, h, w) -> (N, C) fp32, a new contiguous tensor in internal cell order."""
+    cells = labels.permute(2, 1, 0) if geometry.transposed else labels.permute(1, 2, 0)  # (w, h, C) | (h, w, C)
+    out = torch.empty((geometry.h * geometry.w, labels.shape[0]), dtype=torch.float32, device=labels.device)
+    return out.copy_(cells.reshape(-1, labels.shape[0]))
+
+
+def _labels_from_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """(k, N, C) internal cell order -> (k, C, h, w) contiguous."""
+    k, _, c = labels.shape
+    if geometry.transposed:
+        return labels.view(k, geometry.w, geometry.h, c).permute(0, 3, 2, 1).contiguous()  # (k, C, h, w)
+    return labels.view(k, geometry.h, geometry.w, c).permute(0, 3, 1, 2).contiguous()  # (k, C, h, w)
+
+
 class Propagator:
     """Streaming label propagation with T-CoRe's protocol (top-K affinity over frame 0 and the
     previous `n_context` frames, frame 0 counted with the padded sequence's multiplicities).
@@ -448,28 +470,6 @@ class Propagator:
                              "keep one device per video")
         _check_unit_norm("features", feats)
         return _to_cells(feats, g)
-
-
-def _to_cells(feats: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
-    """(k, h, w, D) -> (k, N, D) fp32 contiguous in internal cell order."""
-    if geometry.transposed:
-        feats = feats.transpose(1, 2)  # (k, w, h, D)
-    return feats.reshape(feats.shape[0], geometry.h * geometry.w, feats.shape[-1]).to(torch.float32).contiguous()
-
-
-def _labels_to_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
-    """(C, h, w) -> (N, C) fp32, a new contiguous tensor in internal cell order."""
-    cells = labels.permute(2, 1, 0) if geometry.transposed else labels.permute(1, 2, 0)  # (w, h, C) | (h, w, C)
-    out = torch.empty((geometry.h * geometry.w, labels.shape[0]), dtype=torch.float32, device=labels.device)
-    return out.copy_(cells.reshape(-1, labels.shape[0]))
-
-
-def _labels_from_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
-    """(k, N, C) internal cell order -> (k, C, h, w) contiguous."""
-    k, _, c = labels.shape
-    if geometry.transposed:
-        return labels.view(k, geometry.w, geometry.h, c).permute(0, 3, 2, 1).contiguous()  # (k, C, h, w)
-    return labels.view(k, geometry.h, geometry.w, c).permute(0, 3, 1, 2).contiguous()  # (k, C, h, w)
 
 
 def propagate_labels(
