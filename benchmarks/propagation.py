@@ -9,9 +9,9 @@ Parts (`--part`):
   the ratio. Then the stream-mode peak memory of the engine for a short and a long video (it must
   be flat): on CPU the peak growth of the memory malloc has in use (sampled every millisecond), on
   CUDA `torch.cuda.max_memory_allocated`.
-* ``pipeline`` (to be added by the front-end author): the whole `propagate_masks` pipeline against
-  the backbone alone. Hook: write `pipeline_part(args)` yielding `(title, rows)` tables and register
-  it in `PARTS`; `--part pipeline` and `--part all` then run it. Extra options go in `add_arguments`.
+* ``pipeline``: the whole `tcore propagate` command (JPEG decode, backbone, engine, bilinear decode,
+  PNG writes overlapped in threads) on a DAVIS-sized clip with the davis preset, against the
+  backbone alone on the same, already decoded frames (random ViT weights: same speed as released).
 
 Usage::
 
@@ -277,8 +277,73 @@ def engine_part(args: argparse.Namespace) -> Iterator[tuple[str, list[Row]]]:
                                    args.seed))
 
 
-# name -> function(args) yielding (title, rows) tables; the pipeline part registers itself here
-PARTS: dict[str, Callable[[argparse.Namespace], Iterator[tuple[str, list[Row]]]]] = {"engine": engine_part}
+def _write_clip(folder: str, frames: int) -> tuple[str, str]:
+    """A DAVIS-sized JPEG frame folder (854x480, the built-in demo clip) and its first mask."""
+    from PIL import Image
+
+    from tcore.demo import make_demo_clip
+
+    clip, masks = make_demo_clip(n_frames=frames, size=(480, 854))
+    video = os.path.join(folder, "frames")
+    os.makedirs(video)
+    for t, frame in enumerate(clip):
+        Image.fromarray(frame).save(os.path.join(video, f"{t:05d}.jpg"), quality=90)
+    mask = os.path.join(folder, "00000.png")
+    tcore.io.write_mask(mask, masks[0])
+    return video, mask
+
+
+def bench_pipeline(frames: int, arch: str, device: str, batch_size: int) -> list[Row]:
+    """`tcore propagate` (decode, backbone, engine, decode-out, PNG writes) vs the backbone alone."""
+    import tempfile
+
+    from tcore.cli import main as cli
+    from tcore.propagation.features import FrameEncoder
+
+    dev = torch.device(device)
+    build = {"vits16": tcore.tcore_vits16, "vitb16": tcore.tcore_vitb16}[arch]
+    with tempfile.TemporaryDirectory() as tmp:
+        video, mask = _write_clip(tmp, frames)
+        model = build(pretrained=False)  # random weights: same speed as the released ones
+        model.save_pretrained(os.path.join(tmp, "model"))
+        model = model.to(dev)
+        decoded = list(tcore.read_video(video))
+        encoder = FrameEncoder(model, (480, 880), dev, batch_size)
+        encoder(decoded[:batch_size])  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(0, frames, batch_size):
+            encoder(decoded[i:i + batch_size])
+        _sync(device)
+        backbone = time.perf_counter() - start
+        args = ["propagate", video, mask, "-o", os.path.join(tmp, "out"), "--model", os.path.join(tmp, "model"),
+                "--preset", "davis", "--device", device, "--batch-size", str(batch_size), "--quiet"]
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(open(os.devnull, "w")):
+            cli(args)
+        _sync(device)
+        total = time.perf_counter() - start
+    return [{"pipeline": "backbone only (pre-decoded frames)", "model": arch, "frames": frames, "size": "480x880",
+             "time s": f"{backbone:.2f}", "s/frame": f"{backbone / frames:.3f}", "vs backbone": "1.00x"},
+            {"pipeline": "tcore propagate (JPEG decode ... PNG write)", "model": arch, "frames": frames,
+             "size": "480x880", "time s": f"{total:.2f}", "s/frame": f"{total / frames:.3f}",
+             "vs backbone": f"{total / backbone:.2f}x"}]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def pipeline_part(args: argparse.Namespace) -> Iterator[tuple[str, list[Row]]]:
+    """The whole pipeline on a DAVIS-sized clip against the backbone alone."""
+    yield ("pipeline: tcore propagate (davis preset) vs the backbone alone",
+           bench_pipeline(args.pipeline_frames, args.pipeline_model, args.device, args.batch_size))
+
+
+# name -> function(args) yielding (title, rows) tables
+PARTS: dict[str, Callable[[argparse.Namespace], Iterator[tuple[str, list[Row]]]]] = {
+    "engine": engine_part, "pipeline": pipeline_part}
 
 
 # --- output and command line -------------------------------------------------------------------------
@@ -307,6 +372,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference-style engine")
     parser.add_argument("--memory-frames", type=int, nargs="*", default=[60, 240],
                         help="video lengths for the stream-memory table (none: skip it)")
+    parser.add_argument("--pipeline-frames", type=int, default=24, help="frames of the pipeline clip (854x480)")
+    parser.add_argument("--pipeline-model", default="vits16", choices=["vits16", "vitb16"])
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per backbone call (pipeline part)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
