@@ -12,7 +12,14 @@ from helpers import REPO, shared_path
 from PIL import Image
 
 from tcore import metrics
-from tcore.metrics import MIoUAccumulator, PCKAccumulator, davis_scores, davis_summary, pck
+from tcore.metrics import (
+    MIoUAccumulator,
+    PCKAccumulator,
+    davis_scores,
+    davis_summary,
+    pck,
+)
+from tcore.metrics import davis as metrics_davis
 
 try:
     import cv2
@@ -194,32 +201,32 @@ def _points(b: np.ndarray) -> set[tuple[int, int]]:
 def test_boundary_of_a_single_pixel_is_the_pixel_and_its_west_north_neighbours():
     mask = np.zeros((4, 5), bool)
     mask[1, 1] = True
-    assert _points(metrics._boundary(mask)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert _points(metrics_davis._boundary(mask)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
 def test_boundary_in_the_last_row_compares_with_the_east_neighbour_only():
     mask = np.zeros((3, 4), bool)
     mask[2, 1:3] = True
-    assert _points(metrics._boundary(mask)) == {(1, 0), (1, 1), (1, 2), (2, 0), (2, 2)}
+    assert _points(metrics_davis._boundary(mask)) == {(1, 0), (1, 1), (1, 2), (2, 0), (2, 2)}
 
 
 def test_boundary_in_the_last_column_compares_with_the_south_neighbour_only():
     mask = np.zeros((3, 3), bool)
     mask[:, 2] = True
-    assert _points(metrics._boundary(mask)) == {(0, 1), (1, 1), (2, 1)}
+    assert _points(metrics_davis._boundary(mask)) == {(0, 1), (1, 1), (2, 1)}
 
 
 def test_boundary_bottom_right_pixel_is_never_boundary():
     mask = np.zeros((4, 4), bool)
     mask[3, 3] = True
-    assert _points(metrics._boundary(mask)) == {(2, 2), (2, 3), (3, 2)}
+    assert _points(metrics_davis._boundary(mask)) == {(2, 2), (2, 3), (3, 2)}
 
 
 def test_boundary_matches_the_official_rules_on_random_masks():
     rng = np.random.default_rng(7)
     for shape in [(1, 1), (1, 7), (7, 1), (5, 6), (13, 11)]:
         mask = rng.random(shape) < 0.5
-        np.testing.assert_array_equal(metrics._boundary(mask), _official_bmap(mask))
+        np.testing.assert_array_equal(metrics_davis._boundary(mask), _official_bmap(mask))
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 3, 8, 9])
@@ -234,7 +241,7 @@ def test_dilation_is_the_disk_of_all_offsets_within_the_radius(radius):
                     inside = 0 <= y + dy < shape[0] and 0 <= x + dx < shape[1]
                     if dy * dy + dx * dx <= radius * radius and inside:
                         expected[y + dy, x + dx] = True
-        np.testing.assert_array_equal(metrics._dilate(b, radius), expected)
+        np.testing.assert_array_equal(metrics_davis._dilate(b, radius), expected)
 
 
 def test_boundary_radius_is_8_at_480x854_and_9_at_480x880():

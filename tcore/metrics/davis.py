@@ -1,91 +1,29 @@
-"""Benchmark metrics of the label-propagation protocol, equal to the official evaluation code.
+"""DAVIS-2017 semi-supervised metrics: region similarity J, boundary F-measure F, their mean,
+recall and decay, bit-identical to the official davis2017-evaluation code.
 
-* DAVIS-2017 (semi-supervised): region similarity J, boundary F-measure F, their mean, recall and
-  decay, as the official ``davis2017-evaluation`` computes them (`davis_scores`, `davis_summary`,
-  `format_davis_csv`).
-* JHMDB: PCK@alpha per joint, pooled over frames and videos, mean over joints (`PCKAccumulator`,
-  `pck`), as T-CoRe's ``eval_pck.py``.
-* VIP: mean IoU over 20 part classes from one global confusion matrix (`MIoUAccumulator`), as
-  T-CoRe's ``eval_vip.py``.
-
-Only numpy (and, optionally, torch for inputs and for running DAVIS on a GPU) is used: no OpenCV, no
-scikit-image, no scipy. The boundary dilation is an exact binary dilation by the same disk, computed
-from shifted ORs on a crop around each object, so every count, hence every score, is bit-identical to
-the official one.
-
-    >>> s = davis_scores(gt, pred)          # (T, H, W) object ids, one sequence
-    >>> s["J"], s["F"], s["JF"]             # one value per object, in object-id order
+The boundary dilation is an exact binary dilation by the official disk, computed from shifted ORs
+on a crop around each object; every count is an integer, so every score equals the official one.
 """
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "MIoUAccumulator",
-    "PCKAccumulator",
-    "PCK_ALPHAS",
-    "VIP_CLASSES",
-    "davis_boundary_radius",
-    "davis_scores",
-    "davis_summary",
-    "format_davis_csv",
-    "pck",
-]
+from ._common import _check_int, _check_ndim, _check_same_shape, _to_numpy
+
+__all__ = ["DAVIS_BOUNDARY_FRACTION", "DAVIS_GLOBAL_COLUMNS", "DAVIS_VOID_ID", "davis_boundary_radius", "davis_scores",
+           "davis_summary", "format_davis_csv"]
+
 
 # DAVIS: boundary tolerance as a fraction of the image diagonal (official `bound_th`).
 DAVIS_BOUNDARY_FRACTION = 0.008
 DAVIS_VOID_ID = 255
 DAVIS_GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-# JHMDB: thresholds reported by the reference (the paper quotes 0.1 and 0.2).
-PCK_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
-VIP_CLASSES = (
-    "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants",
-    "gloves", "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg",
-    "left-leg", "right-shoe", "left-shoe",
-)
 _NUMPY_CHUNK_FRAMES = 8  # frames per crop on the CPU (one crop spans the object in all of them)
 _TORCH_CHUNK_ELEMENTS = 1 << 24  # per (frames x objects x H x W) bool tensor on the device
-
-
-# --------------------------------------------------------------------------------------------------
-# input checks
-
-
-def _is_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
-
-
-def _check_ndim(x: np.ndarray, name: str, ndim: int, layout: str) -> None:
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have shape {layout}, got shape {tuple(x.shape)}")
-
-
-def _check_int(x: np.ndarray, name: str, allow_negative: bool = False) -> None:
-    if x.dtype.kind not in "biu":
-        raise ValueError(f"{name} must hold integer ids, got dtype {x.dtype}; convert a soft or float "
-                         f"mask to ids first (e.g. np.rint(x).astype(np.uint8))")
-    if not allow_negative and x.size and x.dtype.kind == "i" and x.min() < 0:
-        raise ValueError(f"{name} must hold non-negative ids, got minimum {x.min()}")
-
-
-def _check_same_shape(gt: np.ndarray, pred: np.ndarray) -> None:
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt and pred must have the same shape, got gt {tuple(gt.shape)} and pred "
-                         f"{tuple(pred.shape)}; resize pred to the ground-truth size (nearest) first")
-
-
-# --------------------------------------------------------------------------------------------------
-# DAVIS: boundaries and their dilation (shared by the numpy and the torch path)
 
 
 def davis_boundary_radius(height: int, width: int) -> int:
@@ -398,225 +336,3 @@ def format_davis_csv(summary: Mapping[str, Any]) -> tuple[str, str]:
         f"{row['Sequence']},{row['J-Mean']:.3f},{row['F-Mean']:.3f}\n"
         for row in summary["per_object"])
     return global_csv, per_sequence
-
-
-# --------------------------------------------------------------------------------------------------
-# JHMDB: PCK
-
-
-class PCKAccumulator:
-    """PCK@alpha of propagated keypoints, pooled over all frames of all videos (T-CoRe's
-    ``eval_pck.py``).
-
-    Per frame, the scale is 0.6 x the diagonal of the ground-truth box of the visible joints (as the
-    reference, the box's lower corner starts at 1e6 and its upper corner at -1). Frame 0 (the given
-    frame) is skipped. A visible joint is correct at alpha when ``|pred - gt| / scale <= alpha``.
-    PCK of a joint = 100 x correct / visible entries over everything accumulated; the reported
-    value is the mean over the joints.
-
-    Visibility (`visibility=`):
-        "prediction" (default, the reference's rule): a joint is visible where its predicted x is
-            not negative; the propagation marks a vanished heatmap with x = -1. Vanished joints are
-            dropped, not counted as misses.
-        "ground_truth": a joint is visible where `gt_visible` says so (default: every joint); a
-            vanished prediction (x < 0) then counts as a miss.
-
-    Args:
-        alphas: thresholds, as fractions of the per-frame scale.
-        visibility: "prediction" (reference) or "ground_truth".
-
-    Example:
-        >>> acc = PCKAccumulator()
-        >>> for gt, pred in videos:       # (T, K, 2) pixels each
-        ...     acc.update(gt, pred)
-        >>> acc.result()["PCK"][0.1]      # percent
-    """
-
-    def __init__(self, alphas: Sequence[float] = PCK_ALPHAS, visibility: str = "prediction") -> None:
-        if visibility not in ("prediction", "ground_truth"):
-            raise ValueError(f"visibility must be 'prediction' or 'ground_truth', got {visibility!r}")
-        self.alphas = tuple(float(a) for a in alphas)
-        self.visibility = visibility
-        self._correct: np.ndarray | None = None  # (A, K) int64
-        self._total: np.ndarray | None = None  # (K,) int64
-
-    def update(self, gt: Any, pred: Any, gt_visible: Any = None) -> None:
-        """Add one video.
-
-        Args:
-            gt: (T, K, 2) ground-truth joints (x, y) in pixels, 0-based (JHMDB's pos_img - 1).
-            pred: (T, K, 2) predicted joints (x, y) in pixels; x < 0 marks a vanished joint.
-            gt_visible: (T, K) bool, only with visibility="ground_truth" (default all True).
-
-        Raises:
-            ValueError: wrong shapes, a joint count that differs from earlier videos, or
-                gt_visible given with visibility="prediction".
-        """
-        gt, pred = _to_numpy(gt).astype(np.float64), _to_numpy(pred).astype(np.float64)
-        if gt.ndim != 3 or gt.shape[-1] != 2:
-            raise ValueError(f"gt must have shape (T, K, 2) with (x, y) last, got {tuple(gt.shape)}; "
-                             f"transpose JHMDB's pos_img (2, K, T) with .transpose(2, 1, 0)")
-        if pred.shape != gt.shape:
-            raise ValueError(f"pred must have the shape of gt {tuple(gt.shape)}, "
-                             f"got {tuple(pred.shape)}")
-        if self._total is not None and len(self._total) != gt.shape[1]:
-            raise ValueError(f"gt has {gt.shape[1]} joints but earlier videos had {len(self._total)}")
-        visible = self._visible(pred, gt_visible)
-        correct, total = _pck_counts(gt, pred, visible, self.alphas)
-        if self._total is None:
-            self._correct, self._total = correct, total
-        else:
-            self._correct += correct
-            self._total += total
-
-    def _visible(self, pred: np.ndarray, gt_visible: Any) -> np.ndarray:
-        if self.visibility == "prediction":
-            if gt_visible is not None:
-                raise ValueError("gt_visible is only used with visibility='ground_truth'; create "
-                                 "PCKAccumulator(visibility='ground_truth') to use it")
-            return ~(pred[..., 0] < 0)
-        if gt_visible is None:
-            return np.ones(pred.shape[:2], bool)
-        visible = _to_numpy(gt_visible)
-        if visible.shape != pred.shape[:2]:
-            raise ValueError(f"gt_visible must have shape (T, K) = {pred.shape[:2]}, "
-                             f"got {visible.shape}")
-        return visible.astype(bool)
-
-    def result(self) -> dict[str, Any]:
-        """PCK so far.
-
-        Returns:
-            dict with "PCK": {alpha: mean over joints, percent}, "PCK_per_joint": {alpha: (K,)
-            float64 percent, NaN for a joint never visible}, "n_per_joint": (K,) int64 number of
-            scored entries. A joint without entries is left out of the mean (the reference fails).
-
-        Raises:
-            ValueError: when nothing was accumulated or no joint was ever visible.
-        """
-        if self._total is None or not self._total.any():
-            raise ValueError("no visible joint in frames 1..T-1 was accumulated; call "
-                             "update(gt, pred) with at least one video of two or more frames")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_joint = 100.0 * self._correct / self._total  # (A, K)
-        return {
-            "PCK": {a: float(np.nanmean(row)) for a, row in zip(self.alphas, per_joint)},
-            "PCK_per_joint": dict(zip(self.alphas, per_joint)),
-            "n_per_joint": self._total.copy(),
-        }
-
-
-def _pck_counts(gt: np.ndarray, pred: np.ndarray, visible: np.ndarray,
-                alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Correct (A, K) and total (K,) entry counts of one video, frame 0 skipped."""
-    gx, gy = gt[..., 0], gt[..., 1]  # (T, K)
-    lo_x = np.minimum(np.where(visible, gx, np.inf).min(axis=1), 1e6)  # (T,)
-    lo_y = np.minimum(np.where(visible, gy, np.inf).min(axis=1), 1e6)
-    hi_x = np.maximum(np.where(visible, gx, -np.inf).max(axis=1), -1.0)
-    hi_y = np.maximum(np.where(visible, gy, -np.inf).max(axis=1), -1.0)
-    dx, dy = hi_x - lo_x, hi_y - lo_y
-    scale = 0.6 * np.sqrt(dx * dx + dy * dy)  # (T,)
-    ex, ey = pred[..., 0] - gx, pred[..., 1] - gy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dist = np.sqrt(ex * ex + ey * ey) / scale[:, None]  # (T, K); scale 0 -> inf/nan -> a miss
-    dist[pred[..., 0] < 0] = np.inf  # vanished: a miss (only reachable with ground-truth visibility)
-    scored = visible.copy()
-    scored[:1] = False  # frame 0 is given, not predicted
-    correct = np.stack([((dist <= a) & scored).sum(axis=0) for a in alphas]).astype(np.int64)
-    return correct, scored.sum(axis=0).astype(np.int64)
-
-
-def pck(gt: Any, pred: Any, *, alphas: Sequence[float] = PCK_ALPHAS, visibility: str = "prediction",
-        gt_visible: Any = None) -> dict[str, Any]:
-    """PCK of one video: `PCKAccumulator` with a single `update`.
-
-    Args:
-        gt: (T, K, 2) ground-truth joints (x, y) in pixels.
-        pred: (T, K, 2) predicted joints (x, y) in pixels; x < 0 marks a vanished joint.
-        alphas: thresholds, as fractions of the per-frame scale.
-        visibility: "prediction" (reference) or "ground_truth".
-        gt_visible: (T, K) bool, only with visibility="ground_truth".
-
-    Returns:
-        `PCKAccumulator.result()` of this video.
-    """
-    acc = PCKAccumulator(alphas, visibility)
-    acc.update(gt, pred, gt_visible)
-    return acc.result()
-
-
-# --------------------------------------------------------------------------------------------------
-# VIP: mIoU
-
-
-class MIoUAccumulator:
-    """Mean IoU from one global confusion matrix over all frames of all videos (T-CoRe's
-    ``eval_vip.py``; the VIP protocol includes frame 0, so pass every frame).
-
-    Ground-truth values outside [0, n_classes) are ignored. IoU_c = TP / (TP + FP + FN); the mIoU
-    is the mean over the classes whose union is not empty.
-
-    Args:
-        n_classes: number of classes C (20 for VIP).
-
-    Example:
-        >>> acc = MIoUAccumulator()
-        >>> for gt, pred in videos:      # (T, H, W) class ids each, same size
-        ...     acc.update(gt, pred)
-        >>> acc.result()["mIoU"]
-    """
-
-    def __init__(self, n_classes: int = len(VIP_CLASSES)) -> None:
-        if n_classes < 1:
-            raise ValueError(f"n_classes must be at least 1, got {n_classes}")
-        self.n_classes = n_classes
-        self.confusion = np.zeros((n_classes, n_classes), np.int64)  # [gt, pred]
-
-    def update(self, gt: Any, pred: Any) -> None:
-        """Add frames.
-
-        Args:
-            gt: (..., H, W) integer class ids (any shape: one frame (H, W) or a video (T, H, W)).
-            pred: integer class ids in [0, C), same shape as gt.
-
-        Raises:
-            ValueError: wrong shapes or dtypes, or a predicted id outside [0, C) (the reference
-                exits on ids above 20 and miscounts an id of 20).
-        """
-        gt, pred = _to_numpy(gt), _to_numpy(pred)
-        _check_int(gt, "gt", allow_negative=True)
-        _check_int(pred, "pred")
-        _check_same_shape(gt, pred)
-        if pred.size and pred.max() >= self.n_classes:
-            raise ValueError(f"pred holds class id {pred.max()} but there are {self.n_classes} "
-                             f"classes (ids 0..{self.n_classes - 1}); check the label mapping")
-        keep = (gt >= 0) & (gt < self.n_classes)
-        codes = gt[keep].astype(np.int64) * self.n_classes + pred[keep]
-        self.confusion += np.bincount(codes, minlength=self.n_classes ** 2).reshape(self.n_classes, -1)
-
-    def result(self) -> dict[str, Any]:
-        """Scores so far.
-
-        Returns:
-            dict with "mIoU" (float, NaN-skipping mean over classes), "IoU" ((C,) float64, NaN for
-            classes absent from both gt and pred), "pixel_accuracy", "mean_accuracy" (NaN-skipping
-            mean of per-class recall) and "confusion" ((C, C) int64, rows gt, columns pred).
-
-        Raises:
-            ValueError: when no pixel was accumulated.
-        """
-        hist = self.confusion.astype(np.float64)
-        if not hist.any():
-            raise ValueError("no ground-truth pixel in [0, n_classes) was accumulated; call "
-                             "update(gt, pred) first")
-        tp, gt_pixels = np.diag(hist), hist.sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = tp / (gt_pixels + hist.sum(axis=0) - tp)
-            accuracy = tp / gt_pixels
-        return {
-            "mIoU": float(np.nanmean(iou)),
-            "IoU": iou,
-            "pixel_accuracy": float(tp.sum() / hist.sum()),
-            "mean_accuracy": float(np.nanmean(accuracy)),
-            "confusion": self.confusion.copy(),
-        }
