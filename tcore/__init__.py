@@ -39,7 +39,7 @@ _EXPORTS = {
     "write_overlay": "io",
     "evaluate": "evaluation",
 }
-_SUBMODULES = {"backbone", "models", "weights", "propagation", "io", "metrics", "evaluation", "cli"}
+_SUBMODULES = {"backbone", "models", "weights", "hub", "propagation", "io", "metrics", "evaluation", "demo", "cli"}
 
 __all__ = ["__version__", *_EXPORTS, "metrics"]
 

@@ -258,8 +258,8 @@ class TCoReBackbone(_FeatureAPI):
         return resize_pos_grid(grid, (h, w), self.pos_interp)
 
     def save_pretrained(self, save_directory: str, **metadata: Any) -> None:
-        """Write `config.json` + `model.safetensors` (see `tcore.weights.save_pretrained`)."""
-        from .weights import save_pretrained
+        """Write `config.json` + `model.safetensors` (see `tcore.hub.save_pretrained`)."""
+        from .hub import save_pretrained
 
         save_pretrained(self, save_directory, **metadata)
 
@@ -267,7 +267,7 @@ class TCoReBackbone(_FeatureAPI):
     def from_pretrained(cls, repo_id_or_dir: str, *, revision: str | None = None,
                         cache_dir: str | None = None) -> "TCoReBackbone":
         """Load a backbone written by `save_pretrained`, from a folder or a Hub repo, strictly."""
-        from .weights import from_pretrained
+        from .hub import from_pretrained
 
         model = from_pretrained(repo_id_or_dir, revision=revision, cache_dir=cache_dir)
         if not isinstance(model, cls):
@@ -347,7 +347,7 @@ class TimmViTBackbone(_FeatureAPI):
         return m.norm(x)
 
     def save_pretrained(self, save_directory: str, **metadata: Any) -> None:
-        """Write `config.json` + `model.safetensors` (see `tcore.weights.save_pretrained`)."""
-        from .weights import save_pretrained
+        """Write `config.json` + `model.safetensors` (see `tcore.hub.save_pretrained`)."""
+        from .hub import save_pretrained
 
         save_pretrained(self, save_directory, **metadata)

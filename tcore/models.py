@@ -26,7 +26,8 @@ Pretrained = Union[bool, str, os.PathLike, Mapping[str, torch.Tensor], None]
 
 def _resolve_pretrained(arch: str, pretrained: Pretrained, weights: str | None) -> Any:
     """What to load for `pretrained=` / `weights=`: None, a local path, or a state dict."""
-    from .weights import _PRETRAINED, _fetch_pretrained_folder, download
+    from .hub import fetch_pretrained_folder
+    from .weights import _PRETRAINED, download
 
     if pretrained is None or pretrained is False:
         if weights is not None:
@@ -46,7 +47,7 @@ def _resolve_pretrained(arch: str, pretrained: Pretrained, weights: str | None) 
     if Path(text).expanduser().exists():
         return Path(text).expanduser()
     if _looks_like_repo_id(text):
-        return _fetch_pretrained_folder(text, None, None)
+        return fetch_pretrained_folder(text, None, None)
     raise FileNotFoundError(f"pretrained={text!r}: no such file or folder (and not a weights tag of {arch}, "
                             f"nor a Hub repo id 'org/name')")
 
@@ -174,7 +175,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 def _from_file(path: Path, pos_interp: "PosInterp | None", **kwargs: Any) -> Backbone:
     """A backbone whose architecture is read from a checkpoint's keys and shapes."""
     from .backbone import TCoReBackbone, TimmViTBackbone
-    from .weights import CONFIG_NAME, from_pretrained, load_weights_into
+    from .hub import CONFIG_NAME, from_pretrained
+    from .weights import load_weights_into
 
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         return from_pretrained(path)
@@ -255,7 +257,7 @@ def load_backbone(model: Any, weights: Any = None, pos_interp: "PosInterp | None
             raise ValueError("weights: give either a checkpoint path as model= or weights=, not both")
         return _from_file(path, pos_interp, **kwargs)
     if _looks_like_repo_id(text):
-        from .weights import from_pretrained
+        from .hub import from_pretrained
 
         return from_pretrained(text)
     import timm

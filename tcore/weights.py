@@ -1,5 +1,5 @@
-"""Released T-CoRe weights: registry, download, conversion of official files, strict loading, and
-the Hugging Face format (`config.json` + `model.safetensors`).
+"""Released T-CoRe weights: registry, download, conversion of official files, strict loading and
+inspection (the Hugging Face format lives in `tcore.hub`).
 
 Loading always goes `file -> convert_state_dict -> architecture check -> load_state_dict(strict=True)`.
 Official `.pth` files are read with `torch.load(weights_only=True)`; nothing is ever unpickled.
@@ -7,11 +7,9 @@ Official `.pth` files are read with `torch.load(weights_only=True)`; nothing is 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -21,7 +19,7 @@ import torch
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .backbone import TCoReBackbone, TimmViTBackbone
+    from .backbone import TCoReBackbone
 
 __all__ = [
     "ARCHITECTURES",
@@ -32,21 +30,16 @@ __all__ = [
     "convert_state_dict",
     "download",
     "find_architecture",
-    "from_pretrained",
     "get_pretrained",
     "inspect_checkpoint",
     "list_models",
     "load_weights_into",
     "read_checkpoint",
-    "save_pretrained",
     "sha256sum",
 ]
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 HF_REPO = "yafeng19/T-CORE"
 
 # Architecture is code: the constructor arguments of each named T-CoRe backbone.
@@ -386,7 +379,9 @@ def load_weights_into(model: "TCoReBackbone", pretrained: Any) -> None:
         path = Path(pretrained)
         source = str(path)
         if path.is_dir():
-            config = _read_config(path)
+            from .hub import WEIGHTS_NAME, read_config
+
+            config = read_config(path)
             if config.get("architecture") != "TCoReBackbone":
                 raise CheckpointError(f"{path}: holds a {config.get('architecture')} backbone, not a T-CoRe one; "
                                       "use tcore.load_backbone()")
@@ -417,119 +412,6 @@ def load_weights_into(model: "TCoReBackbone", pretrained: Any) -> None:
     model.load_state_dict(state, strict=True)
 
 
-# ------------------------------------------------------------------------- Hugging Face format
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; expected a folder written by save_pretrained()")
-    with open(cfg_path) as f:
-        return json.load(f)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_pretrained(model: "TCoReBackbone | TimmViTBackbone", save_directory: str | os.PathLike,
-                    **metadata: Any) -> Path:
-    """Write `config.json` + `model.safetensors` (fp32 as held by the model), atomically.
-
-    Args:
-        model: a tcore backbone.
-        save_directory: folder to create or fill.
-        **metadata: JSON-serialisable extras stored in `config.json` (e.g. source, sha256).
-
-    Returns:
-        The folder.
-    """
-    from safetensors.torch import save_file
-
-    from .backbone import TCoReBackbone, TimmViTBackbone
-
-    folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, TCoReBackbone):
-        arch_name, state = "TCoReBackbone", model.state_dict()
-    elif isinstance(model, TimmViTBackbone):
-        if not model.timm_name:
-            raise ValueError("model: this timm backbone was built from a module whose timm name is unknown; "
-                             "build it with tcore.load_backbone('<timm name>', ...) to save it")
-        arch_name, state = "TimmViTBackbone", model.model.state_dict()
-    else:
-        raise TypeError(f"model: expected a tcore backbone, got {type(model).__name__}")
-    config = {
-        "architecture": arch_name,
-        "model_args": model.arch,
-        "pos_interp": model.pos_interp,
-        "patch_size": model.patch_size,
-        "mean": list(model.mean),
-        "std": list(model.std),
-        "format_version": FORMAT_VERSION,
-        "tcore_version": __version__,
-        **metadata,
-    }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=False) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-    return folder
-
-
-def _fetch_pretrained_folder(repo_id_or_dir: str, revision: str | None, cache_dir: str | None) -> Path:
-    local = Path(repo_id_or_dir)
-    if local.is_dir():
-        return local
-    if repo_id_or_dir.count("/") != 1 or local.exists():
-        raise FileNotFoundError(f"{repo_id_or_dir}: not a folder, and not a Hub repo id of the form 'org/name'")
-    paths = []
-    for filename in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            paths.append(Path(_hf_hub_download(repo_id_or_dir, filename, revision=revision, cache_dir=cache_dir)))
-        except (OSError, ConnectionError, ValueError) as err:
-            raise WeightsUnavailableError(
-                _unavailable_message(repo_id_or_dir, repo_id_or_dir, filename, revision, err)) from err
-    if paths[0].parent != paths[1].parent:
-        raise CheckpointError(f"{repo_id_or_dir}: config and weights resolved to different snapshots")
-    return paths[0].parent
-
-
-def from_pretrained(repo_id_or_dir: str | os.PathLike, *, revision: str | None = None,
-                    cache_dir: str | None = None) -> "TCoReBackbone | TimmViTBackbone":
-    """Rebuild a backbone from `config.json` + `model.safetensors` (a folder or a Hub repo), strictly.
-
-    Raises:
-        FileNotFoundError / WeightsUnavailableError: nothing there, or offline and not cached.
-        CheckpointError: the weights do not match the config.
-    """
-    folder = _fetch_pretrained_folder(str(repo_id_or_dir), revision, cache_dir)
-    config = _read_config(folder)
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder}: format_version {config['format_version']} is newer than this tcore "
-                              f"({__version__}) reads; upgrade tcore")
-    arch = config.get("architecture")
-    if arch == "TCoReBackbone":
-        from .backbone import TCoReBackbone
-
-        model = TCoReBackbone(**config["model_args"], pos_interp=config.get("pos_interp", "tcore"))
-        load_weights_into(model, folder)
-        return model
-    if arch == "TimmViTBackbone":
-        from .models import load_backbone
-
-        args = config["model_args"]
-        return load_backbone(args["timm_name"], weights=folder / WEIGHTS_NAME, pos_interp=config["pos_interp"],
-                             **args.get("timm_kwargs", {}))
-    raise CheckpointError(f"{folder}/{CONFIG_NAME}: unknown architecture {arch!r}")
-
-
 # ------------------------------------------------------------------------------------ inspection
 
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -542,7 +424,9 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        _read_config(path)
+        from .hub import WEIGHTS_NAME, read_config
+
+        read_config(path)
         path = path / WEIGHTS_NAME
     raw = read_checkpoint(path)
     layout: list[str] = []

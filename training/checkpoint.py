@@ -130,7 +130,7 @@ def export_teacher(state: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     backbone_state = {k[len("backbone."):]: v for k, v in teacher.items() if k.startswith("backbone.")}
     backbone.load_state_dict(backbone_state, strict=True)
     out = Path(out_dir)
-    tcore.weights.save_pretrained(backbone, out, source="tcore training", step=int(state["step"]))
+    backbone.save_pretrained(out, source="tcore training", step=int(state["step"]))
     pth = out / "teacher_checkpoint.pth"
     tmp = pth.with_name(pth.name + ".tmp")
     torch.save({"teacher": {k: v.float().contiguous() for k, v in teacher.items()}}, tmp)
