@@ -100,7 +100,8 @@ def fetch_pretrained_folder(repo_id_or_dir: str, revision: str | None, cache_dir
             paths.append(Path(_weights._hf_hub_download(repo_id_or_dir, filename, revision=revision, cache_dir=cache_dir)))
         except (OSError, ConnectionError, ValueError) as err:
             raise _weights.WeightsUnavailableError(
-                _weights._unavailable_message(repo_id_or_dir, repo_id_or_dir, filename, revision, err)) from err
+                _weights._unavailable_message(repo_id_or_dir, repo_id_or_dir, filename, revision, err,
+                                             f"hf download {repo_id_or_dir}")) from err
     if paths[0].parent != paths[1].parent:
         raise _weights.CheckpointError(f"{repo_id_or_dir}: config and weights resolved to different snapshots")
     return paths[0].parent

@@ -158,17 +158,21 @@ def _hf_hub_download(repo_id: str, filename: str, *, revision: str | None, cache
                            library_name="tcore", library_version=__version__)
 
 
-def _unavailable_message(what: str, repo_id: str, filename: str, revision: str | None, cause: Exception) -> str:
+def _unavailable_message(what: str, repo_id: str, filename: str, revision: str | None, cause: Exception,
+                         fetch_command: str | None = None) -> str:
     rev = f" at revision {revision}" if revision else ""
+    fetch_command = fetch_command or f"tcore download {what}"
     return (
         f"could not get {what}: {repo_id}/{filename}{rev} is not in the Hugging Face cache and cannot be "
         f"downloaded ({type(cause).__name__}: {cause}).\n"
         "Three ways to fix it:\n"
-        f"  1. on a machine with internet, run `tcore download {what}` (fills the cache; "
+        f"  1. on a machine with internet, run `{fetch_command}` (fills the cache; "
         "then copy ~/.cache/huggingface here or point HF_HOME / HF_HUB_CACHE at it);\n"
         f"  2. download https://huggingface.co/{repo_id}/resolve/main/{filename} yourself and pass the local "
         "file: pretrained='path/to/file.pth' in Python, --model path/to/file.pth on the command line;\n"
-        "  3. if you are online, unset HF_HUB_OFFLINE (and check HF_ENDPOINT or your proxy settings)."
+        + ("  3. HF_HUB_OFFLINE is set: unset it if this machine is online."
+           if _offline() else
+           "  3. check the connection to huggingface.co (or HF_ENDPOINT for a mirror, and proxy settings).")
     )
 
 
