@@ -13,7 +13,8 @@
 #   e2e_gpu    train_e2e ViT-S/16, nvJPEG + batched GPU augmentation, 15 workers (180)
 #   loader_cpu train_e2e data pipeline alone, PIL augmentation in 15 workers   (100)
 #   step_s_compile  train_step ViT-S/16 with torch.compile                     (180)
-#   propagation, metrics: the label-propagation and metric harnesses on CUDA  (90 each; skipped with --tiny)
+#   propagation, metrics, features: the label-propagation, metric and backbone harnesses on CUDA
+#              (90 each; skipped with --tiny)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -23,7 +24,7 @@ DEST=${OUT:-benchmarks/results}
 mkdir -p "$DEST"
 REPORT="$DEST/gpu_suite.md"
 : > "$REPORT"
-DEFAULT_PARTS="step_s step_b e2e_gpu loader_cpu step_s_compile propagation metrics"
+DEFAULT_PARTS="step_s step_b e2e_gpu loader_cpu step_s_compile propagation metrics features"
 [ -n "$TINY" ] && DEFAULT_PARTS="step_s step_b e2e_gpu loader_cpu step_s_compile"
 PARTS=${PARTS:-$DEFAULT_PARTS}
 
@@ -54,7 +55,8 @@ for part in $PARTS; do
                       --json "$DEST/step_s_compile.json" ;;
     propagation) run propagation 90 $PY benchmarks/propagation.py --device cuda ;;
     metrics) run metrics 90 $PY benchmarks/metrics.py --device cuda ;;
-    *) echo "unknown part $part (known: $DEFAULT_PARTS propagation metrics)" | tee -a "$REPORT" ;;
+    features) run features 90 $PY benchmarks/features.py --device cuda --repeat 5 ;;
+    *) echo "unknown part $part (known: $DEFAULT_PARTS)" | tee -a "$REPORT" ;;
   esac
 done
 echo "report: $REPORT"
