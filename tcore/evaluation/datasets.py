@@ -21,6 +21,7 @@ Nothing here writes anything: the readers only list folders.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -195,6 +196,19 @@ def frame_names(folder: Path) -> list[str]:
     return read_video(folder).names
 
 
+def _frame_label_videos(root: Path, names: Sequence[str], frames_dir: tuple[str, ...], labels_dir: tuple[str, ...],
+                        benchmark: str, what: str) -> tuple[Video, ...]:
+    """Videos whose frames and per-frame label images live in parallel folders (DAVIS, VIP)."""
+    videos = []
+    for name in names:
+        video = Video(name, root.joinpath(*frames_dir, name), root.joinpath(*labels_dir, name))
+        _require_dir(video.frames, f"{what} {name!r}", benchmark)
+        _require_dir(video.labels, f"{what} {name!r}", benchmark)
+        _check_labels_per_frame(video, benchmark)
+        videos.append(video)
+    return tuple(videos)
+
+
 def _check_labels_per_frame(video: Video, benchmark: str) -> None:
     """Every frame needs an annotation PNG of the same name (DAVIS, VIP score every frame)."""
     names = frame_names(video.frames)
@@ -242,14 +256,8 @@ def read_davis(root: str | os.PathLike, list_file: str | os.PathLike | None = No
     else:
         names = _read_list(list_file, (_DAVIS_FRAMES, _DAVIS_LABELS))
         split = str(Path(list_file).expanduser())
-    videos = []
-    for name in names:
-        video = Video(name, path.joinpath(*_DAVIS_FRAMES, name), path.joinpath(*_DAVIS_LABELS, name))
-        _require_dir(video.frames, f"davis sequence {name!r}", "davis")
-        _require_dir(video.labels, f"davis sequence {name!r}", "davis")
-        _check_labels_per_frame(video, "davis")
-        videos.append(video)
-    return Dataset("davis", path, tuple(videos), split, official_split=True)
+    videos = _frame_label_videos(path, names, _DAVIS_FRAMES, _DAVIS_LABELS, "davis", "davis sequence")
+    return Dataset("davis", path, videos, split, official_split=True)
 
 
 def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
@@ -325,14 +333,8 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
             raise DatasetError(f"root {str(path)!r}: no Images/videos* folder with annotations; "
                                f"expected {_LAYOUT_HELP['vip']}")
         split, official = "every annotated videos* folder (not the paper's split)", False
-    videos = []
-    for name in names:
-        video = Video(name, path.joinpath(*_VIP_FRAMES, name), path.joinpath(*_VIP_LABELS, name))
-        _require_dir(video.frames, f"vip video {name!r}", "vip")
-        _require_dir(video.labels, f"vip video {name!r}", "vip")
-        _check_labels_per_frame(video, "vip")
-        videos.append(video)
-    return Dataset("vip", path, tuple(videos), split, official)
+    videos = _frame_label_videos(path, names, _VIP_FRAMES, _VIP_LABELS, "vip", "vip video")
+    return Dataset("vip", path, videos, split, official)
 
 
 _READERS: dict[str, Callable[..., Dataset]] = {"davis": read_davis, "jhmdb": read_jhmdb, "vip": read_vip}
