@@ -105,6 +105,51 @@ def reference_propagation(features: torch.Tensor, labels: torch.Tensor, topk: in
     return torch.stack(out)
 
 
+def official_style_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7,
+                               temperature: float = 0.7, radius: float = 20, n_context: int = 20,
+                               query_chunk: int = 100, targets_per_step: int = 2) -> torch.Tensor:
+    """`reference_propagation` with the official code's data movement (its cost profile).
+
+    As the official script runs it: the features live on the host; for each pair of target frames
+    the keys of their padded contexts are gathered on the host and copied to the device; the radius
+    mask slice is copied to the device for every 100-query chunk, and each chunk's top-k weights
+    and indices are copied back to the host (a synchronisation) before the recurrence runs on the
+    device. Same arithmetic, same result as `reference_propagation`.
+    """
+    device = features.device
+    frames, h, w, dim = features.shape
+    n_cells, classes = h * w, labels.shape[0]
+    feats = features.reshape(frames, n_cells, dim).cpu()  # (T, N, D) on the host
+    real = [max(0, e - n_context) for e in range(frames + n_context)]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()
+    mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float()  # (N_k, N_q) on the host
+    weights, index = [], []
+    for t0 in range(1, frames, targets_per_step):
+        targets = list(range(t0, min(frames, t0 + targets_per_step)))
+        keys = torch.stack([feats[[real[e] for e in [0, *range(t, t + n_context)]]] for t in targets])  # host gather
+        keys, queries = keys.to(device), feats[targets].to(device)  # (P, S, N, D), (P, N, D)
+        for p in range(len(targets)):
+            w_t, i_t = [], []
+            for q0 in range(0, n_cells, query_chunk):
+                scores = torch.einsum("skd,qd->skq", keys[p], queries[p, q0:q0 + query_chunk])
+                scores[1:] += mask[:, q0:q0 + query_chunk].to(device)
+                scores /= temperature
+                values, idx = scores.reshape(keys.shape[1] * n_cells, -1).topk(topk, dim=0)
+                w_t.append(torch.softmax(values, dim=0).cpu())
+                i_t.append(idx.cpu())
+            weights.append(torch.cat(w_t, 1).to(device))
+            index.append(torch.cat(i_t, 1).to(device))
+    bank = [labels.reshape(classes, n_cells).float()] * (n_context + 1)
+    out = [labels.float()]
+    for t in range(1, frames):
+        context = torch.cat([bank[e] for e in [0, *range(t, t + n_context)]], 1)
+        pred = (context[:, index[t - 1]] * weights[t - 1][None]).sum(1)
+        bank.append(pred)
+        out.append(pred.reshape(classes, h, w))
+    return torch.stack(out)
+
+
 # --- the engine part ---------------------------------------------------------------------------------
 
 def _timed(fn: Callable[[], torch.Tensor], device: str, repeat: int) -> tuple[torch.Tensor, float]:
@@ -123,7 +168,7 @@ def _timed(fn: Callable[[], torch.Tensor], device: str, repeat: int) -> tuple[to
 
 def bench_engine(frames: int = 60, grid: Sequence[int] = (30, 55), dim: int = 384, classes: int = 5,
                  topk: int = 7, device: str = "cpu", repeat: int = 1, seed: int = 0,
-                 reference: bool = True) -> list[Row]:
+                 reference: bool = True, official_style: bool = False) -> list[Row]:
     """Time tcore's engine and the reference-style engine on the same features; check agreement."""
     h, w = grid
     feats = drifting_features(frames, h, w, dim, seed, device)
@@ -141,9 +186,19 @@ def bench_engine(frames: int = 60, grid: Sequence[int] = (30, 55), dim: int = 38
                  "argmax diffs": int((ours.argmax(1) != ref.argmax(1)).sum())}
         rows.append({"engine": "reference-style", **common, "time s": round(t_ref, 3),
                      "s/frame": round(t_ref / (frames - 1), 4), "speed-up": 1.0, **agree})
+        if official_style:
+            params_official = dict(params)
+            official_style_propagation(feats[:3], labels, **params_official)  # warm-up
+            off, t_off = _timed(lambda: official_style_propagation(feats, labels, **params_official), device, 1)
+            rows.append({"engine": "official-style data movement", **common, "time s": round(t_off, 3),
+                         "s/frame": round(t_off / (frames - 1), 4), "speed-up": round(t_ref / t_off, 2),
+                         "max|diff|": f"{(ours - off).abs().max().item():.1e}",
+                         "argmax diffs": int((ours.argmax(1) != off.argmax(1)).sum())})
     rows.append({"engine": "tcore", **common, "time s": round(t_ours, 3), "s/frame": round(t_ours / (frames - 1), 4),
                  "speed-up": round(t_ref / t_ours, 1) if reference else "-",
                  **(agree if reference else {})})
+    if reference and official_style:
+        rows[-1]["vs official-style"] = f"{t_off / t_ours:.1f}x"
     return rows
 
 
@@ -266,68 +321,167 @@ def bench_stream_memory(frame_counts: Sequence[int], grid: Sequence[int], dim: i
     return rows
 
 
+def bench_bands(bands: Sequence[int], frames: int, grid: Sequence[int], dim: int, classes: int, topk: int,
+                device: str, repeat: int, seed: int) -> list[Row]:
+    """tcore's engine with each band size (query cells per band) on the same features.
+
+    The output must not depend on the band size (the banding only skips keys out of reach).
+    """
+    from tcore.propagation import engine
+
+    h, w = grid
+    feats = drifting_features(frames, h, w, dim, seed, device)
+    labels = first_labels(classes, h, w, seed, device)
+    params = {"topk": topk, "temperature": 0.7, "radius": 20, "n_context": 20}
+    kind = torch.device(device).type
+    saved = engine._BAND_QUERIES.get(kind)
+    rows: list[Row] = []
+    first = None
+    try:
+        for band in bands:
+            engine._BAND_QUERIES[kind] = band
+            tcore.propagate_labels(feats[:3], labels, **params)  # warm-up (geometry, allocator)
+            out, seconds = _timed(lambda: tcore.propagate_labels(feats, labels, **params), device, repeat)
+            first = out if first is None else first
+            n_bands = len(engine._build_geometry(h, w, 20, torch.device(device)).bands)
+            rows.append({"band queries": band, "bands": n_bands, "grid": f"{h}x{w}", "device": device,
+                         "time s": round(seconds, 3), "ms/frame": round(1000 * seconds / (frames - 1), 2),
+                         "max|diff| vs first": f"{(out - first).abs().max().item():.1e}"})
+    finally:
+        if saved is None:
+            engine._BAND_QUERIES.pop(kind, None)
+        else:
+            engine._BAND_QUERIES[kind] = saved
+    best = min(rows, key=lambda row: float(row["time s"]))
+    for row in rows:
+        row["best"] = "<-" if row is best else ""
+    return rows
+
+
 def engine_part(args: argparse.Namespace) -> Iterator[tuple[str, list[Row]]]:
-    """The engine tables: speed and agreement, then stream-mode memory."""
+    """The engine tables: speed and agreement, the band-size sweep, then stream-mode memory."""
     yield ("engine: tcore vs reference-style (same features)",
            bench_engine(args.frames, args.grid, args.dim, args.classes, args.topk, args.device, args.repeat,
-                        args.seed, reference=not args.no_reference))
+                        args.seed, reference=not args.no_reference, official_style=args.official_style))
+    if args.bands:
+        yield ("engine: band size (query cells per band) sweep",
+               bench_bands(args.bands, args.frames, args.grid, args.dim, args.classes, args.topk, args.device,
+                           args.repeat, args.seed))
     if args.memory_frames:
         yield ("engine: stream-mode peak memory",
                bench_stream_memory(args.memory_frames, args.grid, args.dim, args.classes, args.topk, args.device,
                                    args.seed))
 
 
-def _write_clip(folder: str, frames: int) -> tuple[str, str]:
-    """A DAVIS-sized JPEG frame folder (854x480, the built-in demo clip) and its first mask."""
+def _write_clip(folder: str, frames: int, unique: int) -> tuple[str, str]:
+    """A DAVIS-sized JPEG frame folder (854x480, the built-in demo clip) and its first mask.
+
+    `unique` distinct frames are rendered and encoded; the other files are byte copies of them
+    (decoding costs the same, and rendering 2,000 demo frames would take longer than the run).
+    """
+    import shutil
+
     from PIL import Image
 
     from tcore.demo import make_demo_clip
 
-    clip, masks = make_demo_clip(n_frames=frames, size=(480, 854))
+    clip, masks = make_demo_clip(n_frames=min(unique, frames), size=(480, 854))
     video = os.path.join(folder, "frames")
     os.makedirs(video)
-    for t, frame in enumerate(clip):
-        Image.fromarray(frame).save(os.path.join(video, f"{t:05d}.jpg"), quality=90)
+    for t in range(frames):
+        path = os.path.join(video, f"{t:05d}.jpg")
+        if t < len(clip):
+            Image.fromarray(clip[t]).save(path, quality=90)
+        else:
+            shutil.copyfile(os.path.join(video, f"{t % len(clip):05d}.jpg"), path)
     mask = os.path.join(folder, "00000.png")
     tcore.io.write_mask(mask, masks[0])
     return video, mask
 
 
-def bench_pipeline(frames: int, arch: str, device: str, batch_size: int) -> list[Row]:
-    """`tcore propagate` (decode, backbone, engine, decode-out, PNG writes) vs the backbone alone."""
+def _stopwatch(device: str, fn: Callable[[], object]) -> float:
+    """Seconds of `fn()` with the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_pipeline(frames: int, arch: str, device: str, batch_size: int, unique: int = 100
+                   ) -> tuple[list[Row], str]:
+    """`tcore propagate` (decode, backbone, engine, decode-out, PNG writes) vs the backbone alone.
+
+    Also each stage alone, to show where the time goes: JPEG decoding (one thread and the
+    pipeline's decode threads), the backbone on pre-decoded frames, the engine on the features,
+    and the output decoding (upsampling, argmax, resize to 854x480, copy to the host).
+    """
     import tempfile
 
     from tcore.cli import main as cli
+    from tcore.propagation import api
     from tcore.propagation.features import FrameEncoder
+    from tcore.propagation.labels import decode_ids
 
     dev = torch.device(device)
     build = {"vits16": tcore.tcore_vits16, "vitb16": tcore.tcore_vitb16}[arch]
+    rows: list[Row] = []
+
+    def row(stage: str, seconds: float, note: str = "") -> None:
+        rows.append({"stage": stage, "model": arch, "frames": frames, "time s": f"{seconds:.2f}",
+                     "ms/frame": f"{1000 * seconds / frames:.2f}", "frames/s": f"{frames / seconds:.0f}",
+                     "note": note})
+
     with tempfile.TemporaryDirectory() as tmp:
-        video, mask = _write_clip(tmp, frames)
+        made = time.perf_counter()
+        video, mask = _write_clip(tmp, frames, unique)
+        made = time.perf_counter() - made
+        jpeg_kb = sum(os.path.getsize(os.path.join(video, f)) for f in os.listdir(video)[:unique]) / unique / 1e3
         model = build(pretrained=False)  # random weights: same speed as the released ones
         model.save_pretrained(os.path.join(tmp, "model"))
         model = model.to(dev)
-        decoded = list(tcore.read_video(video))
+        frames_in = tcore.read_video(video)
+        start = time.perf_counter()
+        decoded = list(frames_in)
+        row("decode JPEG, 1 thread", time.perf_counter() - start, f"{jpeg_kb:.0f} kB/frame, 854x480")
+        start = time.perf_counter()
+        for _ in frames_in.iter_threaded(api._DECODE_WORKERS):
+            pass
+        row(f"decode JPEG, {api._DECODE_WORKERS} threads", time.perf_counter() - start, "what the pipeline uses")
         encoder = FrameEncoder(model, (480, 880), dev, batch_size)
         encoder(decoded[:batch_size])  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        for i in range(0, frames, batch_size):
-            encoder(decoded[i:i + batch_size])
-        _sync(device)
-        backbone = time.perf_counter() - start
+        feats: list[torch.Tensor] = []
+        backbone = _stopwatch(device, lambda: feats.extend(
+            encoder(decoded[i:i + batch_size]) for i in range(0, frames, batch_size)))
+        row("backbone alone (pre-decoded frames)", backbone, f"batch {batch_size}, fp32, 480x880")
+        del decoded
+        features = torch.cat(feats)  # (T, 30, 55, D) on the device
+        del feats
+        first = first_labels(3, 30, 55, 0, device)
+        out: list[torch.Tensor] = []
+        engine = _stopwatch(device, lambda: out.extend(_stream_engine(features, first, batch_size)))
+        row("engine alone (on those features)", engine, "top-7, radius 20, 20 context frames")
+        classes = torch.arange(3, dtype=torch.uint8).numpy()
+        decode_out = _stopwatch(device, lambda: [decode_ids(x, classes, (480, 880), (480, 854)) for x in out])
+        row("output decoding alone", decode_out, "upsample, argmax, resize, to host")
+        del features, out
         args = ["propagate", video, mask, "-o", os.path.join(tmp, "out"), "--model", os.path.join(tmp, "model"),
                 "--preset", "davis", "--device", device, "--batch-size", str(batch_size), "--quiet"]
-        start = time.perf_counter()
         with contextlib.redirect_stdout(open(os.devnull, "w")):
-            cli(args)
-        _sync(device)
-        total = time.perf_counter() - start
-    return [{"pipeline": "backbone only (pre-decoded frames)", "model": arch, "frames": frames, "size": "480x880",
-             "time s": f"{backbone:.2f}", "s/frame": f"{backbone / frames:.3f}", "vs backbone": "1.00x"},
-            {"pipeline": "tcore propagate (JPEG decode ... PNG write)", "model": arch, "frames": frames,
-             "size": "480x880", "time s": f"{total:.2f}", "s/frame": f"{total / frames:.3f}",
-             "vs backbone": f"{total / backbone:.2f}x"}]
+            total = _stopwatch(device, lambda: cli(args))
+        row("tcore propagate (JPEG decode ... PNG write)", total, f"{total / backbone:.2f}x the backbone alone")
+    summary = (f"{frames / total:.1f} frames/s end to end; DAVIS-2017 val (1,999 frames) at this rate: "
+               f"{1999 * total / frames:.1f} s; {total / backbone:.2f}x the backbone alone (clip written in "
+               f"{made:.0f} s)")
+    return rows, summary
+
+
+def _stream_engine(features: torch.Tensor, first: torch.Tensor, step: int) -> Iterator[torch.Tensor]:
+    """Soft labels (C, h, w) of every frame, streamed through a `Propagator` `step` frames at a time."""
+    prop = tcore.Propagator()
+    yield prop.reset(features[0], first)
+    for t0 in range(1, features.shape[0], step):
+        yield from prop.step(features[t0:t0 + step])
 
 
 def _sync(device: str) -> None:
@@ -337,8 +491,9 @@ def _sync(device: str) -> None:
 
 def pipeline_part(args: argparse.Namespace) -> Iterator[tuple[str, list[Row]]]:
     """The whole pipeline on a DAVIS-sized clip against the backbone alone."""
-    yield ("pipeline: tcore propagate (davis preset) vs the backbone alone",
-           bench_pipeline(args.pipeline_frames, args.pipeline_model, args.device, args.batch_size))
+    rows, summary = bench_pipeline(args.pipeline_frames, args.pipeline_model, args.device, args.batch_size,
+                                   args.pipeline_unique)
+    yield f"pipeline: tcore propagate (davis preset), stage by stage\n{summary}", rows
 
 
 # name -> function(args) yielding (title, rows) tables
@@ -370,10 +525,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference-style engine")
+    parser.add_argument("--official-style", action="store_true",
+                        help="also time the reference-style engine with the official code's host gathers and copies")
     parser.add_argument("--memory-frames", type=int, nargs="*", default=[60, 240],
                         help="video lengths for the stream-memory table (none: skip it)")
     parser.add_argument("--pipeline-frames", type=int, default=24, help="frames of the pipeline clip (854x480)")
+    parser.add_argument("--pipeline-unique", type=int, default=100,
+                        help="distinct frames rendered for the pipeline clip; the rest are copies (default 100)")
     parser.add_argument("--pipeline-model", default="vits16", choices=["vits16", "vitb16"])
+    parser.add_argument("--bands", type=int, nargs="*", default=[],
+                        help="engine part: also time these band sizes (query cells per band), e.g. 256 512 2048")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per backbone call (pipeline part)")
 
 

@@ -89,6 +89,32 @@ def test_corrupt_frame_in_a_folder_names_its_index_and_file(tmp_path):
         list(video)
 
 
+def test_threaded_decoding_of_a_folder_gives_the_frames_in_order(tmp_path):
+    frames = _clip(t=23)
+    _write_frames(tmp_path, frames, [f"{i:05d}" for i in range(23)])
+    video = read_video(tmp_path)
+    assert video.decodes_independently and video[3:].decodes_independently
+    decoded = list(video.iter_threaded(workers=4, ahead=5))
+    assert len(decoded) == 23 and all(np.array_equal(a, b) for a, b in zip(decoded, frames))
+    assert all(np.array_equal(a, b) for a, b in zip(video[3:].iter_threaded(workers=3), frames[3:]))
+
+
+def test_threaded_decoding_raises_the_bad_frames_error_after_the_good_frames(tmp_path):
+    _write_frames(tmp_path, _clip(t=6), [f"{i:05d}" for i in range(6)], fmt="jpg")
+    (tmp_path / "00004.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    seen = []
+    with pytest.raises(FrameReadError, match=r"frame 4 \(.*00004\.jpg\) could not be read"):
+        for frame in read_video(tmp_path).iter_threaded(workers=3, ahead=4):
+            seen.append(frame)
+    assert len(seen) == 4
+
+
+def test_in_memory_frames_are_not_decoded_in_threads():
+    video = read_video(_clip(t=3))
+    assert not video.decodes_independently
+    assert all(np.array_equal(a, b) for a, b in zip(video.iter_threaded(workers=4), _clip(t=3)))
+
+
 def test_frame_of_another_size_names_both_sizes(tmp_path):
     _write_frames(tmp_path, _clip(t=2, h=24, w=32), ["0", "1"])
     Image.fromarray(_clip(t=1, h=20, w=30)[0]).save(tmp_path / "2.png")

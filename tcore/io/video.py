@@ -85,6 +85,36 @@ class VideoFrames(abc.ABC):
         for i in range(len(self)):
             yield self._frame(i)
 
+    #: True when frames decode independently of each other (image files), so that several
+    #: threads may decode at once; False for streams (video files) and in-memory frames.
+    decodes_independently: bool = False
+
+    def iter_threaded(self, workers: int, ahead: int = 16) -> Iterator[np.ndarray]:
+        """Iterate in order, `workers` threads decoding up to `ahead` frames ahead.
+
+        Only sources whose `decodes_independently` is True use the threads (PIL releases the GIL
+        while it decodes); the others iterate as `iter(frames)` does. Errors are raised in order,
+        at the frame that failed.
+        """
+        if workers <= 1 or not self.decodes_independently or len(self) < 2:
+            yield from self
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tcore-decode") as pool:
+            pending: deque = deque()
+            try:
+                for i in range(len(self)):
+                    pending.append(pool.submit(self._frame, i))
+                    if len(pending) >= ahead:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
     def close(self) -> None:
         """Release any open file (a no-op for sources that hold none)."""
 
@@ -130,12 +160,18 @@ class _FrameRange(VideoFrames):
         base_names = self._base.names
         return [base_names[i] for i in self._indices]
 
+    @property
+    def decodes_independently(self) -> bool:  # type: ignore[override]
+        return self._base.decodes_independently
+
     def _frame(self, index: int) -> np.ndarray:
         return self._base[self._indices[index]]
 
 
 class _FolderFrames(VideoFrames):
     """The image files of one folder, in natural order of their stems."""
+
+    decodes_independently = True
 
     def __init__(self, folder: Path) -> None:
         super().__init__(str(folder))

@@ -18,6 +18,10 @@ from .presets import Preset, get_preset, working_size
 
 __all__ = ["propagate_masks", "propagate_keypoints", "propagate_parts"]
 
+# Threads decoding image files ahead of the backbone: one per four cores, at most four (measured on a
+# 16-core GPU host in benchmarks/propagation.py, pipeline part; one thread is all a 2-core machine can spare).
+_DECODE_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
+
 VideoSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, list]
 MaskSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
 
@@ -58,7 +62,7 @@ def _propagate_soft(frames, encoder: FrameEncoder, engine: Propagator, first_lab
     bar = _progress_bar(len(frames), progress, desc)
     t = 0
     try:
-        for feats in encoder.stream(iter(frames)):  # (k, h, w, D)
+        for feats in encoder.stream(frames.iter_threaded(_DECODE_WORKERS)):  # (k, h, w, D)
             if t == 0:
                 out = engine.reset(feats[0], first_labels.to(feats.device))[None]
                 if len(feats) > 1:

@@ -8,6 +8,7 @@ heatmaps -> top-5 soft-argmax.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -67,6 +68,9 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
                output_resize: str = "floor") -> np.ndarray:
     """Soft labels at the grid -> object ids at the original size.
 
+    The upsampling, argmax, id lookup and floor-mapped resize run on the labels' device; only the
+    final uint8 ids (H*W bytes) are copied to the host.
+
     Args:
         labels: (C, h, w) float soft labels (any device).
         classes: (C,) uint8 id of each channel.
@@ -78,16 +82,26 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
     Returns:
         (H, W) uint8 ids; ties go to the lower channel (background first).
     """
+    device = labels.device
     up = F.interpolate(labels[None].float(), size=work_size, mode="bilinear", align_corners=False)[0]  # (C,H',W')
-    channel = up.argmax(dim=0).to("cpu").numpy()  # first maximum wins
-    ids = np.asarray(classes, dtype=np.uint8)[channel]  # (H', W')
-    if tuple(work_size) == tuple(out_size):
-        return ids
-    if output_resize == "pil":
+    lut = torch.as_tensor(np.asarray(classes, dtype=np.uint8)).to(device, non_blocking=True)
+    ids = lut[up.argmax(dim=0)]  # (H', W') uint8; the first maximum wins
+    resize = tuple(work_size) != tuple(out_size)
+    if resize and output_resize != "pil":
+        ids = ids[_device_indices(out_size[0], work_size[0], device)][:, _device_indices(out_size[1], work_size[1],
+                                                                                           device)]
+    ids = ids.cpu().numpy()
+    if resize and output_resize == "pil":
         from PIL import Image
 
         return np.asarray(Image.fromarray(ids).resize((out_size[1], out_size[0]), Image.NEAREST))
-    return ids[np.ix_(floor_indices(out_size[0], work_size[0]), floor_indices(out_size[1], work_size[1]))]
+    return ids
+
+
+@functools.lru_cache(maxsize=32)
+def _device_indices(n_out: int, n_in: int, device: torch.device) -> torch.Tensor:
+    """`floor_indices(n_out, n_in)` as an int64 tensor on `device` (cached: one copy per size)."""
+    return torch.from_numpy(floor_indices(n_out, n_in)).to(device)
 
 
 def _gaussian_window(center: float, length: int) -> tuple[slice, slice] | None:
