@@ -252,3 +252,15 @@ def test_default_model_offline_never_falls_back_to_random_weights(clip, monkeypa
     frames, gt = clip
     with pytest.raises(W.WeightsUnavailableError, match="Three ways to fix it"):
         tcore.propagate_masks(frames, gt[0], progress=False)
+
+
+def test_decoding_k_frames_on_the_device_equals_decoding_each_frame():
+    gen = torch.Generator().manual_seed(5)
+    soft = torch.softmax(4 * torch.randn(3, 4, 28, 55, generator=gen), dim=1)  # (k, C, h, w)
+    classes = np.array([0, 3, 7, 200], dtype=np.uint8)
+    for out_size, resize in (((480, 854), "floor"), ((720, 1280), "pil"), ((448, 880), "floor")):
+        ids = L.decode_ids_on_device(soft, classes, (448, 880), out_size, resize)
+        assert ids.dtype == torch.uint8 and ids.shape[0] == 3
+        for k in range(3):
+            expected = L.decode_ids(soft[k], classes, (448, 880), out_size, resize)
+            np.testing.assert_array_equal(L.finish_ids(ids[k].numpy(), out_size, resize), expected)

@@ -288,6 +288,18 @@ def test_bad_step_inputs_get_clear_errors():
     assert prop.step(feats[1:]).shape == (2, 2, 4, 5)
 
 
+def test_norm_check_of_step_can_be_turned_off_by_callers_that_normalise_themselves():
+    feats, labels = drifting_video(3, 4, 5, 8, seed=41), soft_labels(2, 4, 5, seed=42)
+    checked, unchecked = Propagator(topk=5), Propagator(topk=5, check_norms=False)
+    checked.reset(feats[0], labels)
+    unchecked.reset(feats[0], labels)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        checked.step(2 * feats[1:])
+    assert unchecked.step(2 * feats[1:]).shape == (2, 2, 4, 5)  # trusted: no device read-back
+    with pytest.raises(ValueError, match="L2-normalised"):
+        unchecked.reset(2 * feats[0], labels)  # the first frame is always checked
+
+
 def test_propagate_labels_rejects_an_empty_video():
     with pytest.raises(ValueError, match="T >= 1"):
         propagate_labels(torch.zeros(0, 4, 5, 8), soft_labels(2, 4, 5, seed=0))

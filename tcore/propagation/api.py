@@ -13,7 +13,7 @@ import torch
 
 from .engine import Propagator
 from .features import FrameEncoder, pick_device
-from .labels import decode_ids, decode_keypoints, keypoint_heatmaps, soft_onehot_at_grid
+from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
 from .presets import Preset, get_preset, working_size
 
 __all__ = ["propagate_masks", "propagate_keypoints", "propagate_parts"]
@@ -53,12 +53,13 @@ def _engine(spec: Preset, topk: int | None, temperature: float | None, radius: f
     return Propagator(topk=spec.topk if topk is None else topk,
                       temperature=spec.temperature if temperature is None else temperature,
                       radius=spec.radius if radius is None else radius,
-                      n_context=spec.n_context if n_context is None else n_context)
+                      n_context=spec.n_context if n_context is None else n_context,
+                      check_norms=False)  # FrameEncoder's features are L2-normalised
 
 
 def _propagate_soft(frames, encoder: FrameEncoder, engine: Propagator, first_labels: torch.Tensor,
                     progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
-    """(t, soft labels (C, h, w) on the device) for every frame t, streaming."""
+    """(t0, soft labels (k, C, h, w) on the device of frames t0..t0+k-1), a chunk per backbone call."""
     bar = _progress_bar(len(frames), progress, desc)
     t = 0
     try:
@@ -69,12 +70,41 @@ def _propagate_soft(frames, encoder: FrameEncoder, engine: Propagator, first_lab
                     out = torch.cat([out, engine.step(feats[1:])])
             else:
                 out = engine.step(feats)
-            for labels in out:  # (C, h, w)
-                yield t, labels
-                t += 1
-                bar.update(1)
+            yield t, out
+            t += len(out)
+            bar.update(len(out))
     finally:
         bar.close()
+
+
+def _host_one_chunk_behind(chunks: Iterator[tuple[int, tuple[torch.Tensor, ...]]]
+                           ) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+    """(t0, device tensors) chunks -> (t0, the same tensors on the host), one chunk late.
+
+    On CUDA each chunk is copied to pinned host memory without waiting, and handed out only once
+    the next chunk's work (decoding, backbone, engine) has been queued: the GPU never idles while
+    the host writes results, and the host waits only for work already done. Elsewhere the tensors
+    are moved with `.cpu()` and handed out at once.
+    """
+    def unpinned(chunk: tuple[int, tuple[torch.Tensor, ...], torch.cuda.Event]) -> tuple[int, tuple[torch.Tensor, ...]]:
+        t0, pinned, done = chunk
+        done.synchronize()  # the copy has landed; pageable copies free the pinned buffers for reuse
+        return t0, tuple(torch.empty(x.shape, dtype=x.dtype).copy_(x) for x in pinned)
+
+    pending = None
+    for t0, tensors in chunks:
+        if not tensors[0].is_cuda:
+            yield t0, tuple(x.cpu() for x in tensors)
+            continue
+        pinned = tuple(torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x, non_blocking=True)
+                       for x in tensors)
+        done = torch.cuda.Event()
+        done.record()
+        if pending is not None:
+            yield unpinned(pending)
+        pending = (t0, pinned, done)
+    if pending is not None:
+        yield unpinned(pending)
 
 
 def _first_ids(first_mask: MaskSource, threshold: float | None, frame_size: tuple[int, int]) -> np.ndarray:
@@ -152,10 +182,16 @@ def propagate_masks(
     engine = _engine(spec, topk, temperature, radius, n_context)
     out_size = tuple(frames.size)
 
+    def on_device():
+        for t0, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating masks"):
+            ids = decode_ids_on_device(labels, classes, work, out_size, spec.output_resize)
+            yield t0, (ids, labels) if return_probs else (ids,)
+
     def generate():
-        for t, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating masks"):
-            mask = decode_ids(labels, classes, work, out_size, spec.output_resize)
-            yield (t, mask, labels.float().cpu()) if return_probs else (t, mask)
+        for t0, host in _host_one_chunk_behind(on_device()):
+            for i, ids in enumerate(host[0].numpy()):
+                mask = finish_ids(ids, out_size, spec.output_resize)
+                yield (t0 + i, mask, host[1][i]) if return_probs else (t0 + i, mask)
 
     if stream:
         return generate()
@@ -222,13 +258,11 @@ def propagate_keypoints(
     first = keypoint_heatmaps(grid_points, (work[0] // p, work[1] // p))
     encoder = FrameEncoder(backbone, work, device, batch_size, precision)
     engine = _engine(spec, topk, temperature, radius, n_context)
-    coords, visible = [], []
-    for _, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating keypoints"):
-        xy, vis = decode_keypoints(labels)
-        coords.append(xy.cpu())
-        visible.append(vis.cpu())
-    xy = torch.stack(coords).numpy()  # (T, K, 2) in grid cells
-    vis = torch.stack(visible).numpy()
+    chunks = ((t0, decode_keypoints(labels))
+              for t0, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating keypoints"))
+    decoded = [host for _, host in _host_one_chunk_behind(chunks)]
+    xy = torch.cat([c[0] for c in decoded]).numpy()  # (T, K, 2) in grid cells
+    vis = torch.cat([c[1] for c in decoded]).numpy()
     scale = np.array([p * w_img / work[1], p * h_img / work[0]], dtype=np.float32)
     pixels = np.where(vis[..., None], xy * scale, -1.0).astype(np.float32)
     return pixels, vis

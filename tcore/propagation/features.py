@@ -73,7 +73,10 @@ class FrameEncoder:
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """(k) uint8 (H, W, 3) frames -> (k, 3, H', W') normalised float32 on the device."""
-        batch = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)  # (k, H, W, 3) uint8
+        batch = torch.from_numpy(np.stack(frames))  # (k, H, W, 3) uint8
+        if self.device.type == "cuda":  # a pinned source makes the copy asynchronous
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)  # (k, 3, H, W)
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)

@@ -19,6 +19,8 @@ __all__ = [
     "floor_indices",
     "soft_onehot_at_grid",
     "decode_ids",
+    "decode_ids_on_device",
+    "finish_ids",
     "keypoint_heatmaps",
     "decode_keypoints",
 ]
@@ -68,9 +70,6 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
                output_resize: str = "floor") -> np.ndarray:
     """Soft labels at the grid -> object ids at the original size.
 
-    The upsampling, argmax, id lookup and floor-mapped resize run on the labels' device; only the
-    final uint8 ids (H*W bytes) are copied to the host.
-
     Args:
         labels: (C, h, w) float soft labels (any device).
         classes: (C,) uint8 id of each channel.
@@ -82,20 +81,42 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
     Returns:
         (H, W) uint8 ids; ties go to the lower channel (background first).
     """
-    device = labels.device
-    up = F.interpolate(labels[None].float(), size=work_size, mode="bilinear", align_corners=False)[0]  # (C,H',W')
-    lut = torch.as_tensor(np.asarray(classes, dtype=np.uint8)).to(device, non_blocking=True)
-    ids = lut[up.argmax(dim=0)]  # (H', W') uint8; the first maximum wins
-    resize = tuple(work_size) != tuple(out_size)
-    if resize and output_resize != "pil":
-        ids = ids[_device_indices(out_size[0], work_size[0], device)][:, _device_indices(out_size[1], work_size[1],
-                                                                                           device)]
-    ids = ids.cpu().numpy()
-    if resize and output_resize == "pil":
-        from PIL import Image
+    ids = decode_ids_on_device(labels[None], classes, work_size, out_size, output_resize)[0]
+    return finish_ids(ids.cpu().numpy(), out_size, output_resize)
 
-        return np.asarray(Image.fromarray(ids).resize((out_size[1], out_size[0]), Image.NEAREST))
-    return ids
+
+def decode_ids_on_device(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, int],
+                         out_size: tuple[int, int], output_resize: str = "floor") -> torch.Tensor:
+    """The device part of `decode_ids` for k frames: upsampling, argmax, id lookup, floor resize.
+
+    Args:
+        labels: (k, C, h, w) float soft labels.
+        classes, work_size, out_size, output_resize: as in `decode_ids`.
+
+    Returns:
+        (k, H, W) uint8 ids on the labels' device; for `output_resize="pil"` (k, H', W') at the
+        working size, to be resized on the host by `finish_ids`.
+    """
+    device = labels.device
+    lut = torch.as_tensor(np.asarray(classes, dtype=np.uint8)).to(device, non_blocking=True)
+    floor = output_resize != "pil" and tuple(work_size) != tuple(out_size)
+    rows = _device_indices(out_size[0], work_size[0], device) if floor else None
+    cols = _device_indices(out_size[1], work_size[1], device) if floor else None
+    out = []
+    for frame in labels:  # one frame at a time: the upsampled labels hold C * H' * W' floats
+        up = F.interpolate(frame[None].float(), size=work_size, mode="bilinear", align_corners=False)[0]
+        ids = lut[up.argmax(dim=0)]  # (H', W') uint8; the first maximum wins
+        out.append(ids[rows][:, cols] if floor else ids)
+    return torch.stack(out)
+
+
+def finish_ids(ids: np.ndarray, out_size: tuple[int, int], output_resize: str = "floor") -> np.ndarray:
+    """The host part of `decode_ids`: PIL NEAREST to `out_size` for `output_resize="pil"`, else `ids`."""
+    if output_resize != "pil" or tuple(ids.shape) == tuple(out_size):
+        return ids
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(ids).resize((out_size[1], out_size[0]), Image.NEAREST))
 
 
 @functools.lru_cache(maxsize=32)
