@@ -13,6 +13,7 @@ from PIL import Image
 import tcore
 from tcore.demo import make_demo_clip
 from tcore.propagation import PRESETS, labels as L
+from tcore.propagation.features import FrameEncoder
 from tcore.propagation.presets import working_size
 
 
@@ -54,11 +55,77 @@ def test_first_mask_soft_onehot_patch14_uses_the_two_centre_pixels():
     assert soft[1, 0, 0] == 0.5 and soft[1].sum() == 0.5
 
 
-def test_nearest_floor_mapping_equals_opencv():
-    for n_in, n_out in [(880, 854), (854, 880), (448, 720), (320, 240), (476, 480)]:
-        src = np.tile(np.arange(n_in, dtype=np.float32)[None], (2, 1))
-        ref = cv2.resize(src, (n_out, 2), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
-        np.testing.assert_array_equal(L.floor_indices(n_out, n_in), ref)
+# Working sides the presets give (VIP's multiples of 64, DAVIS 480/880, JHMDB 320, patch-14 floors,
+# the default rule's long sides of common videos): the output side of the first-mask resize and the
+# input side of the resize back to the original frames.
+PRESET_SIDES = sorted({*range(64, 897, 64), 308, 320, 448, 476, 480, 840, 848, 854, 864, 868, 880})
+
+
+def _opencv_nearest(n_in: int, n_out: int) -> np.ndarray:
+    """The source index of each output pixel of cv2.resize(INTER_NEAREST) along one axis."""
+    src = np.arange(n_in, dtype=np.uint16)[None]  # (1, n_in): the pixel value is its index
+    return cv2.resize(src, (n_out, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+
+
+def test_nearest_indices_equal_opencv_for_every_input_size_and_preset_side():
+    mismatches = []
+    for side in PRESET_SIDES:
+        for n in range(1, 2001):
+            for n_in, n_out in ((n, side), (side, n)):  # frames -> working size, and back
+                if not np.array_equal(L.opencv_nearest_indices(n_out, n_in), _opencv_nearest(n_in, n_out)):
+                    mismatches.append((n_in, n_out))
+    assert mismatches == []
+
+
+def test_nearest_indices_are_not_the_exact_integer_floor():
+    # 576 -> 448 (VIP, 1024x576 frames): OpenCV's double product i * (1 / (448 / 576)) rounds just
+    # below 216 at i = 168, so OpenCV reads row 215; (i * 576) // 448 would say 216
+    opencv = _opencv_nearest(576, 448)
+    assert (opencv[168], opencv[119]) == (215, 152)
+    np.testing.assert_array_equal(L.opencv_nearest_indices(448, 576), opencv)
+    assert not np.array_equal((np.arange(448) * 576) // 448, opencv)
+
+
+def test_vip_first_frame_labels_of_a_1024x576_clip_equal_opencv_then_official_downscale():
+    work = working_size((576, 1024), PRESETS["vip"], 16)
+    assert work == (448, 880)
+    ids = np.zeros((576, 1024), dtype=np.uint8)
+    ids[216:] = 5  # a class boundary between source rows 215 and 216: working row 168 (cell 10) reads 215
+    ids[:, 600:] += 3  # and a vertical one, so three classes meet
+    classes = np.array([0, 3, 5, 8], dtype=np.uint8)
+    ours = L.soft_onehot_at_grid(ids, classes, work, 16).numpy()  # (C, 28, 55)
+    resized = cv2.resize(ids, (work[1], work[0]), interpolation=cv2.INTER_NEAREST)
+    onehot = np.stack([(resized == c).astype(np.float32) for c in classes], -1)  # (448, 880, C)
+    official = cv2.resize(onehot, (work[1] // 16, work[0] // 16), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(ours, official.transpose(2, 0, 1))
+    assert ours[0, 10, 0] == 1.0  # cell row 10 reads source rows 214 and 215: still class 0
+
+
+class _Stub(torch.nn.Module):
+    """What FrameEncoder reads of a backbone: the patch size and the normalisation."""
+    patch_size, mean, std = 16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize("preset, original", [
+    ("davis", (480, 854)), ("jhmdb", (240, 320)), ("vip", (720, 1280)), ("vip", (576, 1024)),
+    ("default", (480, 854)), ("default", (1080, 1920)),
+])
+def test_frame_resize_stays_within_the_documented_1_5e_4_of_opencv_inter_linear(preset, original):
+    # docs/propagation.md: torch bilinear (no antialias) vs cv2.resize(INTER_LINEAR) on [0, 1] floats,
+    # worst case on uniform noise: 5e-5 (davis) .. 1.2e-4 (1920x1080 -> 848x480), 6e-8 (jhmdb)
+    work = working_size(original, PRESETS[preset], 16)
+    frame = np.random.default_rng(3).integers(0, 256, (*original, 3), dtype=np.uint8)
+    encoder = FrameEncoder(_Stub(), work, torch.device("cpu"))
+    x = encoder.preprocess([frame])[0] * encoder._std[0] + encoder._mean[0]  # (3, H', W') in [0, 1]
+    ref = cv2.resize(frame.astype(np.float32) / 255, (work[1], work[0]), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(x.permute(1, 2, 0).numpy() - ref).max() <= 1.5e-4
+
+
+def test_label_upsampling_stays_within_2e_7_of_opencv_inter_linear():
+    soft = torch.softmax(3 * torch.randn(5, 28, 55, generator=torch.Generator().manual_seed(4)), 0)
+    ours = torch.nn.functional.interpolate(soft[None], size=(448, 880), mode="bilinear", align_corners=False)[0]
+    ref = cv2.resize(soft.permute(1, 2, 0).numpy(), (880, 448), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(ours.permute(1, 2, 0).numpy() - ref).max() <= 2e-7
 
 
 def test_decode_upsamples_bilinear_argmax_first_max_then_floor_nearest():

@@ -1,9 +1,10 @@
 """Label conversions at the feature grid, exactly as the paper's evaluation does them.
 
-In: object ids -> soft one-hot at the grid (each cell = the mean of the 2x2 centre pixels of its
-patch, i.e. OpenCV/torch bilinear downscaling by the patch size); keypoints -> the reference's
+In: object ids -> OpenCV's nearest resize to the working size -> soft one-hot at the grid (each
+cell = the mean of the 2x2 centre pixels of its patch, i.e. OpenCV/torch bilinear downscaling by
+the patch size); keypoints -> the reference's
 Gaussian heatmaps (sigma 0.5 cells, its window rules). Out: bilinear upsampling -> argmax (first
-maximum wins) -> nearest back to the original size (floor mapping, or PIL NEAREST for VIP);
+maximum wins) -> nearest back to the original size (OpenCV's, or PIL NEAREST for VIP);
 heatmaps -> top-5 soft-argmax.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "floor_indices",
+    "opencv_nearest_indices",
     "soft_onehot_at_grid",
     "decode_ids",
     "decode_ids_on_device",
@@ -26,19 +27,35 @@ __all__ = [
 ]
 
 
-def floor_indices(n_out: int, n_in: int) -> np.ndarray:
-    """Source index of each output index for nearest resizing with floor mapping:
-    `floor(i * n_in / n_out)` in exact integer arithmetic (= OpenCV INTER_NEAREST)."""
-    return (np.arange(n_out, dtype=np.int64) * n_in) // n_out
+def opencv_nearest_indices(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each output index of a nearest resize, exactly as OpenCV's INTER_NEAREST.
+
+    OpenCV computes `min(floor(i * (1.0 / (n_out / n_in))), n_in - 1)` in double precision. The
+    exact integer form `(i * n_in) // n_out` is NOT the same: where `i * n_in / n_out` is an
+    integer, the double product can round just below it and OpenCV reads the source index one
+    lower (576 -> 448: output 168 reads source 215, not 216). Every nearest resize that stands in
+    for an OpenCV one (first-mask labels at the working size, DAVIS outputs back to the original
+    size) uses this function.
+
+    Args:
+        n_out: output length (pixels along one axis).
+        n_in: input length.
+
+    Returns:
+        (n_out,) int64 source indices in [0, n_in - 1].
+    """
+    scale = 1.0 / (n_out / n_in)  # float64, the same two roundings as OpenCV
+    index = np.floor(np.arange(n_out, dtype=np.float64) * scale).astype(np.int64)
+    return np.minimum(index, n_in - 1)
 
 
 def soft_onehot_at_grid(ids: np.ndarray, classes: np.ndarray, size: tuple[int, int], patch_size: int) -> torch.Tensor:
     """First-frame labels at the feature grid.
 
-    The mask is resized to `size` with nearest (floor mapping), one-hot encoded, and downscaled by
-    `patch_size` with bilinear (half-pixel centres, no antialias): each cell is the mean of the
-    pixels at offsets {(p-1)//2, p//2} of its patch in both axes (the 2x2 centre for even p).
-    Only those pixels are read.
+    The mask is resized to `size` with OpenCV's nearest (`opencv_nearest_indices`), one-hot
+    encoded, and downscaled by `patch_size` with bilinear (half-pixel centres, no antialias):
+    each cell is the mean of the pixels at offsets {(p-1)//2, p//2} of its patch in both axes
+    (the 2x2 centre for even p). Only those pixels are read.
 
     Args:
         ids: (H, W) integer object ids at the original size.
@@ -54,8 +71,8 @@ def soft_onehot_at_grid(ids: np.ndarray, classes: np.ndarray, size: tuple[int, i
     offsets = sorted({(patch_size - 1) // 2, patch_size // 2})
     rows = np.add.outer(np.arange(h) * patch_size, offsets).ravel()  # (h*n,) in the resized image
     cols = np.add.outer(np.arange(w) * patch_size, offsets).ravel()  # (w*n,)
-    src_rows = floor_indices(hh, ids.shape[0])[rows]
-    src_cols = floor_indices(ww, ids.shape[1])[cols]
+    src_rows = opencv_nearest_indices(hh, ids.shape[0])[rows]
+    src_cols = opencv_nearest_indices(ww, ids.shape[1])[cols]
     sampled = ids[np.ix_(src_rows, src_cols)]  # (h*n, w*n)
     lut = np.full(256, -1, dtype=np.int64)
     lut[classes] = np.arange(len(classes))
@@ -75,7 +92,7 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
         classes: (C,) uint8 id of each channel.
         work_size: (H', W') working size: bilinear upsampling target (half-pixel centres).
         out_size: (H, W) original size.
-        output_resize: "floor" (nearest, floor mapping: OpenCV INTER_NEAREST, DAVIS) or "pil"
+        output_resize: "floor" (OpenCV INTER_NEAREST, `opencv_nearest_indices`: DAVIS) or "pil"
             (PIL NEAREST: the VIP evaluator).
 
     Returns:
@@ -87,7 +104,7 @@ def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, 
 
 def decode_ids_on_device(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, int],
                          out_size: tuple[int, int], output_resize: str = "floor") -> torch.Tensor:
-    """The device part of `decode_ids` for k frames: upsampling, argmax, id lookup, floor resize.
+    """The device part of `decode_ids` for k frames: upsampling, argmax, id lookup, OpenCV nearest.
 
     Args:
         labels: (k, C, h, w) float soft labels.
@@ -121,8 +138,8 @@ def finish_ids(ids: np.ndarray, out_size: tuple[int, int], output_resize: str = 
 
 @functools.lru_cache(maxsize=32)
 def _device_indices(n_out: int, n_in: int, device: torch.device) -> torch.Tensor:
-    """`floor_indices(n_out, n_in)` as an int64 tensor on `device` (cached: one copy per size)."""
-    return torch.from_numpy(floor_indices(n_out, n_in)).to(device)
+    """`opencv_nearest_indices(n_out, n_in)` as an int64 tensor on `device` (cached: one copy per size)."""
+    return torch.from_numpy(opencv_nearest_indices(n_out, n_in)).to(device)
 
 
 def _gaussian_window(center: float, length: int) -> tuple[slice, slice] | None:
