@@ -39,7 +39,8 @@ _EXPORTS = {
     "write_overlay": "io",
     "evaluate": "evaluation",
 }
-_SUBMODULES = {"backbone", "models", "weights", "hub", "propagation", "io", "metrics", "evaluation", "demo", "cli"}
+_SUBMODULES = {"backbone", "models", "weights", "hub", "propagation", "io", "metrics", "evaluation", "demo", "cli",
+               "precision"}
 
 __all__ = ["__version__", *_EXPORTS, "metrics"]
 

@@ -315,20 +315,6 @@ def test_public_names_are_exported_lazily_from_tcore():
     assert tcore.Propagator is Propagator and tcore.propagate_labels is propagate_labels
 
 
-@pytest.mark.parametrize("device, backend, reduced", [
-    ("cuda", torch.backends.cuda.matmul, "tf32"), ("cpu", torch.backends.mkldnn.matmul, "bf16"),
-])
-def test_reduced_precision_matmul_is_turned_off_inside_the_engine_and_restored(device, backend, reduced):
-    previous = backend.fp32_precision
-    try:
-        backend.fp32_precision = reduced
-        with engine._ieee_fp32_matmul(torch.device(device)):
-            assert backend.fp32_precision == "ieee"
-        assert backend.fp32_precision == reduced
-    finally:
-        backend.fp32_precision = previous
-
-
 def test_engine_results_ignore_float32_matmul_precision_medium():
     feats, labels = drifting_video(6, 6, 20, 384, seed=31), soft_labels(3, 6, 20, seed=32)  # D=384 uses oneDNN
     params = {"topk": 7, "temperature": 0.7, "radius": 6, "n_context": 3}

@@ -17,27 +17,16 @@ nvJPEG's IDCT may also differ from libjpeg's by a level or two.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from tcore.precision import exact_fp32
 from training.augment import BLUR_KERNEL, SOLARIZE_THRESHOLD
 from training.data import INDEX_KEYS, normalize
 
 __all__ = ["resample_matrix", "resize_crops", "photometric", "decode_frames", "render_batch"]
-
-
-@contextlib.contextmanager
-def _exact_fp32_matmul() -> Iterator[None]:
-    """Plain fp32 matmuls (no TF32) inside: resampling must stay on PIL's 8-bit grid."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _bicubic(x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +95,7 @@ def resize_crops(frames: torch.Tensor, boxes: torch.Tensor, size: int,
     flat = boxes.reshape(-1, 4)
     wx = resample_matrix(flat[:, 1], flat[:, 3], w, size, None if flips is None else flips.reshape(-1))
     wy = resample_matrix(flat[:, 0], flat[:, 2], h, size)
-    with _exact_fp32_matmul():
+    with exact_fp32(frames.device):  # plain fp32 (no TF32, no autocast): PIL's 8-bit grid needs it
         rows = frames.reshape(f, 3 * h, w) @ wx.reshape(f, k * size, w).transpose(1, 2)  # (F, 3H, k*S)
         rows = _round8(rows).reshape(f, 3, h, k, size).permute(0, 3, 2, 1, 4)           # (F, k, H, 3, S)
         out = wy.reshape(f * k, size, h) @ rows.reshape(f * k, h, 3 * size)             # (F*k, S, 3*S)

@@ -37,12 +37,12 @@ labels; nothing grows with the video length.
 """
 from __future__ import annotations
 
-import contextlib
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from ..precision import exact_fp32
 
 __all__ = ["Propagator", "propagate_labels"]
 
@@ -212,47 +212,6 @@ def _target_affinity(
         sources[q] = torch.cat([sources[q], (window_slot + frame) * n_cells + cell], 1).gather(1, pick)
         values[q] = merged
     return values, sources
-
-
-@contextlib.contextmanager
-def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
-    """Run fp32 matmuls in full precision, even where the user allowed reduced precision globally.
-
-    `torch.set_float32_matmul_precision("high"/"medium")` lets CUDA use TF32 and oneDNN on CPU
-    use TF32 or bf16 passes, which reorder close candidates (spec §13). Within this block the
-    device's matmul backend is set to "ieee"; the setting is restored on exit (not thread-safe
-    against other threads changing it meanwhile).
-    """
-    backends = {"cuda": torch.backends.cuda.matmul, "cpu": getattr(torch.backends.mkldnn, "matmul", None)}
-    backend = backends.get(device.type)
-    previous = getattr(backend, "fp32_precision", None)  # None: torch < 2.9 or another device type
-    if previous is None:
-        with _legacy_no_tf32(device):
-            yield
-        return
-    effective = previous if previous != "none" else getattr(torch.backends, "fp32_precision", "none")
-    if effective in ("ieee", "none"):
-        yield
-        return
-    backend.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        backend.fp32_precision = previous
-
-
-@contextlib.contextmanager
-def _legacy_no_tf32(device: torch.device) -> Iterator[None]:
-    """`_ieee_fp32_matmul` for torch < 2.9: switch off `torch.backends.cuda.matmul.allow_tf32`."""
-    matmul = torch.backends.cuda.matmul
-    if device.type != "cuda" or not matmul.allow_tf32:
-        yield
-        return
-    matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        matmul.allow_tf32 = True
 
 
 def _check_tensor(name: str, x: object, shape_doc: str, ndim: int) -> torch.Tensor:
@@ -437,7 +396,7 @@ class Propagator:
         base = state.t - n_old  # frame index of window[0]
         values = frames.new_empty((n_new, n_cells, self.topk))
         sources = torch.empty((n_new, n_cells, self.topk), dtype=torch.long, device=frames.device)
-        with _ieee_fp32_matmul(frames.device):
+        with exact_fp32(frames.device):  # no autocast, no TF32 or reduced-precision matmuls
             for i in range(n_new):
                 t = state.t + i
                 lo = max(1, t - self.n_context)
@@ -445,12 +404,12 @@ class Propagator:
                     frames[i], state.first_features, window[lo - base:t - base], 1 + lo - base,
                     max(0, self.n_context + 1 - t), state.geometry, self.topk,
                 )
-        weights = torch.softmax(values / self.temperature, dim=-1)  # (k, N, K)
-        bank = torch.cat([state.first_labels[None], *(x[None] for x in state.labels),
-                          state.first_labels.new_empty((n_new, *state.first_labels.shape))])  # (1+F0+k, N, C)
-        flat = bank.view(-1, bank.shape[-1])  # (slots*N, C)
-        for i in range(n_new):
-            bank[1 + n_old + i] = (weights[i, :, :, None] * flat[sources[i]]).sum(1)  # (N, C)
+            weights = torch.softmax(values / self.temperature, dim=-1)  # (k, N, K)
+            bank = torch.cat([state.first_labels[None], *(x[None] for x in state.labels),
+                              state.first_labels.new_empty((n_new, *state.first_labels.shape))])  # (1+F0+k, N, C)
+            flat = bank.view(-1, bank.shape[-1])  # (slots*N, C)
+            for i in range(n_new):
+                bank[1 + n_old + i] = (weights[i, :, :, None] * flat[sources[i]]).sum(1)  # (N, C)
         new_labels = bank[1 + n_old:]  # (k, N, C)
         for i in range(n_new):
             state.features.append(frames[i].clone())

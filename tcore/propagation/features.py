@@ -2,11 +2,11 @@
 
 Preprocessing is the paper's: uint8 RGB -> float in [0, 1] -> bilinear resize (half-pixel centres,
 no antialias; only when the size changes) -> ImageNet normalisation -> backbone -> final-normed
-patch tokens -> L2 normalisation over channels (eps 1e-12), in fp32 unless `precision="bf16"`.
+patch tokens -> L2 normalisation over channels (eps 1e-12), in exact fp32 (`tcore.precision.exact_fp32`)
+unless `precision="bf16"`.
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from typing import Iterable, Iterator, Sequence
@@ -14,6 +14,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..precision import exact_fp32
 
 __all__ = ["FrameEncoder", "pick_device", "prefetch"]
 
@@ -29,21 +31,6 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-@contextlib.contextmanager
-def _full_fp32(device: torch.device):
-    """No TF32 in convolutions or matmuls on CUDA while inside (restores the previous settings)."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
 class FrameEncoder:
     """Encode frames with a backbone at a fixed working size.
 
@@ -52,7 +39,7 @@ class FrameEncoder:
         size: (H', W') working size, multiples of the patch size.
         device: where frames are processed and features stay.
         batch_size: frames per backbone call.
-        precision: "fp32" (exact; TF32 disabled on CUDA) or "bf16" (autocast; opt-in, faster on
+        precision: "fp32" (exact: no autocast, no TF32, whatever the caller's context) or "bf16" (autocast; opt-in, faster on
             GPUs, changes the features slightly).
     """
 
@@ -84,15 +71,18 @@ class FrameEncoder:
 
     @torch.inference_mode()
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        """(k) uint8 (H, W, 3) frames -> (k, h, w, D) L2-normalised float32 features."""
-        x = self.preprocess(frames)
-        with _full_fp32(self.device):
+        """(k) uint8 (H, W, 3) frames -> (k, h, w, D) L2-normalised float32 features.
+
+        fp32 is exact whatever the caller's autocast or TF32 settings (`exact_fp32`); "bf16"
+        opens its own autocast inside."""
+        with exact_fp32(self.device):
+            x = self.preprocess(frames)
             if self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     tokens = self.backbone.patch_tokens(x)
             else:
                 tokens = self.backbone.patch_tokens(x)
-        return F.normalize(tokens.float(), dim=-1, eps=1e-12)
+            return F.normalize(tokens.float(), dim=-1, eps=1e-12)
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         """Features of `frames` in chunks of `batch_size`, decoding ahead in a background thread."""
