@@ -33,6 +33,10 @@ _EXPORTS = {
     "propagate_masks": "propagation",
     "propagate_keypoints": "propagation",
     "propagate_parts": "propagation",
+    "iter_masks": "propagation",
+    "Propagation": "propagation",
+    "Preset": "propagation",
+    "PRESETS": "propagation",
     "read_video": "io",
     "read_mask": "io",
     "write_masks": "io",
@@ -65,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation import evaluate  # noqa: F401
     from .io import read_mask, read_video, write_masks, write_overlay  # noqa: F401
     from .models import create_backbone, load_backbone, tcore_vitb16, tcore_vits16  # noqa: F401
-    from .propagation import Propagator, propagate_keypoints, propagate_labels, propagate_masks, propagate_parts  # noqa: F401
+    from .propagation import (PRESETS, Preset, Propagation, Propagator, iter_masks, propagate_keypoints,  # noqa: F401
+                              propagate_labels, propagate_masks, propagate_parts)
     from .weights import (CheckpointError, WeightsUnavailableError, convert_state_dict, download,  # noqa: F401
                           get_pretrained, inspect_checkpoint, list_models)

@@ -18,7 +18,8 @@ from ._version import __version__
 __all__ = ["main"]
 
 _EXAMPLES = {
-    "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4",
+    "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4   "
+                 "(or a folder of masks named like the frames: tcore propagate frames/ annotations/ -o masks/)",
     "demo": "tcore demo --model path/to/checkpoint.pth",
     "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/",
     "inspect": "tcore inspect some_checkpoint.pth --json",
@@ -46,7 +47,9 @@ def _err(message: str) -> None:
 
 def _propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="frame folder or video file (mp4/webm/avi need the [video] extra)")
-    p.add_argument("first_mask", help="first-frame mask: palette PNG, grey ids, or RGB colours")
+    p.add_argument("masks", metavar="FIRST_MASK|MASKS_DIR",
+                   help="first-frame mask (palette PNG, grey ids, or RGB colours), or a folder of masks named like "
+                        "the frames, given at any frames (objects that enter later, corrections)")
     p.add_argument("-o", "--output", required=True, help="folder for the indexed PNG masks")
     _model_args(p)
     p.add_argument("--threshold", type=float, default=None, help="binarise a soft grey first mask (>= T)")
@@ -68,22 +71,22 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="bf16: faster on GPUs, not bit-exact (opt-in)")
 
 
-@_command("propagate", "propagate a first-frame mask through a video")(_propagate_args)
+@_command("propagate", "propagate masks (first frame, or any frames) through a video")(_propagate_args)
 def _propagate(args: argparse.Namespace) -> int:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from .io import read_mask, read_video, write_mask, write_overlay
-    from .propagation import propagate_masks
+    from .io import read_video, write_mask, write_overlay
+    from .propagation import iter_masks
 
     frames = read_video(args.video)
-    _, palette = read_mask(args.first_mask, threshold=args.threshold)
+    stream = iter_masks(frames, args.masks, model=args.model, preset=args.preset,
+                        size=tuple(args.size) if args.size else None, threshold=args.threshold,
+                        device=args.device, batch_size=args.batch_size, precision=args.precision,
+                        progress=not args.quiet)
+    palette = stream.palette
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    stream = propagate_masks(frames, args.first_mask, model=args.model, preset=args.preset,
-                             size=tuple(args.size) if args.size else None, threshold=args.threshold,
-                             device=args.device, stream=True, batch_size=args.batch_size,
-                             precision=args.precision, progress=not args.quiet)
     pending = threading.BoundedSemaphore(16)  # PNG writes overlap propagation, at most 16 in flight
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = []

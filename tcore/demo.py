@@ -112,8 +112,8 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
         device, progress, threshold: as `propagate_masks`.
     """
     from . import metrics
-    from .io import read_mask, write_masks, write_overlay
-    from .propagation import propagate_masks
+    from .io import write_masks, write_overlay
+    from .propagation import iter_masks
 
     if (video is None) != (mask is None):
         raise ValueError("video and mask: give both (your own data) or neither (the built-in clip)")
@@ -121,7 +121,8 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
     if video is None:
         video, gt = make_demo_clip()
         mask = gt[0]
-    masks = propagate_masks(video, mask, model=model, device=device, progress=progress, threshold=threshold)
+    stream = iter_masks(video, mask, model=model, device=device, progress=progress, threshold=threshold)
+    masks = np.stack([m for _, m in stream])  # (T, H, W) uint8
     scores = copy_scores = None
     if gt is not None:
         scores = metrics.davis_scores(gt, masks)
@@ -130,7 +131,7 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        palette = None if not isinstance(mask, (str, Path)) else read_mask(mask, threshold=threshold)[1]
+        palette = stream.palette
         from .io import read_video
 
         frames = read_video(video)

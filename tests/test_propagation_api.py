@@ -231,14 +231,15 @@ def test_propagate_masks_keeps_ids_and_frame0_is_the_resampled_first_mask(clip, 
     np.testing.assert_array_equal(masks[0], expected0)
 
 
-def test_stream_batch_size_and_probabilities_agree(clip, tiny):
+def test_stream_batch_size_and_soft_labels_agree(clip, tiny):
     frames, gt = clip
-    full, probs = tcore.propagate_masks(frames, gt[0], model=tiny, size=SMALL, progress=False, return_probs=True, batch_size=4)
-    streamed = list(tcore.propagate_masks(frames, gt[0], model=tiny, size=SMALL, progress=False, stream=True, batch_size=1))
+    result = tcore.propagate_masks(frames, gt[0], model=tiny, size=SMALL, progress=False, soft=True, batch_size=4)
+    streamed = list(tcore.iter_masks(frames, gt[0], model=tiny, size=SMALL, progress=False, batch_size=1))
     assert [t for t, _ in streamed] == list(range(len(frames)))
-    np.testing.assert_array_equal(np.stack([m for _, m in streamed]), full)
-    assert probs.shape == (6, 3, 4, 6) and probs.dtype == torch.float32
-    torch.testing.assert_close(probs.sum(1), torch.ones(6, 4, 6))
+    np.testing.assert_array_equal(np.stack([m for _, m in streamed]), result.masks)
+    assert result.soft.shape == (6, 3, 4, 6) and result.soft.dtype == np.float32
+    np.testing.assert_allclose(result.soft.sum(1), np.ones((6, 4, 6)), atol=1e-6)
+    assert result.ids.tolist() == [0, 1, 2] and result.palette is None
 
 
 def test_timm_vit_module_is_accepted_as_model(clip):

@@ -1,8 +1,8 @@
 """One evaluation per benchmark: predict a video with its preset, and score all videos from files.
 
 Each benchmark only converts: it calls the propagation front end with the paper's preset
-(`propagate_masks(preset="davis")`, `propagate_keypoints(preset="jhmdb")`,
-`propagate_parts(preset="vip")`) and the metrics of `tcore.metrics`. A video's outputs are written
+(`iter_masks(preset="davis")`, `propagate_keypoints(preset="jhmdb")`, `iter_masks(preset="vip")`,
+the streaming form of `propagate_parts`) and the metrics of `tcore.metrics`. A video's outputs are written
 to a temporary place and renamed into the results folder when complete, so an output that exists
 is a finished one. Scoring always reads the files, so resumed and freshly predicted videos are
 scored alike (and, under torchrun, rank 0 scores what every rank wrote).
@@ -58,14 +58,16 @@ class Scored:
     """A benchmark's scores.
 
     Attributes:
-        scores: the paper's columns, in percent.
+        scores: the paper's columns, in percent (empty when there is no ground truth to score).
         details: everything else, JSON-able (official fractions, per video, per class/joint).
         files: {file name: text} of the CSV files to write.
+        notes: what the reader of the results must know (e.g. "predictions only").
     """
 
     scores: dict[str, float]
     details: dict[str, Any]
     files: dict[str, str]
+    notes: tuple[str, ...] = ()
 
 
 def _partial(out: Path, video: Video, settings: RunSettings, suffix: str = "") -> Path:
@@ -144,11 +146,11 @@ class _Davis(Benchmark):
 
     def predict(self, video: Video, backbone: torch.nn.Module, out: Path, settings: RunSettings) -> None:
         from ..io import DAVIS_PALETTE, read_video, write_masks
-        from ..propagation import propagate_masks
+        from ..propagation import iter_masks
 
         frames = read_video(video.frames)
         first = video.labels / f"{frames.names[0]}.png"
-        stream = propagate_masks(frames, first, stream=True, **self._front_end_kwargs(backbone, settings))
+        stream = iter_masks(frames, first, **self._front_end_kwargs(backbone, settings))
         tmp = _partial(out, video, settings)
         write_masks(tmp, stream, palette=DAVIS_PALETTE, names=frames.names)
         _publish(tmp, self.output(out, video))
@@ -257,11 +259,11 @@ class _Vip(Benchmark):
 
     def predict(self, video: Video, backbone: torch.nn.Module, out: Path, settings: RunSettings) -> None:
         from ..io import DAVIS_PALETTE, read_video, write_masks
-        from ..propagation import propagate_parts
+        from ..propagation import iter_masks
 
         frames = read_video(video.frames)
         first = read_index_png(video.labels / f"{frames.names[0]}.png")  # (H, W) class ids
-        stream = propagate_parts(frames, first, stream=True, **self._front_end_kwargs(backbone, settings))
+        stream = iter_masks(frames, first, **self._front_end_kwargs(backbone, settings))  # preset "vip": parts
         tmp = _partial(out, video, settings)
         write_masks(tmp, stream, palette=DAVIS_PALETTE, names=frames.names)
         _publish(tmp, self.output(out, video))

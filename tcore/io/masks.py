@@ -253,7 +253,7 @@ def write_masks(out_dir: str | Path, masks: Any, palette: Any = None,
     Args:
         out_dir: output folder (created).
         masks: (T, H, W) integer ids (numpy array or torch tensor), or an iterable of (H, W) masks,
-            or of `(t, mask)` pairs as `propagate_masks(..., stream=True)` yields (t picks the name).
+            or of `(t, mask)` pairs as `tcore.iter_masks` yields (t picks the name).
         palette: the input mask's palette (from `read_mask`), or None for the DAVIS-2017 palette.
         names: per-frame names without suffix, e.g. `read_video(...).names`; default "00000", ...
 

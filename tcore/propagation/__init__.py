@@ -1,7 +1,7 @@
 """Label propagation: one exact, streaming engine and the front ends built on it."""
-from .api import propagate_keypoints, propagate_masks, propagate_parts
+from .api import MaskStream, Propagation, iter_masks, propagate_keypoints, propagate_masks, propagate_parts
 from .engine import Propagator, propagate_labels
 from .presets import PRESETS, Preset
 
-__all__ = ["PRESETS", "Preset", "Propagator", "propagate_keypoints", "propagate_labels", "propagate_masks",
-           "propagate_parts"]
+__all__ = ["PRESETS", "MaskStream", "Preset", "Propagation", "Propagator", "iter_masks", "propagate_keypoints",
+           "propagate_labels", "propagate_masks", "propagate_parts"]

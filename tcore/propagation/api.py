@@ -1,30 +1,92 @@
-"""Front ends on the one propagation engine: masks, keypoints and part labels in, the same out.
+"""Front ends on the one propagation engine: masks, part labels and keypoints in, the same out.
 
-Every front end runs the same core (`_propagate_soft`): frames are decoded lazily, encoded once
-each in batches, and fed to a streaming `Propagator`; front ends only convert labels in and out.
+    >>> masks = propagate_masks("frames/", "00000.png")                 # (T, H, W) uint8 ids
+    >>> masks = propagate_masks("frames/", {0: "00000.png", 35: m35})   # masks at any frame
+    >>> result = propagate_masks(video, first, soft=True)               # + ids, palette, soft labels
+    >>> stream = iter_masks("video.mp4", "first.png")                   # memory O(context)
+    >>> for t, mask in stream: ...                                      # stream.ids, stream.palette
+
+Every front end runs the same core (`_propagate`): frames are decoded lazily, encoded once each in
+batches, and fed to a streaming `Propagator`; front ends only convert labels in and out. The
+propagation settings (size rule, top-k, temperature, radius, context) travel in a `Preset`
+(`dataclasses.replace(PRESETS["davis"], topk=5)`).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Union
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, Union, overload
 
 import numpy as np
 import torch
 
+from ..precision import exact_fp32
+from .annotations import Annotations, MasksInput, read_annotations
 from .engine import Propagator
 from .features import FrameEncoder, pick_device
 from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
 from .presets import Preset, get_preset, working_size
 
-__all__ = ["propagate_masks", "propagate_keypoints", "propagate_parts"]
+__all__ = ["MaskStream", "Propagation", "iter_masks", "propagate_keypoints", "propagate_masks", "propagate_parts"]
 
 # Threads decoding image files ahead of the backbone: one per four cores, at most four (measured on a
 # 16-core GPU host in benchmarks/propagation.py, pipeline part; one thread is all a 2-core machine can spare).
 _DECODE_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
-VideoSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, list]
-MaskSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
+VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor, list]
+PresetInput = Union[str, Preset, None]
+Item = TypeVar("Item", tuple[int, np.ndarray], tuple[int, np.ndarray, np.ndarray])
 
+
+@dataclass(frozen=True)
+class Propagation:
+    """Propagated masks with what is needed to read and save them (`propagate_masks(soft=True)`).
+
+    Attributes:
+        masks: (T, H, W) uint8 object ids at the frames' size (the given ids, not renumbered).
+        ids: (C,) uint8 object id of each soft-label channel, ascending, background 0 first.
+        palette: (256, 3) uint8 palette of the given masks (palette PNGs), else None.
+        soft: (T, C, h, w) float32 soft labels at the feature grid (h, w = working size / patch),
+            summing to 1 over C; frames before the first annotation are all background.
+    """
+
+    masks: np.ndarray
+    ids: np.ndarray
+    palette: np.ndarray | None
+    soft: np.ndarray
+
+
+class MaskStream(Generic[Item]):
+    """The frames' masks one at a time (what `iter_masks` returns): iterate it for `(t, mask)`, or
+    `(t, mask, soft)` with `soft=True`; memory is O(context), not O(video).
+
+    Attributes:
+        ids: (C,) uint8 object id of each soft-label channel, background 0 first.
+        palette: (256, 3) uint8 palette of the given masks, else None (e.g. for `tcore.write_masks`).
+        names: the frames' names (file stems for a frame folder), for naming outputs.
+    """
+
+    def __init__(self, items: Iterator[Item], ids: np.ndarray, palette: np.ndarray | None, names: list[str]) -> None:
+        self._items = items
+        self.ids = ids
+        self.palette = palette
+        self.names = names
+
+    def __iter__(self) -> MaskStream[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Stop early (the background decoder stops too)."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
+# ------------------------------------------------------------------------------------ the core
 
 def _progress_bar(total: int | None, enabled: bool, desc: str):
     from tqdm.auto import tqdm
@@ -32,9 +94,24 @@ def _progress_bar(total: int | None, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="frame", dynamic_ncols=True, leave=False)
 
 
-def _setup(video: VideoSource, model: Any, preset: str | Preset | None, size: tuple[int, int] | None,
-           device: str | torch.device | None):
-    """Frames, backbone, preset and working size shared by all front ends."""
+@dataclass(frozen=True)
+class _Setup:
+    """Frames, backbone, preset, working size and device shared by all front ends."""
+
+    frames: Any  # tcore.io.VideoFrames
+    encoder: FrameEncoder
+    spec: Preset
+    work: tuple[int, int]  # (H', W') working size in pixels
+    patch: int
+
+    def engine(self) -> Propagator:
+        spec = self.spec
+        return Propagator(topk=spec.topk, temperature=spec.temperature, radius=spec.radius, n_context=spec.n_context,
+                          check_norms=False)  # FrameEncoder's features are L2-normalised
+
+
+def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, int] | None,
+           device: str | torch.device | None, batch_size: int, precision: str) -> _Setup:
     from ..io import read_video
     from ..models import create_backbone
 
@@ -45,34 +122,51 @@ def _setup(video: VideoSource, model: Any, preset: str | Preset | None, size: tu
     backbone = create_backbone(model, device=device)
     spec = get_preset(preset)
     work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
-    return frames, backbone, spec, work, device
+    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
+    return _Setup(frames, encoder, spec, work, int(backbone.patch_size))
 
 
-def _engine(spec: Preset, topk: int | None, temperature: float | None, radius: float | None,
-            n_context: int | None) -> Propagator:
-    return Propagator(topk=spec.topk if topk is None else topk,
-                      temperature=spec.temperature if temperature is None else temperature,
-                      radius=spec.radius if radius is None else radius,
-                      n_context=spec.n_context if n_context is None else n_context,
-                      check_norms=False)  # FrameEncoder's features are L2-normalised
+def _propagate(setup: _Setup, first: torch.Tensor, start: int, later: dict[int, tuple[torch.Tensor, np.ndarray]],
+               progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(t0, soft labels (k, C, h, w) on the device of frames t0..t0+k-1), a chunk per backbone call.
 
-
-def _propagate_soft(frames, encoder: FrameEncoder, engine: Propagator, first_labels: torch.Tensor,
-                    progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
-    """(t0, soft labels (k, C, h, w) on the device of frames t0..t0+k-1), a chunk per backbone call."""
+    Args:
+        setup: frames, encoder and preset.
+        first: (C, h, w) labels of frame `start`, where propagation begins.
+        start: the first annotated frame; earlier frames are all background (channel 0) and are
+            not even decoded.
+        later: {t: ((C, h, w) annotated labels, channels it gives)} for annotated frames t > start.
+        progress: show a progress bar on stderr.
+        desc: its title.
+    """
+    engine = setup.engine()
+    frames, encoder = setup.frames, setup.encoder
+    annotated = sorted(later)
     bar = _progress_bar(len(frames), progress, desc)
-    t = 0
     try:
-        for feats in encoder.stream(frames.iter_threaded(_DECODE_WORKERS)):  # (k, h, w, D)
-            if t == 0:
-                out = engine.reset(feats[0], first_labels.to(feats.device))[None]
-                if len(feats) > 1:
-                    out = torch.cat([out, engine.step(feats[1:])])
-            else:
-                out = engine.step(feats)
-            yield t, out
-            t += len(out)
-            bar.update(len(out))
+        background = torch.zeros((encoder.batch_size, *first.shape), device=encoder.device)
+        background[:, 0] = 1
+        for t0 in range(0, start, encoder.batch_size):
+            yield t0, background[:min(encoder.batch_size, start - t0)]
+            bar.update(min(encoder.batch_size, start - t0))
+        t0 = start
+        source = frames if start == 0 else frames[start:]
+        for feats in encoder.stream(source.iter_threaded(_DECODE_WORKERS)):  # (k, h, w, D) of frames t0..
+            parts, i = [], 0
+            if t0 == start:
+                parts.append(engine.reset(feats[0], first.to(feats.device))[None])
+                i = 1
+            while i < len(feats):  # engine steps end at annotated frames
+                stop = next((s - t0 + 1 for s in annotated if t0 + i <= s < t0 + len(feats)), len(feats))
+                out = engine.step(feats[i:stop])  # (stop - i, C, h, w)
+                if t0 + stop - 1 in later:
+                    labels, channels = later[t0 + stop - 1]
+                    out = torch.cat([out[:-1], engine.annotate(labels.to(out.device), channels)[None]])
+                parts.append(out)
+                i = stop
+            yield t0, parts[0] if len(parts) == 1 else torch.cat(parts)
+            t0 += len(feats)
+            bar.update(len(feats))
     finally:
         bar.close()
 
@@ -107,130 +201,183 @@ def _host_one_chunk_behind(chunks: Iterator[tuple[int, tuple[torch.Tensor, ...]]
         yield unpinned(pending)
 
 
-def _first_ids(first_mask: MaskSource, threshold: float | None, frame_size: tuple[int, int]) -> np.ndarray:
-    from ..io import read_mask
+def _annotated_labels(annotations: Annotations, setup: _Setup) -> tuple[torch.Tensor, dict]:
+    """Frame `start`'s labels and {t: (labels, channels)} of the later annotations, at the grid."""
+    def at_grid(ids: np.ndarray) -> torch.Tensor:
+        return soft_onehot_at_grid(ids, annotations.classes, setup.work, setup.patch)
 
-    ids, _ = read_mask(first_mask, threshold=threshold)
-    if tuple(ids.shape) != tuple(frame_size):
-        raise ValueError(f"first_mask: size {ids.shape[1]}x{ids.shape[0]} (WxH) differs from the video frames' "
-                         f"{frame_size[1]}x{frame_size[0]}; resize the mask with nearest-neighbour "
-                         "interpolation (e.g. PIL Image.NEAREST) to the frame size")
-    return ids
-
-
-def _classes(ids: np.ndarray, what: str) -> np.ndarray:
-    classes = np.unique(ids)
-    if classes.max(initial=0) == 0:
-        raise ValueError(f"{what}: no object in the first mask (every pixel is background 0); "
-                         "give at least one non-zero id (for a soft grey mask use threshold=)")
-    return np.union1d(classes, [0]).astype(np.uint8)  # background is always channel 0
+    start = annotations.start
+    later = {t: (at_grid(ids), annotations.channels(t)) for t, ids in annotations.ids.items() if t != start}
+    return at_grid(annotations.ids[start]), later
 
 
-def propagate_masks(
-    video: VideoSource,
-    first_mask: MaskSource,
-    *,
-    model: Any = None,
-    preset: str | Preset | None = None,
-    size: tuple[int, int] | None = None,
-    threshold: float | None = None,
-    device: str | torch.device | None = None,
-    stream: bool = False,
-    return_probs: bool = False,
-    batch_size: int = 8,
-    precision: str = "fp32",
-    progress: bool = True,
-    topk: int | None = None,
-    temperature: float | None = None,
-    radius: float | None = None,
-    n_context: int | None = None,
-):
-    """Propagate the first frame's object masks through a video (semi-supervised VOS).
+def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: PresetInput,
+                size: tuple[int, int] | None, threshold: float | None, device: str | torch.device | None,
+                batch_size: int, precision: str, progress: bool, soft: bool,
+                desc: str) -> MaskStream:
+    """The shared body of `propagate_masks` and `iter_masks`."""
+    setup = _setup(video, model, preset, size, device, batch_size, precision)
+    frames = setup.frames
+    annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)
+    classes = annotations.classes
+    first, later = _annotated_labels(annotations, setup)
+    out_size, resize = tuple(frames.size), setup.spec.output_resize
+
+    def on_device() -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+        for t0, labels in _propagate(setup, first, annotations.start, later, progress, desc):
+            with exact_fp32(labels.device):
+                ids = decode_ids_on_device(labels, classes, setup.work, out_size, resize)  # (k, H, W) uint8
+            yield t0, (ids, labels) if soft else (ids,)
+
+    def items() -> Iterator[tuple]:
+        for t0, host in _host_one_chunk_behind(on_device()):
+            for i, ids in enumerate(host[0].numpy()):
+                mask = finish_ids(ids, out_size, resize)
+                yield (t0 + i, mask, host[1][i].numpy()) if soft else (t0 + i, mask)
+
+    return MaskStream(items(), classes, annotations.palette, list(frames.names))
+
+
+# ------------------------------------------------------------------------------- masks, parts
+
+@overload
+def iter_masks(video: VideoInput, masks: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+               size: tuple[int, int] | None = ..., threshold: float | None = ...,
+               device: str | torch.device | None = ..., batch_size: int = ..., precision: str = ...,
+               progress: bool = ..., soft: Literal[False] = ...) -> MaskStream[tuple[int, np.ndarray]]: ...
+
+
+@overload
+def iter_masks(video: VideoInput, masks: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+               size: tuple[int, int] | None = ..., threshold: float | None = ...,
+               device: str | torch.device | None = ..., batch_size: int = ..., precision: str = ...,
+               progress: bool = ..., soft: Literal[True]) -> MaskStream[tuple[int, np.ndarray, np.ndarray]]: ...
+
+
+def iter_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, preset: PresetInput = None,
+               size: tuple[int, int] | None = None, threshold: float | None = None,
+               device: str | torch.device | None = None, batch_size: int = 8, precision: str = "fp32",
+               progress: bool = True, soft: bool = False) -> MaskStream:
+    """`propagate_masks` one frame at a time: a `MaskStream` of `(t, mask)` (memory O(context)).
+
+    Same arguments as `propagate_masks`. The model is loaded and the masks are read when this is
+    called (errors show here); frames are decoded and propagated as the stream is consumed.
+
+    Returns:
+        A `MaskStream` (`.ids`, `.palette`, `.names`) yielding `(t, (H, W) uint8 mask)` for
+        t = 0..T-1, or `(t, mask, (C, h, w) float32 soft labels)` with `soft=True`.
+    """
+    return _mask_items(video, masks, model=model, preset=preset, size=size, threshold=threshold, device=device,
+                       batch_size=batch_size, precision=precision, progress=progress, soft=soft,
+                       desc="propagating masks")
+
+
+@overload
+def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+                    size: tuple[int, int] | None = ..., threshold: float | None = ...,
+                    device: str | torch.device | None = ..., batch_size: int = ..., precision: str = ...,
+                    progress: bool = ..., soft: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+                    size: tuple[int, int] | None = ..., threshold: float | None = ...,
+                    device: str | torch.device | None = ..., batch_size: int = ..., precision: str = ...,
+                    progress: bool = ..., soft: Literal[True]) -> Propagation: ...
+
+
+def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, preset: PresetInput = None,
+                    size: tuple[int, int] | None = None, threshold: float | None = None,
+                    device: str | torch.device | None = None, batch_size: int = 8, precision: str = "fp32",
+                    progress: bool = True, soft: bool = False) -> np.ndarray | Propagation:
+    """Propagate object masks through a video (semi-supervised VOS), given at frame 0 or at any frames.
+
+    With one first-frame mask this is the paper's protocol exactly (with `preset="davis"`). Masks
+    given at later frames add objects that enter later, or correct drifting ones: an object is
+    absent (probability 0) before the first mask that shows it; at an annotated frame each object
+    the mask shows takes exactly its pixels, and every other pixel keeps its propagated labels for
+    the other objects (a mask that shows only a new object never erases the others); the frame
+    then joins the long-term memory like frame 0 (matched by every later frame, unrestricted by
+    the radius, never evicted). Propagation starts at the first annotated frame; earlier frames
+    are all background and are not encoded.
 
     Args:
         video: a frame folder, a video file (needs the `video` extra), a list of PIL images, a
             uint8 array (T, H, W, 3), or a tensor (T, 3, H, W) (uint8, or float in [0, 1]).
-        first_mask: a path, PIL image or (H, W) integer array: palette PNG ids (255 = void ->
-            background), grey ids ({0, 255} is one object), or RGB colours (one object each). A
-            soft grey mask is an error: pass `threshold=` to binarise it.
+        masks: the first frame's mask, a mapping {frame index: mask}, or a folder of PNGs named
+            like the frames (e.g. YouTube-VOS's Annotations/<video>/). A mask is a path, PIL image
+            or (H, W) integer array: palette PNG ids (255 = void -> background), grey ids
+            ({0, 255} is one object), or RGB colours (one object each; ids are per mask). A soft
+            grey mask is an error: pass `threshold=` to binarise it.
         model: None (T-CoRe ViT-S/16 Kinetics-400), a name, a checkpoint path, or a module (a
             tcore backbone or a timm ViT).
-        preset: None (paper hyper-parameters, short side 480, aspect kept), "davis" (480x880
-            stretched: the paper's DAVIS protocol exactly), "jhmdb" or "vip".
-        size: (H, W) working size overriding the preset (floored to the patch size).
-        threshold: binarise a grey first mask at this value (>= is object 1).
+        preset: None (the paper's hyper-parameters, short side 480, aspect kept), "davis" (480x880
+            stretched: the paper's DAVIS protocol exactly), "jhmdb", "vip", or a `Preset` (e.g.
+            `dataclasses.replace(tcore.PRESETS["davis"], topk=5)`) for other settings.
+        size: (H, W) working size overriding the preset's size rule (floored to the patch size).
+        threshold: binarise grey or colour masks at this value (>= is object 1).
         device: None picks CUDA, then MPS, then CPU.
-        stream: return a generator of `(t, mask)` instead of an array.
-        return_probs: also return the soft labels (C, h, w) per frame at the feature grid, channel
-            c = the c-th smallest id of the first mask (0 = background).
         batch_size: frames per backbone call.
-        precision: "fp32" (exact) or "bf16" (opt-in autocast for the backbone).
+        precision: "fp32" (exact, whatever autocast or TF32 setting the caller has) or "bf16"
+            (opt-in autocast for the backbone; not the paper's numbers).
         progress: show a progress bar on stderr.
-        topk, temperature, radius, n_context: override the preset's propagation settings (radius
-            in feature-grid cells).
+        soft: return a `Propagation` with the ids, the palette and the soft labels too.
 
     Returns:
-        (T, H, W) uint8 object ids (with the first mask's ids, not renumbered); with
-        `return_probs`, `(masks, probs)` where probs is a (T, C, h, w) float32 tensor. With
-        `stream=True`, a generator of `(t, mask)` or `(t, mask, probs)`.
+        (T, H, W) uint8 object ids (the given ids, not renumbered); with `soft=True` a
+        `Propagation` (masks, ids, palette, (T, C, h, w) float32 soft labels).
+
+    Raises:
+        ValueError: a mask of another size, with no object, at a frame index out of range; a
+            video of fewer than 2 frames; an unreadable frame (named).
     """
-    frames, backbone, spec, work, device = _setup(video, model, preset, size, device)
-    ids = _first_ids(first_mask, threshold, tuple(frames.size))
-    classes = _classes(ids, "first_mask")
-    first = soft_onehot_at_grid(ids, classes, work, backbone.patch_size)
-    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
-    engine = _engine(spec, topk, temperature, radius, n_context)
-    out_size = tuple(frames.size)
-
-    def on_device():
-        for t0, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating masks"):
-            ids = decode_ids_on_device(labels, classes, work, out_size, spec.output_resize)
-            yield t0, (ids, labels) if return_probs else (ids,)
-
-    def generate():
-        for t0, host in _host_one_chunk_behind(on_device()):
-            for i, ids in enumerate(host[0].numpy()):
-                mask = finish_ids(ids, out_size, spec.output_resize)
-                yield (t0 + i, mask, host[1][i]) if return_probs else (t0 + i, mask)
-
-    if stream:
-        return generate()
-    results = list(generate())
-    masks = np.stack([r[1] for r in results])
-    if return_probs:
-        return masks, torch.stack([r[2] for r in results])
-    return masks
+    stream = _mask_items(video, masks, model=model, preset=preset, size=size, threshold=threshold, device=device,
+                         batch_size=batch_size, precision=precision, progress=progress, soft=soft,
+                         desc="propagating masks")
+    items = list(stream)
+    stacked = np.stack([item[1] for item in items])  # (T, H, W)
+    if not soft:
+        return stacked
+    return Propagation(stacked, stream.ids, stream.palette, np.stack([item[2] for item in items]))
 
 
-def propagate_parts(video: VideoSource, first_labels: MaskSource, *, preset: str | Preset | None = "vip",
-                    **kwargs: Any):
+@overload
+def propagate_parts(video: VideoInput, labels: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+                    size: tuple[int, int] | None = ..., device: str | torch.device | None = ...,
+                    batch_size: int = ..., precision: str = ..., progress: bool = ...,
+                    soft: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def propagate_parts(video: VideoInput, labels: MasksInput, *, model: Any = ..., preset: PresetInput = ...,
+                    size: tuple[int, int] | None = ..., device: str | torch.device | None = ...,
+                    batch_size: int = ..., precision: str = ..., progress: bool = ...,
+                    soft: Literal[True]) -> Propagation: ...
+
+
+def propagate_parts(video: VideoInput, labels: MasksInput, *, model: Any = None, preset: PresetInput = "vip",
+                    size: tuple[int, int] | None = None, device: str | torch.device | None = None,
+                    batch_size: int = 8, precision: str = "fp32", progress: bool = True,
+                    soft: bool = False) -> np.ndarray | Propagation:
     """Propagate semantic/part labels (grey class ids, e.g. VIP's 20 classes) through a video.
 
-    Same engine and options as `propagate_masks`, with the VIP protocol by default (long side 880,
-    short side floored to a multiple of 64, top-10, PIL NEAREST back to the original size).
+    `propagate_masks` with the VIP protocol by default (long side 880, short side floored to a
+    multiple of 64, top-10, PIL NEAREST back to the original size); `labels` may be given at any
+    frames as there. `iter_masks(video, labels, preset="vip")` is its streaming form.
 
     Returns:
-        (T, H, W) uint8 class ids (or a generator with `stream=True`).
+        (T, H, W) uint8 class ids; with `soft=True` a `Propagation`.
     """
-    return propagate_masks(video, first_labels, preset=preset, **kwargs)
+    return propagate_masks(video, labels, model=model, preset=preset, size=size, device=device,
+                           batch_size=batch_size, precision=precision, progress=progress, soft=soft)
 
 
-def propagate_keypoints(
-    video: VideoSource,
-    first_keypoints: np.ndarray,
-    *,
-    model: Any = None,
-    preset: str | Preset | None = None,
-    size: tuple[int, int] | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 8,
-    precision: str = "fp32",
-    progress: bool = True,
-    topk: int | None = None,
-    temperature: float | None = None,
-    radius: float | None = None,
-    n_context: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+# ------------------------------------------------------------------------------------ keypoints
+
+def propagate_keypoints(video: VideoInput, first_keypoints: np.ndarray, *, model: Any = None,
+                        preset: PresetInput = None, size: tuple[int, int] | None = None,
+                        device: str | torch.device | None = None, batch_size: int = 8,
+                        precision: str = "fp32", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Propagate the first frame's keypoints (the paper's JHMDB pose protocol with preset="jhmdb").
 
     Each keypoint becomes the reference's Gaussian heatmap (sigma 0.5 feature-grid cells, its window
@@ -241,8 +388,9 @@ def propagate_keypoints(
         video: as in `propagate_masks`.
         first_keypoints: (K, 2) float (x, y) pixel positions in frame 0 (0-based); NaN for a joint
             that is not in the first frame.
-        preset: None (short side 480, aspect kept) or "jhmdb" (320x320 stretched, the paper's).
-        Other arguments as in `propagate_masks`.
+        preset: None (short side 480, aspect kept), "jhmdb" (320x320 stretched, the paper's) or a
+            `Preset`.
+        model, size, device, batch_size, precision, progress: as in `propagate_masks`.
 
     Returns:
         keypoints: (T, K, 2) float32 (x, y) pixels in the original frames, -1 where lost;
@@ -251,15 +399,13 @@ def propagate_keypoints(
     points = np.asarray(first_keypoints, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise ValueError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
-    frames, backbone, spec, work, device = _setup(video, model, preset, size, device)
-    h_img, w_img = frames.size
-    p = backbone.patch_size
+    setup = _setup(video, model, preset, size, device, batch_size, precision)
+    h_img, w_img = setup.frames.size
+    work, p = setup.work, setup.patch
     grid_points = points * np.array([work[1] / w_img, work[0] / h_img]) / p  # (K, 2) in grid cells
     first = keypoint_heatmaps(grid_points, (work[0] // p, work[1] // p))
-    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
-    engine = _engine(spec, topk, temperature, radius, n_context)
     chunks = ((t0, decode_keypoints(labels))
-              for t0, labels in _propagate_soft(frames, encoder, engine, first, progress, "propagating keypoints"))
+              for t0, labels in _propagate(setup, first, 0, {}, progress, "propagating keypoints"))
     decoded = [host for _, host in _host_one_chunk_behind(chunks)]
     xy = torch.cat([c[0] for c in decoded]).numpy()  # (T, K, 2) in grid cells
     vis = torch.cat([c[1] for c in decoded]).numpy()

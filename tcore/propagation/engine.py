@@ -32,12 +32,23 @@ is the same argument with groups: a group holding a top-K element has its maximu
 of the group maxima. Up to exact ties (which the official top-k also breaks arbitrarily), the
 selected scores, their weights and the labels are those of the padded sequence.
 
-Memory: `Propagator` keeps frame 0 plus a deque of the last `n_context` frames' features and
-labels; nothing grows with the video length.
+Annotated frames (`Propagator.annotate`, masks given at any frame k): the labels of the last
+frame returned are replaced by the annotation merged into them, and that frame takes frame 0's
+role from then on: it joins the long-term memory (every later query scores it unrestricted by the
+radius, once; it is never evicted, and frame 0 and earlier annotated frames stay there too), and
+the short-term context restarts from it as the protocol starts from frame 0: for target t the
+previous frames are k+1 .. t-1 (at most `n_context`), and while t - k <= n_context the remaining
+`n_context + 1 - (t - k)` slots hold restricted copies of frame k. Frames before k leave the
+short-term context at once, so stale labels do not outvote the annotation. With no annotation
+the protocol above is unchanged, bit for bit.
+
+Memory: `Propagator` keeps frame 0, the annotated frames, and a deque of the last `n_context`
+frames' features and labels; nothing grows with the video length.
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,13 +101,20 @@ class _Geometry:
 
 @dataclass
 class _State:
-    """What a `Propagator` holds between steps: frame 0 and the last `n_context` frames."""
+    """What a `Propagator` holds between steps: the long-term frames (frame 0 and the annotated
+    ones) and the last `n_context` frames since the anchor (the frame the context restarts from)."""
 
     geometry: _Geometry
-    first_features: torch.Tensor  # (N, D) fp32, internal cell order
-    first_labels: torch.Tensor  # (N, C) fp32, internal cell order
-    features: deque[torch.Tensor]  # each (N, D): frames max(1, t-n_context) .. t-1
+    long_features: torch.Tensor  # (L, N, D) fp32, internal cell order: frame 0, then annotated frames
+    long_labels: torch.Tensor  # (L, N, C) fp32: their labels (label-bank slots 0..L-1)
+    features: deque[torch.Tensor]  # each (N, D): frames max(anchor_frame + 1, t-n_context) .. t-1
     labels: deque[torch.Tensor]  # each (N, C): their soft labels
+    last_features: torch.Tensor  # (N, D): frame t-1 (the same tensor as features[-1] when there is one)
+    last_labels: torch.Tensor  # (N, C): its labels
+    anchor: int = 0  # long-term slot of the anchor (the last annotated frame, else frame 0)
+    anchor_frame: int = 0  # its frame index
+    others: torch.Tensor | None = None  # (M*N, D): the other long-term frames' features, None if none
+    other_slots: torch.Tensor | None = None  # (M,) int64: their long-term slots
     t: int = 1  # index of the next frame
 
 
@@ -183,27 +201,39 @@ def _short_term_candidates(
 
 
 def _target_affinity(
-    query: torch.Tensor, first: torch.Tensor, window: torch.Tensor, window_slot: int, copies: int,
-    geometry: _Geometry, k: int,
+    query: torch.Tensor, anchor: torch.Tensor, anchor_slot: int, others: torch.Tensor | None,
+    other_slots: torch.Tensor | None, window: torch.Tensor, window_slot: int, copies: int, geometry: _Geometry,
+    k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The K selected keys of one target frame: their cosines and their cells in the label bank.
 
     Args:
         query: (N, D) fp32 unit features of the target frame.
-        first: (N, D) fp32 unit features of frame 0.
+        anchor: (N, D) fp32 unit features of the anchor (frame 0, or the last annotated frame).
+        anchor_slot: its label-bank slot.
+        others: (M*N, D) fp32 unit features of the other long-term frames, unrestricted keys
+            counted once; None when there are none (no annotation).
+        other_slots: (M,) int64 their label-bank slots.
         window: (F, N, D) fp32 unit features of its previous frames (F may be 0).
-        window_slot: label-bank slot of `window[0]` (slot 0 holds frame 0).
-        copies: restricted copies of frame 0 in its context.
+        window_slot: label-bank slot of `window[0]`.
+        copies: restricted copies of the anchor in its context.
         geometry: the grid's geometry.
         k: top-K.
 
     Returns:
         (N, K) cosines (descending) and (N, K) int64 flat label-bank indices (slot * N + cell).
     """
-    values, sources = _first_frame_candidates(query, first, geometry, copies, k)
+    n_cells = query.shape[0]
+    values, sources = _first_frame_candidates(query, anchor, geometry, copies, k)
+    if anchor_slot:
+        sources = sources + anchor_slot * n_cells
+    if others is not None:  # one unrestricted block: its top-K holds every key it can contribute
+        v, key = (query @ others.T).topk(min(k, others.shape[0]), dim=1)  # (N, K)
+        values, pick = torch.cat([values, v], 1).topk(k, dim=1)
+        flat = other_slots[key // n_cells] * n_cells + key % n_cells
+        sources = torch.cat([sources, flat], 1).gather(1, pick)
     if window.shape[0] == 0:
         return values, sources
-    n_cells = query.shape[0]
     values, sources = values.clone(), sources.clone()
     for band in geometry.bands:
         q = band.queries
@@ -272,15 +302,19 @@ def _labels_from_cells(labels: torch.Tensor, geometry: _Geometry) -> torch.Tenso
 
 class Propagator:
     """Streaming label propagation with T-CoRe's protocol (top-K affinity over frame 0 and the
-    previous `n_context` frames, frame 0 counted with the padded sequence's multiplicities).
+    previous `n_context` frames, frame 0 counted with the padded sequence's multiplicities), and
+    annotations at any later frame.
 
     >>> prop = Propagator(topk=7, temperature=0.7, radius=20, n_context=20)
     >>> out0 = prop.reset(features[0], first_labels)   # (C, h, w): frame 0's labels
-    >>> out = prop.step(features[1:9])                 # (8, C, h, w)
+    >>> out = prop.step(features[1:11])                # (10, C, h, w): frames 1..10
+    >>> out10 = prop.annotate(labels_10, [2])          # frame 10: channel 2's (a new object's) mask given
+    >>> out = prop.step(features[11:19])               # frames 11..18: frame 10 now plays frame 0's role
 
-    Memory is bounded by the context (frame 0 + `n_context` frames), not the video length.
-    Tensors stay on the device of the first frame's features (CPU or CUDA); scores are fp32.
-    `step` results do not depend on how frames are grouped into steps.
+    Memory is bounded by the context (frame 0 + annotated frames + `n_context` frames), not the
+    video length. Tensors stay on the device of the first frame's features (CPU or CUDA); every
+    computation is exact fp32 whatever the caller's autocast or TF32 settings. `step` results do
+    not depend on how frames are grouped into steps.
 
     Args:
         topk: number K of keys each query takes (7 for DAVIS and JHMDB, 10 for VIP).
@@ -322,7 +356,9 @@ class Propagator:
         if self._state is None:
             return 0
         s, g = self._state, self._state.geometry
-        tensors = [s.first_features, s.first_labels, *s.features, *s.labels, g.disc, g.line, g.cell]
+        tensors = [s.long_features, s.long_labels, *s.features, *s.labels, s.last_features, s.last_labels,
+                   g.disc, g.line, g.cell]
+        tensors += [x for x in (s.others, s.other_slots) if x is not None]
         tensors += [band.bias for band in g.bands if band.bias is not None]
         storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in tensors}
         return sum(storages.values())
@@ -360,13 +396,11 @@ class Propagator:
         if not bool(torch.isfinite(labels).all()):
             raise ValueError("first_labels: contains NaN or infinite values")
         geometry = _build_geometry(h, w, self.radius, feats.device)
-        self._state = _State(
-            geometry=geometry,
-            first_features=_to_cells(feats[None], geometry)[0].clone(),
-            first_labels=_labels_to_cells(labels, geometry),
-            features=deque(maxlen=self.n_context),
-            labels=deque(maxlen=self.n_context),
-        )
+        first = _to_cells(feats[None], geometry).clone()  # (1, N, D)
+        cells = _labels_to_cells(labels, geometry)[None]  # (1, N, C)
+        self._state = _State(geometry=geometry, long_features=first, long_labels=cells,
+                             features=deque(maxlen=self.n_context), labels=deque(maxlen=self.n_context),
+                             last_features=first[0], last_labels=cells[0])
         return labels.to(torch.float32, copy=True).contiguous()
 
     @torch.inference_mode()
@@ -391,31 +425,107 @@ class Propagator:
         state = self._require_state()
         frames = self._check_frames(features, state)
         n_new, n_cells = frames.shape[0], frames.shape[1]
-        n_old = len(state.features)
+        if n_new == 0:
+            return frames.new_empty((0, state.long_labels.shape[2], state.geometry.h, state.geometry.w))
+        n_old, n_long = len(state.features), state.long_labels.shape[0]
         window = torch.cat([*(f[None] for f in state.features), frames]) if n_old else frames  # (F, N, D)
         base = state.t - n_old  # frame index of window[0]
         values = frames.new_empty((n_new, n_cells, self.topk))
         sources = torch.empty((n_new, n_cells, self.topk), dtype=torch.long, device=frames.device)
-        with exact_fp32(frames.device):  # no autocast, no TF32 or reduced-precision matmuls
+        with exact_fp32(frames.device):
             for i in range(n_new):
                 t = state.t + i
-                lo = max(1, t - self.n_context)
+                lo = max(state.anchor_frame + 1, t - self.n_context)
                 values[i], sources[i] = _target_affinity(
-                    frames[i], state.first_features, window[lo - base:t - base], 1 + lo - base,
-                    max(0, self.n_context + 1 - t), state.geometry, self.topk,
+                    frames[i], state.long_features[state.anchor], state.anchor, state.others, state.other_slots,
+                    window[lo - base:t - base], n_long + lo - base,
+                    max(0, self.n_context + 1 - (t - state.anchor_frame)), state.geometry, self.topk,
                 )
             weights = torch.softmax(values / self.temperature, dim=-1)  # (k, N, K)
-            bank = torch.cat([state.first_labels[None], *(x[None] for x in state.labels),
-                              state.first_labels.new_empty((n_new, *state.first_labels.shape))])  # (1+F0+k, N, C)
+            bank = torch.cat([state.long_labels, *(x[None] for x in state.labels),
+                              state.long_labels.new_empty((n_new, *state.long_labels.shape[1:]))])  # (L+F0+k, N, C)
             flat = bank.view(-1, bank.shape[-1])  # (slots*N, C)
+            new = len(bank) - n_new
             for i in range(n_new):
-                bank[1 + n_old + i] = (weights[i, :, :, None] * flat[sources[i]]).sum(1)  # (N, C)
-        new_labels = bank[1 + n_old:]  # (k, N, C)
-        for i in range(n_new):
+                bank[new + i] = (weights[i, :, :, None] * flat[sources[i]]).sum(1)  # (N, C)
+        new_labels = bank[new:]  # (k, N, C)
+        for i in range(max(0, n_new - self.n_context), n_new):  # only the last n_context frames stay
             state.features.append(frames[i].clone())
             state.labels.append(new_labels[i].clone())
+        if self.n_context:
+            state.last_features, state.last_labels = state.features[-1], state.labels[-1]
+        else:
+            state.last_features, state.last_labels = frames[-1].clone(), new_labels[-1].clone()
         state.t += n_new
         return _labels_from_cells(new_labels, state.geometry)
+
+    @torch.inference_mode()
+    def annotate(self, labels: torch.Tensor, channels: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Merge annotated labels into the last frame returned (by `reset` or `step`); that frame
+        then takes frame 0's role (see the module docstring).
+
+        The given channels take exactly the given values; every other channel keeps its
+        propagated share of what is left (per cell, 1 minus the given channels' sum, split in
+        proportion to the propagated values; all of it to channel 0, the background, where those
+        are all 0). The frame joins the long-term memory (scored unrestricted by the radius, once,
+        by every later frame; never evicted) and the short-term context restarts from it (its
+        restricted copies fill the slots of the frames before it). Annotating frame 0 replaces
+        its labels; annotating the same frame again replaces the earlier annotation.
+
+        Args:
+            labels: (C, h, w) float annotated soft labels (values outside `channels` are ignored).
+            channels: the channels the annotation gives (e.g. the objects its mask shows, without
+                the background); None gives every channel (the labels replace the frame's).
+
+        Returns:
+            (C, h, w) fp32: the frame's merged labels (its output).
+
+        Raises:
+            RuntimeError: `reset` was not called.
+            TypeError: `labels` is not a tensor.
+            ValueError: a bad shape, device, non-finite values, or a channel out of range.
+        """
+        state = self._require_state()
+        g, n_classes = state.geometry, state.long_labels.shape[2]
+        given = _check_tensor("labels", labels, "(C, h, w)", 3)
+        if tuple(given.shape) != (n_classes, g.h, g.w):
+            raise ValueError(f"labels: expected shape ({n_classes}, {g.h}, {g.w}) as frame 0's labels, "
+                             f"got {tuple(given.shape)}")
+        if given.device != state.long_features.device:
+            raise ValueError(f"labels are on {given.device} but frame 0 was on {state.long_features.device}; "
+                             "keep one device per video")
+        if not bool(torch.isfinite(given).all()):
+            raise ValueError("labels: contains NaN or infinite values")
+        mask = self._given_channels(channels, n_classes, given.device)
+        with exact_fp32(given.device):
+            merged = _merge_annotation(state.last_labels, _labels_to_cells(given, g), mask)  # (N, C)
+        frame = state.t - 1
+        if frame == state.anchor_frame:  # frame 0 right after reset, or a frame annotated again
+            state.long_labels[state.anchor] = merged
+        else:
+            state.long_features = torch.cat([state.long_features, state.last_features[None]])
+            state.long_labels = torch.cat([state.long_labels, merged[None]])
+            state.anchor, state.anchor_frame = len(state.long_labels) - 1, frame
+            state.features.clear()  # the context restarts from the annotated frame
+            state.labels.clear()
+            others = [i for i in range(len(state.long_labels)) if i != state.anchor]
+            state.others = state.long_features[others].reshape(-1, state.long_features.shape[2])  # (M*N, D)
+            state.other_slots = torch.tensor(others, dtype=torch.long, device=given.device)
+        state.last_features, state.last_labels = state.long_features[state.anchor], merged
+        return _labels_from_cells(merged[None], g)[0]
+
+    @staticmethod
+    def _given_channels(channels: Sequence[int] | torch.Tensor | None, n_classes: int,
+                        device: torch.device) -> torch.Tensor:
+        """(C,) bool mask of the channels an annotation gives."""
+        mask = torch.zeros(n_classes, dtype=torch.bool, device=device)
+        if channels is None:
+            return mask.fill_(True)
+        index = torch.as_tensor(channels, dtype=torch.long).flatten()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_classes):
+            raise ValueError(f"channels: expected channel indices in 0..{n_classes - 1}, got {index.tolist()}")
+        mask[index.to(device)] = True
+        return mask
 
     def _require_state(self) -> _State:
         if self._state is None:
@@ -425,18 +535,41 @@ class Propagator:
     def _check_frames(self, features: object, state: _State) -> torch.Tensor:
         """(k, h, w, D) user frames -> (k, N, D) fp32 in internal cell order, or a clear error."""
         feats = _check_tensor("features", features, "(k, h, w, D)", 4)
-        g, dim = state.geometry, state.first_features.shape[1]
+        g, dim = state.geometry, state.long_features.shape[2]
         if tuple(feats.shape[1:3]) != (g.h, g.w):
             raise ValueError(f"features: grid {tuple(feats.shape[1:3])} differs from frame 0's ({g.h}, {g.w}); "
                              "call reset() to start a video with another grid")
         if feats.shape[3] != dim:
             raise ValueError(f"features: width D={feats.shape[3]} differs from frame 0's D={dim}")
-        if feats.device != state.first_features.device:
-            raise ValueError(f"features are on {feats.device} but frame 0 was on {state.first_features.device}; "
+        if feats.device != state.long_features.device:
+            raise ValueError(f"features are on {feats.device} but frame 0 was on {state.long_features.device}; "
                              "keep one device per video")
         if self.check_norms:
             _check_unit_norm("features", feats)
         return _to_cells(feats, g)
+
+
+def _merge_annotation(current: torch.Tensor, given: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Annotated channels take the given values; the others share what is left in proportion.
+
+    Args:
+        current: (N, C) fp32 propagated labels of the frame.
+        given: (N, C) fp32 annotated labels (only the `mask` channels are read).
+        mask: (C,) bool, the given channels.
+
+    Returns:
+        (N, C) fp32 merged labels (a new tensor).
+    """
+    merged = torch.zeros_like(current)
+    merged[:, mask] = given[:, mask]
+    rest = (1 - given[:, mask].sum(1, keepdim=True)).clamp_(min=0)  # (N, 1)
+    others = current[:, ~mask]  # (N, C')
+    total = others.sum(1, keepdim=True)
+    share = torch.where(total > 0, others / total.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    if not bool(mask[0]):  # cells whose other channels are all 0 give what is left to the background
+        share[:, 0] = torch.where(total[:, 0] > 0, share[:, 0], 1.0)
+    merged[:, ~mask] = share * rest
+    return merged
 
 
 def propagate_labels(

@@ -2,6 +2,7 @@
 
 A preset fixes everything the paper's numbers depend on besides the features: the frame size rule,
 the propagation hyper-parameters and how predictions are resized back to the original frames.
+Other settings are a preset too: `dataclasses.replace(PRESETS["davis"], topk=5, radius=12)`.
 """
 from __future__ import annotations
 
@@ -41,12 +42,27 @@ class Preset:
     n_context: int = 20
     output_resize: OutputResize = "floor"
 
+    def __post_init__(self) -> None:
+        rules = {"short_side": 1, "fixed": 2, "long_side_64": 1}  # numbers each size rule takes
+        if self.size_rule not in rules:
+            raise ValueError(f"Preset.size_rule={self.size_rule!r}: expected one of {sorted(rules)}")
+        size = tuple(self.size)
+        if len(size) != rules[self.size_rule] or not all(isinstance(v, int) and v >= 1 for v in size):
+            raise ValueError(f"Preset.size={self.size!r}: size_rule {self.size_rule!r} takes "
+                             f"{rules[self.size_rule]} positive int(s) in pixels")
+        if self.output_resize not in ("floor", "pil"):
+            raise ValueError(f"Preset.output_resize={self.output_resize!r}: expected 'floor' or 'pil'")
+        object.__setattr__(self, "size", size)
+
 
 PRESETS: dict[str, Preset] = {
     "default": Preset("default", "short_side", (480,)),
     "davis": Preset("davis", "fixed", (480, 880)),
     "jhmdb": Preset("jhmdb", "fixed", (320, 320)),
     "vip": Preset("vip", "long_side_64", (880,), topk=10, output_resize="pil"),
+    # no paper protocol: the paper's DAVIS hyper-parameters at short side 480, aspect kept
+    "ytvos": Preset("ytvos", "short_side", (480,)),
+    "mose": Preset("mose", "short_side", (480,)),
 }
 
 
