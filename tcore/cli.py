@@ -142,8 +142,9 @@ _EXAMPLES["eval"] = "tcore eval davis --root data/DAVIS --model tcore_vits16 -o 
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", choices=["davis", "jhmdb", "vip"],
-                   help="davis (DAVIS-2017 val, J&F), jhmdb (PCK) or vip (mIoU); runs the paper's preset of that name")
+    p.add_argument("benchmark", choices=["davis", "jhmdb", "vip", "ytvos", "mose"],
+                   help="davis (DAVIS-2017 val, J&F), jhmdb (PCK) or vip (mIoU): the paper's preset of that name; "
+                        "ytvos (YouTube-VOS 2018/2019) or mose: submission zip, J&F when every frame has ground truth")
     p.add_argument("--root", required=True, help="the dataset folder, in its official layout")
     p.add_argument("-o", "--output", default="tcore-eval",
                    help="results folder; outputs go to OUTPUT/BENCHMARK/, never into the dataset (default: tcore-eval)")
@@ -153,6 +154,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", dest="list_file", default=None,
                    help="split list: the official jhmdb_vallist.txt / vip_vallist.txt (default: DAVIS "
                         "ImageSets/2017/val.txt; JHMDB/VIP every clip found, which is not the paper's split)")
+    p.add_argument("--split", default=None,
+                   help="ytvos/mose: the split folder under --root (default: valid; train has ground truth)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this benchmark's outputs in the results folder and start again (default: resume)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -165,14 +168,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-@_command("eval", "run a benchmark of the paper (DAVIS-2017, JHMDB, VIP) and print its table")(_eval_args)
+@_command("eval", "run a benchmark (the paper's DAVIS-2017, JHMDB, VIP; YouTube-VOS, MOSE) and print its table")(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
     import os
 
     from .evaluation import evaluate, format_table
 
     summary = evaluate(args.benchmark, args.root, model=args.model, out_dir=args.output, list_file=args.list_file,
-                       overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
+                       split=args.split, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
                        precision=args.precision, size=tuple(args.size) if args.size else None,
                        progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports

@@ -1,4 +1,4 @@
-"""Benchmark evaluation of the paper: DAVIS-2017 (J&F), JHMDB (PCK) and VIP (mIoU).
+"""Benchmark evaluation: the paper's DAVIS-2017 (J&F), JHMDB (PCK) and VIP (mIoU); YouTube-VOS and MOSE.
 
     >>> import tcore
     >>> summary = tcore.evaluate("davis", "data/DAVIS", model="tcore_vits16", out_dir="results/")
@@ -11,6 +11,7 @@ Each benchmark runs the propagation front end with the paper's preset and the me
 from .datasets import Dataset, DatasetError, Video, read_dataset, read_davis, read_jhmdb, read_vip
 from .results import ManifestMismatchError, format_table
 from .runner import evaluate, shard_videos
+from .vos import read_mose, read_ytvos
 
 __all__ = [
     "Dataset",
@@ -22,6 +23,8 @@ __all__ = [
     "read_dataset",
     "read_davis",
     "read_jhmdb",
+    "read_mose",
     "read_vip",
+    "read_ytvos",
     "shard_videos",
 ]

@@ -44,7 +44,7 @@ __all__ = [
     "read_vip",
 ]
 
-BENCHMARK_NAMES = ("davis", "jhmdb", "vip")
+BENCHMARK_NAMES = ("davis", "jhmdb", "vip", "ytvos", "mose")
 JHMDB_JOINTS = 15
 
 _DAVIS_FRAMES = ("JPEGImages", "480p")
@@ -340,14 +340,28 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
 _READERS: dict[str, Callable[..., Dataset]] = {"davis": read_davis, "jhmdb": read_jhmdb, "vip": read_vip}
 
 
-def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
-    """`read_davis`, `read_jhmdb` or `read_vip` by name.
+def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.PathLike | None = None,
+                 split: str | None = None) -> Dataset:
+    """`read_davis`, `read_jhmdb`, `read_vip`, `read_ytvos` or `read_mose` by name.
+
+    Args:
+        benchmark: the benchmark's name.
+        root: its dataset folder.
+        list_file: the split's video list (see each reader).
+        split: YouTube-VOS / MOSE only: the split folder ("valid" by default).
 
     Raises:
-        ValueError: an unknown benchmark name.
+        ValueError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
     """
+    if benchmark in ("ytvos", "mose"):
+        from .vos import read_mose, read_ytvos
+
+        return (read_ytvos if benchmark == "ytvos" else read_mose)(root, list_file, split or "valid")
     if benchmark not in _READERS:
         raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+    if split is not None:
+        raise ValueError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
+                         f"split as a list file (--list)")
     return _READERS[benchmark](root, list_file)
 
 

@@ -47,8 +47,10 @@ _MANIFEST_FORMAT = 1
 # Fields that must match for outputs to be reused; the rest (paths, dates) is information only.
 _KEY_FIELDS = ("format", "benchmark", "weights_sha256", "backbone", "protocol", "tcore_version")
 
-COLUMNS = {"davis": ("J&F-Mean", "J-Mean", "F-Mean"), "jhmdb": ("PCK@0.1", "PCK@0.2"), "vip": ("mIoU",)}
-_TITLES = {"davis": "DAVIS-2017 val", "jhmdb": "JHMDB", "vip": "VIP"}
+_JF = ("J&F-Mean", "J-Mean", "F-Mean")
+COLUMNS = {"davis": _JF, "jhmdb": ("PCK@0.1", "PCK@0.2"), "vip": ("mIoU",), "ytvos": _JF, "mose": _JF}
+_TITLES = {"davis": "DAVIS-2017 val", "jhmdb": "JHMDB", "vip": "VIP", "ytvos": "YouTube-VOS", "mose": "MOSE"}
+_PAPER_BENCHMARKS = ("davis", "jhmdb", "vip")  # the paper reports no YouTube-VOS or MOSE number
 _PAPER_FIELDS = {"J&F-Mean": "davis_jf", "J-Mean": "davis_j", "F-Mean": "davis_f",
                  "PCK@0.1": "jhmdb_pck01", "PCK@0.2": "jhmdb_pck02", "mIoU": "vip_miou"}
 
@@ -139,7 +141,7 @@ def paper_scores(info: Mapping[str, Any], benchmark: str) -> dict[str, Any] | No
     from ..weights import get_pretrained
 
     name = info.get("name") if info["kind"] == "release" else info.get("release")
-    if name is None:
+    if name is None or benchmark not in _PAPER_BENCHMARKS:
         return None
     scores = get_pretrained(name).scores
     return {"name": name, "scores": {c: getattr(scores, _PAPER_FIELDS[c]) for c in COLUMNS[benchmark]}}
@@ -283,9 +285,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
     sizes = summary.get("working_sizes") or []
     size_text = ", working size " + ", ".join(f"{h}x{w}" for h, w in sizes[:3]) + ("..." if len(sizes) > 3 else "")
     n = summary["n_videos"]
-    unit = {"davis": "sequence", "jhmdb": "clip", "vip": "video"}[benchmark]
+    unit = {"davis": "sequence", "jhmdb": "clip"}.get(benchmark, "video")
     counts = f"{n} {unit}{'s' * (n != 1)}"
-    if benchmark == "davis":
+    if "n_objects" in summary["details"]:
         objects = summary["details"]["n_objects"]
         counts += f", {objects} object{'s' * (objects != 1)}"
     header = f"{_TITLES[benchmark]}: {counts} (preset {summary['protocol']['preset']}{size_text})"

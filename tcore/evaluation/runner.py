@@ -18,8 +18,10 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 
-from .benchmarks import BENCHMARKS, RunSettings
+from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
+from .benchmarks import RunSettings
 from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_dataset
+from .vos import VOS_BENCHMARKS
 from .results import (MANIFEST_NAME, PARTIAL_DIR, SUMMARY_NAME, build_manifest, describe_model, paper_scores,
                       prepare_results_folder, weights_digest, write_json_atomic, write_text_atomic)
 
@@ -27,6 +29,7 @@ __all__ = ["evaluate", "shard_videos"]
 
 _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+BENCHMARKS = {**_PAPER_BENCHMARKS, **VOS_BENCHMARKS}
 _GROUP_TIMEOUT = timedelta(hours=6)  # ranks wait for the slowest rank and for rank 0's scoring
 
 
@@ -153,6 +156,9 @@ def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> li
         notes.append("--size (size=) overrides the paper's working size: not comparable with the paper")
     if precision != "fp32":
         notes.append(f"precision {precision}: not bit-exact (the paper's protocol runs in fp32)")
+    if dataset.benchmark in VOS_BENCHMARKS:
+        notes.append(f"{dataset.benchmark}: the paper reports no number for it (T-CoRe evaluates DAVIS, JHMDB and "
+                     "VIP); the protocol is the paper's DAVIS hyper-parameters at short side 480, aspect kept")
     return notes
 
 
@@ -163,6 +169,7 @@ def evaluate(
     model: Any = None,
     out_dir: str | os.PathLike,
     list_file: str | os.PathLike | None = None,
+    split: str | None = None,
     overwrite: bool = False,
     device: str | torch.device | None = None,
     batch_size: int = 8,
@@ -170,23 +177,29 @@ def evaluate(
     size: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run a benchmark of the paper end to end: propagate every video, score, write the results.
+    """Run a benchmark end to end: propagate every video, score, write the results.
 
     Outputs go to ``<out_dir>/<benchmark>/`` (never into the dataset): per-video predictions
     (DAVIS ``<seq>/<frame>.png`` indexed with the DAVIS palette, JHMDB ``<action>/<clip>.npy``
-    (T, 15, 2) pixels with -1 where a joint vanished, VIP ``videos<N>/<frame>.png`` class ids), the
+    (T, 15, 2) pixels with -1 where a joint vanished, VIP ``videos<N>/<frame>.png`` class ids,
+    YouTube-VOS / MOSE ``Annotations/<video>/<frame>.png`` and their server's ``submission.zip``), the
     CSV files (DAVIS: the official ``global_results-val.csv`` and ``per-sequence_results-val.csv``),
     ``summary.json`` and ``manifest.json``. A second run with the same model and protocol skips the
     finished videos (and scores them again); a folder made by another model, protocol or tcore
     version is an error unless `overwrite`. Under ``torchrun`` the videos are sharded over the ranks.
 
     Args:
-        benchmark: "davis" (DAVIS-2017 val), "jhmdb" or "vip"; the preset of the same name is used.
-        root: the dataset folder in its official layout (see `tcore.evaluation.datasets`).
+        benchmark: "davis" (DAVIS-2017 val), "jhmdb" or "vip" (the paper's), "ytvos" (YouTube-VOS
+            2018/2019) or "mose" (no paper number; J&F only with ground truth for every frame); the
+            preset of the same name is used.
+        root: the dataset folder in its official layout (see `tcore.evaluation.datasets` and
+            `tcore.evaluation.vos`).
         model: as `propagate_masks`'s `model=` (None: tcore_vits16, Kinetics-400); loaded once.
         out_dir: the results folder.
         list_file: the split (DAVIS default ImageSets/2017/val.txt; JHMDB/VIP the official
-            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note).
+            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note;
+            YouTube-VOS / MOSE: a subset, one video name per line).
+        split: YouTube-VOS / MOSE: the split folder ("valid" by default; "train" has ground truth).
         overwrite: delete this benchmark's outputs in `out_dir` and start again.
         device: None picks CUDA (each rank its local GPU), then MPS, then CPU.
         batch_size: frames per backbone call.
@@ -214,7 +227,7 @@ def evaluate(
         raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size={size!r}: expected (H, W) in pixels")
-    dataset = read_dataset(benchmark, root, list_file)
+    dataset = read_dataset(benchmark, root, list_file, split)
     results = Path(out_dir).expanduser() / benchmark
     _check_outside(results, dataset.root)
     dist_info = _init_distributed()
@@ -296,7 +309,7 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
             "model": info,
             "protocol": protocol,
             "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
-            "notes": _notes(dataset, size, precision),
+            "notes": _notes(dataset, size, precision) + list(scored.notes),
             "world_size": dist_info.world,
             "out_dir": str(results),
             "manifest": json.loads((results / MANIFEST_NAME).read_text()),
