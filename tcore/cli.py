@@ -168,7 +168,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-@_command("eval", "run a benchmark (the paper's DAVIS-2017, JHMDB, VIP; YouTube-VOS, MOSE) and print its table")(_eval_args)
+@_command("eval", "run a benchmark (the paper's DAVIS-2017, JHMDB, VIP; YouTube-VOS; MOSE)")(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
     import os
 

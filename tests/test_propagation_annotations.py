@@ -310,3 +310,25 @@ def test_engine_module_keeps_one_fp32_guard():
     for module in (engine, features):
         source = inspect.getsource(module)
         assert "exact_fp32" in source and "allow_tf32" not in source and "fp32_precision" not in source
+
+
+def test_cli_propagate_takes_a_folder_of_masks_and_keeps_their_palette(entering, tiny, tmp_path, capsys):
+    from tcore.cli import main
+
+    frames, gt = entering
+    tiny.save_pretrained(str(tmp_path / "model"))
+    for t, frame in enumerate(frames):
+        (tmp_path / "video").mkdir(exist_ok=True)
+        Image.fromarray(frame).save(tmp_path / "video" / f"{t:05d}.png")
+    palette = np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
+    for t, ids in ((0, gt[0]), (3, np.where(gt[3] == 2, 2, 0).astype(np.uint8))):
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        image = Image.fromarray(ids)
+        image.putpalette(palette.tobytes())
+        image.save(tmp_path / "masks" / f"{t:05d}.png")
+    rc = main(["propagate", str(tmp_path / "video"), str(tmp_path / "masks"), "-o", str(tmp_path / "out"),
+               "--model", str(tmp_path / "model"), "--size", *map(str, SMALL), "--device", "cpu", "--quiet"])
+    assert rc == 0 and "wrote 8 masks" in capsys.readouterr().out
+    written = [Image.open(tmp_path / "out" / f"{t:05d}.png") for t in range(8)]
+    assert np.asarray(written[0].getpalette()).reshape(-1, 3)[:3].tolist() == palette[:3].tolist()
+    assert not (np.asarray(written[2]) == 2).any() and (np.asarray(written[7]) == 2).any()

@@ -39,8 +39,8 @@ class FrameEncoder:
         size: (H', W') working size, multiples of the patch size.
         device: where frames are processed and features stay.
         batch_size: frames per backbone call.
-        precision: "fp32" (exact: no autocast, no TF32, whatever the caller's context) or "bf16" (autocast; opt-in, faster on
-            GPUs, changes the features slightly).
+        precision: "fp32" (exact: no autocast, no TF32, whatever the caller's context) or "bf16"
+            (autocast; opt-in, faster on GPUs, changes the features slightly).
     """
 
     def __init__(self, backbone: torch.nn.Module, size: tuple[int, int], device: torch.device,
