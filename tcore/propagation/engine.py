@@ -469,8 +469,8 @@ class Propagator:
         proportion to the propagated values; all of it to channel 0, the background, where those
         are all 0). The frame joins the long-term memory (scored unrestricted by the radius, once,
         by every later frame; never evicted) and the short-term context restarts from it (its
-        restricted copies fill the slots of the frames before it). Annotating frame 0 replaces
-        its labels; annotating the same frame again replaces the earlier annotation.
+        restricted copies fill the slots of the frames before it). Frame 0, or a frame annotated
+        again, is merged in place (a second annotation of a frame merges into the first).
 
         Args:
             labels: (C, h, w) float annotated soft labels (values outside `channels` are ignored).
