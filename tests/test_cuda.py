@@ -141,18 +141,18 @@ def test_cuda_engine_memory_does_not_grow_with_the_video():
     assert max(peaks[1:]) <= 1.05 * peaks[1]
 
 
-def test_cuda_streamed_masks_probs_and_keypoints_equal_the_array_results(tiny_backbone):
+def test_cuda_streamed_masks_soft_labels_and_keypoints_equal_the_array_results(tiny_backbone):
     """The GPU pipeline hands results out one chunk late: every frame must still come, in order."""
     frames = np.stack(_frames(19, 64, 96, seed=4))
     first = np.zeros((64, 96), dtype=np.uint8)
     first[10:40, 20:60] = 3
     kwargs = {"model": tiny_backbone.cuda(), "size": (64, 96), "progress": False, "device": "cuda",
               "batch_size": 4}
-    masks, probs = tcore.propagate_masks(frames, first, return_probs=True, **kwargs)
-    streamed = list(tcore.propagate_masks(frames, first, stream=True, **kwargs))
+    result = tcore.propagate_masks(frames, first, soft=True, **kwargs)
+    streamed = list(tcore.iter_masks(frames, first, **kwargs))
     assert [t for t, _ in streamed] == list(range(19))
-    assert all(np.array_equal(m, masks[t]) for t, m in streamed)
-    assert probs.shape == (19, 2, 4, 6) and probs.device.type == "cpu"
+    assert all(np.array_equal(m, result.masks[t]) for t, m in streamed)
+    assert result.soft.shape == (19, 2, 4, 6) and isinstance(result.soft, np.ndarray)
     kps = np.array([[30.0, 20.0], [70.0, 50.0]])
     gpu_xy, gpu_vis = tcore.propagate_keypoints(frames, kps, **kwargs)
     cpu_xy, cpu_vis = tcore.propagate_keypoints(frames, kps, **{**kwargs, "model": tiny_backbone.cpu(),
