@@ -22,7 +22,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = pick_device()
-    model = tcore.create_backbone(args.model, device=device)
+    model = tcore.load_backbone(args.model, device=device)
     frame = np.asarray(Image.open(args.image).convert("RGB"))
     size = tuple(s // model.patch_size * model.patch_size for s in args.size)
     feats = FrameEncoder(model, size, device)([frame])[0]  # (h, w, D), L2-normalised

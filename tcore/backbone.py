@@ -1,169 +1,101 @@
-"""Vision Transformer backbones behind one feature API.
+"""The public backbones: the networks of `tcore.architecture`, able to load a checkpoint at
+construction (`pretrained=`) and to live on the Hugging Face Hub (`save_pretrained`,
+`from_pretrained`, `push_to_hub`, a generated model card) through `PyTorchModelHubMixin`.
 
-`TCoReBackbone` is T-CoRe's ViT (a DINOv2-style ViT with 4 register tokens, LayerScale and an
-antialiased bicubic position-embedding resize) assembled from timm's ViT blocks, with parameter
-names equal to the official checkpoint's backbone keys, so official files load strictly without
-renaming. `TimmViTBackbone` puts any timm `VisionTransformer` (DINO, DINOv2, ...) behind the same
-`patch_tokens` / `forward_features` API, with the position-embedding resize of its family.
-
-Token order inside both is `[CLS, registers, patches]`; registers carry no position embedding.
-
-Paper: "When the Future Becomes the Past: Taming Temporal Correspondence for Self-supervised
-Video Representation Learning" (CVPR 2025).
+`from_pretrained` is strict and loud like every tcore loader: the weights go through
+`tcore.checkpoint.load_checkpoint`, and an offline, uncached repo says how to fix it.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Literal, Mapping
+import os
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
 
 import torch
-import torch.nn.functional as F
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-__all__ = [
-    "TCoReBackbone",
-    "TimmViTBackbone",
-    "PosInterp",
-    "resize_pos_grid",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-]
+from . import hub
+from .architecture import TCoReViT, TimmViT
+from .checkpoint import load_checkpoint
+from .weights import PAPER
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["TCoReBackbone", "TimmViTBackbone", "Pretrained"]
 
-PosInterp = Literal["tcore", "dinov2"]
-_POS_INTERP_ANTIALIAS = {"tcore": True, "dinov2": False}
+# a checkpoint given to a constructor: a file, a save_pretrained folder, or a state dict
+Pretrained = str | os.PathLike | Mapping[str, torch.Tensor]
+_B = TypeVar("_B", bound="_HubBackbone")
 
-
-def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int], pos_interp: PosInterp) -> torch.Tensor:
-    """Resize a position-embedding grid the way a model family does it.
-
-    Args:
-        grid: (1, gh, gw, D) learned patch position embeddings (any float dtype).
-        size: target grid (h, w) in patches.
-        pos_interp: "tcore" (bicubic, antialias on, explicit size: T-CoRe and DINOv2-with-registers)
-            or "dinov2" (bicubic, antialias off, explicit size: DINOv2 without registers as in its
-            ONNX/HF exports).
-
-    Returns:
-        (1, h*w, D) embeddings in `grid`'s dtype; computed in float32. Returned unchanged when the
-        size already matches.
-    """
-    if pos_interp not in _POS_INTERP_ANTIALIAS:
-        raise ValueError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
-    _, gh, gw, dim = grid.shape
-    if (gh, gw) == tuple(size):
-        return grid.reshape(1, gh * gw, dim)
-    out = F.interpolate(
-        grid.float().permute(0, 3, 1, 2),  # (1, D, gh, gw)
-        size=tuple(size),
-        mode="bicubic",
-        antialias=_POS_INTERP_ANTIALIAS[pos_interp],
-    )
-    return out.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], dim).to(grid.dtype)  # (1, h*w, D)
+_HUB_METADATA: dict[str, Any] = dict(
+    library_name="tcore",
+    license="apache-2.0",
+    repo_url=PAPER["code"],
+    paper_url=PAPER["url"],
+    pipeline_tag="image-feature-extraction",
+    tags=["tcore", "vision-transformer", "self-supervised-learning", "video", "dense-features",
+          "label-propagation", f"arxiv:{PAPER['arxiv']}"],
+)
 
 
-class _FeatureAPI(nn.Module):
-    """The feature API shared by every backbone: subclasses implement `_tokens`."""
+class _HubBackbone(PyTorchModelHubMixin):
+    """The Hub side shared by both backbones (`save_pretrained` writes tcore's config.json)."""
 
-    patch_size: int
-    embed_dim: int
-    num_register_tokens: int
-    pos_interp: PosInterp
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def _tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """(B,3,H,W) -> final-normed (B, 1+R+h*w, D) tokens."""
-        raise NotImplementedError
-
-    def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"x: expected shape (B, 3, H, W) with 3 RGB channels, got {tuple(x.shape)}; "
-                "add a batch axis with x[None] or convert grey/RGBA images to RGB first")
-        if not x.is_floating_point():
-            raise TypeError(f"x: expected an ImageNet-normalised float tensor, got dtype {x.dtype}")
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(
-                f"x: height and width must be multiples of the patch size {p}, got {h}x{w}; "
-                f"resize to e.g. {max(p, h // p * p)}x{max(p, w // p * p)}")
-        return h // p, w // p
-
-    def _check_masks(self, masks: torch.Tensor | None, b: int, n: int) -> None:
-        if masks is None:
-            return
-        if masks.dtype != torch.bool or tuple(masks.shape) != (b, n):
-            raise ValueError(f"masks: expected a bool tensor of shape ({b}, {n}), "
-                             f"got {masks.dtype} {tuple(masks.shape)}")
-
-    def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Final-normed tokens, split by kind.
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
+                        **push_to_hub_kwargs: Any) -> str | None:
+        """Write `config.json`, `model.safetensors` and a model card `README.md` (kept if present).
 
         Args:
-            x: (B, 3, H, W) float, ImageNet-normalised; H and W multiples of `patch_size`.
-            masks: optional (B, h*w) bool; True replaces that patch embedding by `mask_token`
-                (before the position embedding is added), as in T-CoRe's training.
+            save_directory: folder to create or fill.
+            config: JSON-serialisable extras stored in `config.json` (e.g. {"source": ...,
+                "source_sha256": ...}); the architecture and preprocessing entries are tcore's.
+            repo_id, push_to_hub, model_card_kwargs, **push_to_hub_kwargs: as
+                `huggingface_hub.PyTorchModelHubMixin.save_pretrained`.
 
         Returns:
-            dict with "cls" (B, D), "registers" (B, R, D) and "patches" (B, h, w, D).
+            The commit url when pushed, else None.
         """
-        h, w = self._check_input(x)
-        self._check_masks(masks, x.shape[0], h * w)
-        tokens = self._tokens(x, masks)  # (B, 1+R+h*w, D)
-        r = self.num_register_tokens
-        return {
-            "cls": tokens[:, 0],
-            "registers": tokens[:, 1:1 + r],
-            "patches": tokens[:, 1 + r:].unflatten(1, (h, w)),  # (B, h, w, D)
-        }
+        full = {**hub.backbone_config(self), **(config or {})}
+        card = {"config": full, "repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().save_pretrained(save_directory, config=full, repo_id=repo_id, push_to_hub=push_to_hub,
+                                       model_card_kwargs=card, **push_to_hub_kwargs)
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Same as `forward_features` (so DDP and hooks see the whole computation)."""
-        return self.forward_features(x, masks)
+    def _save_pretrained(self, save_directory: Path) -> None:
+        hub.write_weights(self._weights_state(), save_directory)
 
-    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-normed patch tokens on their grid, without CLS and registers.
+    def _weights_state(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
 
-        Args:
-            x: (B, 3, H, W) float, ImageNet-normalised; H and W multiples of `patch_size`.
+    def generate_model_card(self, *args: Any, config: Mapping[str, Any] | None = None, repo_id: str | None = None,
+                            **kwargs: Any) -> ModelCard:
+        """The README.md: what the model is, the paper's numbers, usage and provenance."""
+        return hub.model_card(self._hub_mixin_info.model_card_data, config or hub.backbone_config(self), repo_id)
 
-        Returns:
-            (B, H/p, W/p, D) tokens (not L2-normalised).
-        """
-        return self.forward_features(x)["patches"]
+    @classmethod
+    def _fetch(cls, repo_id_or_dir: str | Path, revision: str | None, cache_dir: str | Path | None,
+               force_download: bool, token: str | bool | None, local_files_only: bool) -> tuple[Path, dict[str, Any]]:
+        if token is not None or local_files_only:
+            raise ValueError("token= and local_files_only= are not used by tcore: log in with `hf auth login` "
+                             "and set HF_HUB_OFFLINE=1 for cached files only")
+        folder = hub.fetch_folder(repo_id_or_dir, revision=revision, force_download=force_download,
+                                  cache_dir=None if cache_dir is None else str(cache_dir))
+        return folder, hub.read_config(folder)
 
 
-class TCoReBackbone(_FeatureAPI):
-    """T-CoRe's Vision Transformer (DINOv2-style, with registers).
-
-    Architecture (official config): patch 16, pos-embed learned for a 224 crop (14x14 grid plus a
-    CLS slot), `num_register_tokens` registers inserted after CLS without position embedding,
-    pre-norm blocks with LayerScale (init 1e-5), qkv/proj/ffn biases, exact GELU, LayerNorm eps
-    1e-6 and a final LayerNorm. Attention runs through PyTorch's fused SDPA (timm's `Attention`).
-
-    Parameter names equal the official checkpoint's backbone keys (`cls_token`, `pos_embed`,
-    `register_tokens`, `mask_token`, `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`).
+class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
+    """T-CoRe's ViT (a timm `VisionTransformer`, see `tcore.architecture.TCoReViT`), in eval mode.
 
     Args:
-        embed_dim: token width D (384 for ViT-S, 768 for ViT-B).
-        depth: number of blocks.
-        num_heads: attention heads.
-        patch_size: patch size p in pixels.
-        num_register_tokens: register tokens R (T-CoRe: 4).
-        mlp_ratio: MLP hidden width / D.
-        img_size: crop size the position embedding was learned for (T-CoRe: 224).
-        layerscale_init: LayerScale initial value (weights overwrite it).
-        drop_path_rate: stochastic depth per residual branch, the same for every block (training).
-        pos_interp: position-embedding resize rule: "tcore" (bicubic + antialias, T-CoRe and
-            DINOv2-with-registers) or "dinov2" (no antialias).
-        pretrained: None for random weights, or a file / `save_pretrained` folder / state dict
-            whose architecture must match exactly (strict loading).
+        embed_dim, depth, num_heads, patch_size, num_register_tokens, mlp_ratio, img_size,
+            layerscale_init, drop_path_rate, **kwargs: the architecture, as `TCoReViT`.
+        pretrained: None for random weights, or a checkpoint loaded strictly: an official `.pth`,
+            a `.safetensors` file, a `save_pretrained` folder, or a state dict. (Release tags and
+            Hub repos: `tcore.tcore_vits16(pretrained=True, weights=...)`, `from_pretrained`.)
+
+    Example:
+        >>> model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)  # any size (tests, training)
+        >>> model.save_pretrained("tiny/")
+        >>> again = tcore.TCoReBackbone.from_pretrained("tiny/")
     """
 
     def __init__(
@@ -174,180 +106,84 @@ class TCoReBackbone(_FeatureAPI):
         patch_size: int = 16,
         num_register_tokens: int = 4,
         mlp_ratio: float = 4.0,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         layerscale_init: float = 1e-5,
         drop_path_rate: float = 0.0,
-        pos_interp: PosInterp = "tcore",
-        pretrained: Any = None,
+        pretrained: Pretrained | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        from timm.layers import PatchEmbed
-        from timm.models.vision_transformer import Block
+        super().__init__(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
+                         num_register_tokens=num_register_tokens, mlp_ratio=mlp_ratio, img_size=img_size,
+                         layerscale_init=layerscale_init, drop_path_rate=drop_path_rate, **kwargs)
+        if pretrained is not None:
+            self.load_checkpoint(pretrained)
 
-        if pos_interp not in _POS_INTERP_ANTIALIAS:
-            raise ValueError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
-        if img_size % patch_size:
-            raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.patch_size = patch_size
-        self.num_register_tokens = num_register_tokens
-        self.mlp_ratio = mlp_ratio
-        self.img_size = img_size
-        self.pos_interp = pos_interp
-        self.pos_grid = img_size // patch_size
+    def load_checkpoint(self, pretrained: Pretrained) -> None:
+        """Load a file, a `save_pretrained` folder or a state dict into this backbone, strictly.
 
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid ** 2, embed_dim))
-        self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=3,
-                                      embed_dim=embed_dim, strict_img_size=False)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-                  init_values=layerscale_init, drop_path=drop_path_rate, norm_layer=norm_layer,
-                  act_layer=nn.GELU)
-            for _ in range(depth)
-        ])
-        self.norm = norm_layer(embed_dim)
-        self._init_weights()
-        if pretrained is not None and pretrained is not False:
-            from .weights import load_weights_into
-
-            load_weights_into(self, pretrained)
-        self.eval()
-
-    @property
-    def arch(self) -> dict[str, Any]:
-        """Constructor arguments that define the architecture (what `config.json` stores)."""
-        return dict(embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
-                    patch_size=self.patch_size, num_register_tokens=self.num_register_tokens,
-                    mlp_ratio=self.mlp_ratio, img_size=self.img_size)
-
-    def _init_weights(self) -> None:
-        """The official initialisation (matters only for training from scratch)."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
-        nn.init.normal_(self.register_tokens, std=1e-6)
-        for m in self.blocks.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    def _tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        b, _, hp, wp = x.shape
-        h, w = hp // self.patch_size, wp // self.patch_size
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
-        if masks is not None:
-            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
-        x = x + self._patch_pos_embed(h, w).to(x.dtype)
-        cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
-        x = torch.cat([cls.expand(b, -1, -1).to(x.dtype),
-                       self.register_tokens.expand(b, -1, -1).to(x.dtype), x], dim=1)  # (B, 1+R+h*w, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def _patch_pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """(1, h*w, D) patch position embeddings for an h x w grid (official rule: the stored table
-        as is for the square training grid, else bicubic to the explicit size)."""
-        g = self.pos_grid
-        grid = self.pos_embed[:, 1:].unflatten(1, (g, g))  # (1, g, g, D)
-        return resize_pos_grid(grid, (h, w), self.pos_interp)
-
-    def save_pretrained(self, save_directory: str, **metadata: Any) -> None:
-        """Write `config.json` + `model.safetensors` (see `tcore.hub.save_pretrained`)."""
-        from .hub import save_pretrained
-
-        save_pretrained(self, save_directory, **metadata)
+        Raises:
+            FileNotFoundError: no such file. CheckpointError: unreadable or mismatching weights (the
+            message names the file, the expected and the found architecture).
+        """
+        if isinstance(pretrained, (str, os.PathLike)) and Path(pretrained).is_dir():
+            pretrained = hub.weights_file(pretrained, "TCoReBackbone")
+        load_checkpoint(self, pretrained)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_dir: str, *, revision: str | None = None,
-                        cache_dir: str | None = None) -> "TCoReBackbone":
-        """Load a backbone written by `save_pretrained`, from a folder or a Hub repo, strictly."""
-        from .hub import from_pretrained
+    def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs: Any) -> _B:
+        """A backbone written by `save_pretrained`, from a folder or a Hub repo `org/name`, strictly.
 
-        model = from_pretrained(repo_id_or_dir, revision=revision, cache_dir=cache_dir)
-        if not isinstance(model, cls):
-            raise TypeError(f"{repo_id_or_dir}: holds a {type(model).__name__}, not a {cls.__name__}; "
-                            "use tcore.load_backbone() for other backbones")
+        Args:
+            pretrained_model_name_or_path: folder or Hub repo id.
+            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
+            **model_kwargs: constructor arguments that override the saved ones (e.g. drop_path_rate).
+
+        Raises:
+            FileNotFoundError / WeightsUnavailableError: nothing there, or offline and not cached.
+            CheckpointError: another kind of backbone, or weights that do not match the config.
+        """
+        folder, config = cls._fetch(pretrained_model_name_or_path, revision, cache_dir, force_download, token,
+                                    local_files_only)
+        weights = hub.weights_file(folder, "TCoReBackbone")
+        model = cls(**{**config["model_args"], **model_kwargs})
+        load_checkpoint(model, weights)
+        model.pretrained_cfg = {**config.get("pretrained_cfg", {}), "file": str(folder)}
         return model
 
 
-class TimmViTBackbone(_FeatureAPI):
-    """Any timm `VisionTransformer` behind tcore's feature API.
-
-    The position embedding is resized per family (`pos_interp`), never with timm's dynamic
-    resizing, which matches neither DINOv2's nor T-CoRe's rule exactly.
-
-    Args:
-        model: a timm `VisionTransformer` (patch 14 or 16, with or without registers).
-        pos_interp: "tcore" (bicubic + antialias) or "dinov2" (bicubic, no antialias).
-        name: the timm architecture name, if known (stored in `config.json`).
-        model_kwargs: the timm constructor arguments (stored in `config.json`).
+class TimmViTBackbone(TimmViT, _HubBackbone, **_HUB_METADATA):
+    """Any timm `VisionTransformer` (DINO, DINOv2, ...) behind tcore's feature API (see
+    `tcore.architecture.TimmViT`), savable like a T-CoRe backbone. Build it with `tcore.load_backbone`.
     """
 
-    def __init__(self, model: nn.Module, pos_interp: PosInterp, name: str | None = None,
-                 model_kwargs: Mapping[str, Any] | None = None) -> None:
-        super().__init__()
-        for attr in ("patch_embed", "blocks", "norm", "pos_embed"):
-            if not hasattr(model, attr):
-                raise TypeError(f"model: expected a timm VisionTransformer, {type(model).__name__} "
-                                f"has no attribute {attr!r}")
-        if pos_interp not in _POS_INTERP_ANTIALIAS:
-            raise ValueError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
-        if model.pos_embed is None:
-            raise ValueError("model: this timm ViT has no learned absolute position embedding "
-                             "(pos_embed is None); only such ViTs are supported")
-        if getattr(model, "cls_token", None) is None:
-            raise ValueError("model: this timm ViT has no class token; only ViTs with a CLS token are supported")
-        self.model = model
-        self.pos_interp = pos_interp
-        self.timm_name = name
-        self.timm_kwargs = dict(model_kwargs or {})
-        ps = model.patch_embed.patch_size
-        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
-        self.embed_dim = int(model.embed_dim)
-        self.num_register_tokens = int(getattr(model, "num_reg_tokens", 0))
-        self.pos_grid_size = tuple(int(g) for g in model.patch_embed.grid_size)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(cfg.get("std", IMAGENET_STD))
-        self.eval()
+    def _weights_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
 
-    @property
-    def arch(self) -> dict[str, Any]:
-        return dict(timm_name=self.timm_name, timm_kwargs=self.timm_kwargs)
+    @classmethod
+    def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs: Any) -> _B:
+        """A timm backbone written by `save_pretrained`, from a folder or a Hub repo, strictly.
 
-    def _tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        if masks is not None:
-            raise ValueError("masks: this timm backbone has no mask token; masking is for T-CoRe backbones")
-        m = self.model
-        b, _, hp, wp = x.shape
-        h, w = hp // self.patch_size, wp // self.patch_size
-        x = m.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
-        x = m.patch_embed.norm(x)
-        n_prefix = 0 if m.no_embed_class else m.num_prefix_tokens
-        gh, gw = self.pos_grid_size
-        pos = m.pos_embed
-        grid = pos[:, n_prefix:].unflatten(1, (gh, gw))  # (1, gh, gw, D)
-        x = x + resize_pos_grid(grid, (h, w), self.pos_interp).to(x.dtype)
-        prefix = [m.cls_token.expand(b, -1, -1)]
-        if self.num_register_tokens:
-            prefix.append(m.reg_token.expand(b, -1, -1))
-        prefix = torch.cat(prefix, dim=1)  # (B, 1+R, D)
-        if n_prefix:
-            prefix = prefix + pos[:, :n_prefix]
-        x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, 1+R+h*w, D)
-        x = m.norm_pre(x)
-        for block in m.blocks:
-            x = block(x)
-        return m.norm(x)
+        Args:
+            pretrained_model_name_or_path: folder or Hub repo id.
+            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
+            **model_kwargs: timm constructor arguments that override the saved ones.
+        """
+        import timm
 
-    def save_pretrained(self, save_directory: str, **metadata: Any) -> None:
-        """Write `config.json` + `model.safetensors` (see `tcore.hub.save_pretrained`)."""
-        from .hub import save_pretrained
+        folder, config = cls._fetch(pretrained_model_name_or_path, revision, cache_dir, force_download, token,
+                                    local_files_only)
+        weights = hub.weights_file(folder, "TimmViTBackbone")
+        args = config["model_args"]
+        kwargs = {**args.get("timm_kwargs", {}), **model_kwargs}
+        name = args["timm_name"]  # "VisionTransformer": built from a file's shapes, not a registered name
+        net: nn.Module = (timm.models.VisionTransformer(**kwargs) if name == "VisionTransformer"
+                          else timm.create_model(name, pretrained=False, **kwargs))
+        load_checkpoint(net, weights)
+        return cls(net, config["pos_interp"], name=name, model_kwargs=kwargs)
 
-        save_pretrained(self, save_directory, **metadata)

@@ -21,7 +21,7 @@ _EXAMPLES = {
     "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4   "
                  "(or a folder of masks named like the frames: tcore propagate frames/ annotations/ -o masks/)",
     "demo": "tcore demo --model path/to/checkpoint.pth",
-    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/",
+    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/ [--format timm]",
     "inspect": "tcore inspect some_checkpoint.pth --json",
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
 }
@@ -76,6 +76,8 @@ def _propagate(args: argparse.Namespace) -> int:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    _existing(args.video, "video")
+    _existing(args.masks, "masks")
     from .io import read_video, write_mask, write_overlay
     from .propagation import iter_masks
 
@@ -190,32 +192,47 @@ def _eval(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- weights tools
 
+def _existing(path: str, what: str) -> Path:
+    """`path` as a Path, or the one-line error for a missing file (before any model is loaded)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} {path}: no such file or folder")
+    return Path(path)
+
+
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
     p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
-    p.add_argument("--arch", default=None, help="tcore architecture (default: read from the checkpoint)")
+    p.add_argument("--format", default="tcore", choices=["tcore", "timm"],
+                   help="tcore: TCoReBackbone.from_pretrained / tcore.load_backbone read it (default); "
+                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True)")
+    p.add_argument("--arch", default=None, choices=["tcore_vits16", "tcore_vitb16"],
+                   help="tcore architecture (default: read from the checkpoint)")
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads, for sizes tcore does not know (weights do not record it)")
 
 
-@_command("convert", "official checkpoint -> model.safetensors + config.json")(_convert_args)
+@_command("convert", "official checkpoint -> a folder for tcore (or stock timm): model.safetensors + config.json")(
+    _convert_args)
 def _convert(args: argparse.Namespace) -> int:
+    source = _existing(args.checkpoint, "checkpoint")
+    from .files import sha256sum
     from .models import load_backbone
-    from .weights import sha256sum
 
     if args.arch:
-        from .models import _CONSTRUCTORS
-
-        if args.arch not in _CONSTRUCTORS:
-            raise ValueError(f"--arch {args.arch!r}: expected one of {sorted(_CONSTRUCTORS)}")
-        model = _CONSTRUCTORS[args.arch](pretrained=args.checkpoint)
+        model = load_backbone(args.arch, checkpoint=source)
     else:
-        model = load_backbone(args.checkpoint, **({"num_heads": args.num_heads} if args.num_heads else {}))
-    source = Path(args.checkpoint)
-    metadata = {"source": source.name}
-    if source.is_file():
-        metadata["source_sha256"] = sha256sum(source)
-    model.save_pretrained(args.output, **metadata)
+        model = load_backbone(source, **({"num_heads": args.num_heads} if args.num_heads else {}))
+    metadata = {"source": source.name, **({"source_sha256": sha256sum(source)} if source.is_file() else {})}
+    if args.format == "timm":
+        from .backbone import TCoReBackbone
+        from .hub import export_for_timm
+
+        if not isinstance(model, TCoReBackbone):
+            raise ValueError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
+                             "timm layouts are already timm's")
+        export_for_timm(model, args.output, **metadata)
+    else:
+        model.save_pretrained(args.output, config=metadata)
     print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
     return 0
 
@@ -227,9 +244,10 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
 
 @_command("inspect", "layout, keys, architecture and sha256 of a checkpoint")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
-    from .weights import inspect_checkpoint
+    path = _existing(args.checkpoint, "checkpoint")
+    from .checkpoint import inspect_checkpoint
 
-    report = inspect_checkpoint(args.checkpoint)
+    report = inspect_checkpoint(path)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -251,7 +269,8 @@ def _download_args(p: argparse.ArgumentParser) -> None:
 
 @_command("download", "fill the Hugging Face cache for offline use; print each file's sha256")(_download_args)
 def _download(args: argparse.Namespace) -> int:
-    from .weights import download, get_pretrained, list_models, sha256sum
+    from .files import sha256sum
+    from .weights import download, get_pretrained, list_models
 
     names = args.names or list_models()
     for name in names:
@@ -303,7 +322,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `tcore` command line; returns the exit status."""
-    from .weights import CheckpointError, WeightsUnavailableError
+    from .errors import CheckpointError, WeightsUnavailableError
 
     parser = _build_parser()
     args = parser.parse_args(argv)

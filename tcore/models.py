@@ -1,55 +1,53 @@
-"""Public constructors: `tcore_vits16`, `tcore_vitb16`, `load_backbone` and the one parser of
-`model=` / `pretrained=` arguments (`create_backbone`).
+"""Public constructors: `tcore_vits16`, `tcore_vitb16` and `load_backbone`, the one verb that makes
+a backbone from a name, a path, a Hub repo or a module.
 
-Light at import (torch only): `hubconf.py` imports the constructors from here.
+Arguments mean one thing each: `weights=` is a release tag ("k400", "in1k"); a file is a
+`pretrained=` (T-CoRe constructors) or `checkpoint=` (`load_backbone` of a timm ViT) path.
+T-CoRe backbones are built through timm's `build_model_with_cfg`, as `timm.create_model` builds
+them, so both give the same module with the same `pretrained_cfg`.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import Any, Mapping, Union, overload
 
 import torch
+from timm.models import VisionTransformer, build_model_with_cfg
 from torch import nn
 
-if TYPE_CHECKING:
-    from .backbone import PosInterp, TCoReBackbone, TimmViTBackbone
+from .architecture import ARCHITECTURES, FeatureAPI, PosInterp
+from .backbone import Pretrained, TCoReBackbone, TimmViTBackbone
+from .checkpoint import (convert_state_dict, filter_pretrained_for_timm, find_architecture, load_checkpoint,
+                         read_checkpoint)
+from .errors import CheckpointError
+from .hub import CONFIG_NAME, fetch_folder, read_config
+from .weights import default_tag, download, get_pretrained
 
-__all__ = ["tcore_vits16", "tcore_vitb16", "load_backbone", "create_backbone", "Backbone"]
+__all__ = ["tcore_vits16", "tcore_vitb16", "load_backbone", "create_registered_model", "Backbone"]
 
 _logger = logging.getLogger(__name__)
 
-Backbone = Union["TCoReBackbone", "TimmViTBackbone"]
-Pretrained = Union[bool, str, os.PathLike, Mapping[str, torch.Tensor], None]
+Backbone = Union[TCoReBackbone, TimmViTBackbone]
 
 
-def _resolve_pretrained(arch: str, pretrained: Pretrained, weights: str | None) -> Any:
-    """What to load for `pretrained=` / `weights=`: None, a local path, or a state dict."""
-    from .hub import fetch_pretrained_folder
-    from .weights import _PRETRAINED, download
+# ------------------------------------------------------------------------------- T-CoRe backbones
 
-    if pretrained is None or pretrained is False:
-        if weights is not None:
-            raise ValueError(f"weights={weights!r} has no effect with pretrained={pretrained}; "
-                             "pass pretrained=True to load those weights")
-        return None
-    if pretrained is True:
-        return download(f"{arch}.{weights}" if weights else arch)
-    if isinstance(pretrained, Mapping):
-        return pretrained
-    if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"pretrained: expected a bool, a path, a Hub repo id or a state dict, "
-                        f"got {type(pretrained).__name__}")
-    text = str(pretrained)
-    if text in _PRETRAINED.get(arch, {}):
-        return download(f"{arch}.{text}")
-    if Path(text).expanduser().exists():
-        return Path(text).expanduser()
-    if _looks_like_repo_id(text):
-        return fetch_pretrained_folder(text, None, None)
-    raise FileNotFoundError(f"pretrained={text!r}: no such file or folder (and not a weights tag of {arch}, "
-                            f"nor a Hub repo id 'org/name')")
+def create_registered_model(arch: str, pretrained: bool = False, **kwargs: Any) -> TCoReBackbone:
+    """What timm's registry entries `tcore_vits16` / `tcore_vitb16` build (see `tcore.timm_registry`).
+
+    Args:
+        arch: "tcore_vits16" or "tcore_vitb16".
+        pretrained: load the weights of the pretrained cfg (timm's loader, `weights_only=True`, then
+            `filter_pretrained_for_timm`: the official layout converted and checked strictly).
+        **kwargs: timm's `build_model_with_cfg` arguments (pretrained_cfg, pretrained_cfg_overlay,
+            features_only, ...) and `TCoReBackbone` arguments.
+    """
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(TCoReBackbone, arch, pretrained, pretrained_filter_fn=filter_pretrained_for_timm,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+                                **{**ARCHITECTURES[arch], **kwargs})
 
 
 def _looks_like_repo_id(text: str) -> bool:
@@ -58,26 +56,48 @@ def _looks_like_repo_id(text: str) -> bool:
             and not Path(text).exists())
 
 
-def _build(arch: str, pretrained: Pretrained, weights: str | None, **kwargs: Any) -> "TCoReBackbone":
-    from .backbone import TCoReBackbone
-    from .weights import ARCHITECTURES
-
-    model = TCoReBackbone(**{**ARCHITECTURES[arch], **kwargs})
-    source = _resolve_pretrained(arch, pretrained, weights)
-    if source is not None:
-        from .weights import load_weights_into
-
-        load_weights_into(model, source)
+def _build(arch: str, pretrained: bool | Pretrained | None, weights: str | None, **kwargs: Any) -> TCoReBackbone:
+    if pretrained is None or pretrained is False:
+        if weights is not None:
+            raise ValueError(f"weights={weights!r} has no effect with pretrained={pretrained}; "
+                             "pass pretrained=True to load those weights")
+        return create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch), **kwargs)
+    if pretrained is True:
+        entry = get_pretrained(arch, weights)
+        model = create_registered_model(arch, pretrained=False, pretrained_cfg=entry.tag, **kwargs)
+        model.load_checkpoint(download(entry.name))
+        return model
+    if weights is not None:
+        raise ValueError(f"weights={weights!r} names a release, but pretrained={pretrained!r} gives the weights; "
+                         "pass one of them")
+    if isinstance(pretrained, Mapping):
+        model = create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch), **kwargs)
+        model.load_checkpoint(pretrained)
+        return model
+    if not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f"pretrained: expected a bool, a path, a Hub repo id or a state dict, "
+                        f"got {type(pretrained).__name__}")
+    path = Path(pretrained).expanduser()
+    if not path.exists() and _looks_like_repo_id(str(pretrained)):
+        path = fetch_folder(str(pretrained))
+    elif not path.exists():
+        raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
+                                f"'org/name' (release tags go to weights=, e.g. weights='in1k')")
+    model = create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch),
+                                    pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    model.load_checkpoint(path)
     return model
 
 
-def tcore_vits16(*, pretrained: Pretrained = True, weights: str | None = None, **kwargs: Any) -> "TCoReBackbone":
+def tcore_vits16(*, pretrained: bool | Pretrained = True, weights: str | None = None,
+                 **kwargs: Any) -> TCoReBackbone:
     """T-CoRe ViT-S/16 (21.7 M parameters, 4 registers), in eval mode.
 
     Args:
-        pretrained: True for released weights, False for random init, or a local checkpoint
-            (official `.pth`, `.safetensors`, `save_pretrained` folder), a Hub repo id or a state dict.
-        weights: "k400" (Kinetics-400, 400 epochs; default) or "in1k" (ImageNet-1k, 100 epochs).
+        pretrained: True for released weights, False for random init, or a checkpoint: an official
+            `.pth`, a `.safetensors` file, a `save_pretrained` folder, a Hub repo id or a state dict.
+        weights: the release tag: "k400" (Kinetics-400, 400 epochs; default) or "in1k"
+            (ImageNet-1k, 100 epochs).
         **kwargs: TCoReBackbone arguments (e.g. drop_path_rate for training).
 
     Example:
@@ -87,13 +107,14 @@ def tcore_vits16(*, pretrained: Pretrained = True, weights: str | None = None, *
     return _build("tcore_vits16", pretrained, weights, **kwargs)
 
 
-def tcore_vitb16(*, pretrained: Pretrained = True, weights: str | None = None, **kwargs: Any) -> "TCoReBackbone":
+def tcore_vitb16(*, pretrained: bool | Pretrained = True, weights: str | None = None,
+                 **kwargs: Any) -> TCoReBackbone:
     """T-CoRe ViT-B/16 (85.8 M parameters, 4 registers), in eval mode.
 
     Args:
-        pretrained: True for released weights, False for random init, or a local checkpoint
-            (official `.pth`, `.safetensors`, `save_pretrained` folder), a Hub repo id or a state dict.
-        weights: "k400" (Kinetics-400, 200 epochs; the only release).
+        pretrained: True for released weights, False for random init, or a checkpoint: an official
+            `.pth`, a `.safetensors` file, a `save_pretrained` folder, a Hub repo id or a state dict.
+        weights: the release tag: "k400" (Kinetics-400, 200 epochs; the only release).
         **kwargs: TCoReBackbone arguments.
 
     Example:
@@ -106,21 +127,19 @@ def tcore_vitb16(*, pretrained: Pretrained = True, weights: str | None = None, *
 _CONSTRUCTORS = {"tcore_vits16": tcore_vits16, "tcore_vitb16": tcore_vitb16}
 
 
-# ----------------------------------------------------------------------------- other backbones
+# ---------------------------------------------------------------------------- other backbones
 
 # (width, depth) -> heads of the standard ViT sizes (Ti, S, B, L, g), all 64 channels per head
 _STANDARD_VIT_HEADS = {(192, 12): 3, (384, 12): 6, (768, 12): 12, (1024, 24): 16, (1536, 40): 24}
 
 
 def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str, num_heads: int | None = None) -> dict[str, Any]:
-    """Architecture of a DINOv2-style (official) or timm-style ViT state dict.
+    """Architecture of a T-CoRe-layout or timm-layout ViT state dict.
 
     Weights do not reveal the number of attention heads: it comes from `num_heads`, else from a
     registered tcore architecture of the same shape, else the ViT convention of 64-wide heads
     (with a warning).
     """
-    from .weights import ARCHITECTURES, CheckpointError, find_architecture
-
     found = find_architecture(state)
     if not found["embed_dim"] or not found["depth"] or not found["patch_size"] or "pos_embed" not in state:
         raise CheckpointError(f"{source}: not a ViT state dict (keys start with "
@@ -144,8 +163,6 @@ def _infer_vit_args(state: Mapping[str, torch.Tensor], source: str, num_heads: i
 
 def _timm_kwargs_from_state(state: Mapping[str, torch.Tensor], source: str,
                             num_heads: int | None = None) -> dict[str, Any]:
-    from .weights import CheckpointError
-
     args = _infer_vit_args(state, source, num_heads)
     regs = state["reg_token"].shape[1] if "reg_token" in state else 0
     n_pos = state["pos_embed"].shape[1]
@@ -160,117 +177,60 @@ def _timm_kwargs_from_state(state: Mapping[str, torch.Tensor], source: str,
                 qkv_bias="blocks.0.attn.qkv.bias" in state, num_classes=0, global_pool="token")
 
 
-def _default_pos_interp(num_register_tokens: int) -> "PosInterp":
+def _default_pos_interp(num_register_tokens: int) -> PosInterp:
     # DINOv2 with registers and T-CoRe resize with antialias; DINOv2/DINO without registers do not.
     return "tcore" if num_register_tokens else "dinov2"
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    from .weights import convert_state_dict, read_checkpoint
-
+def _from_file(path: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backbone:
+    """A backbone whose architecture is read from a checkpoint file's keys and shapes."""
     state = convert_state_dict(read_checkpoint(path), str(path))
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def _from_file(path: Path, pos_interp: "PosInterp | None", **kwargs: Any) -> Backbone:
-    """A backbone whose architecture is read from a checkpoint's keys and shapes."""
-    from .backbone import TCoReBackbone, TimmViTBackbone
-    from .hub import CONFIG_NAME, from_pretrained
-    from .weights import load_weights_into
-
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return from_pretrained(path)
-    state = _read_state(path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     num_heads = kwargs.pop("num_heads", None)
-    if "register_tokens" in state or "mask_token" in state:  # official DINOv2 / T-CoRe layout
+    if "cls_pos_embed" in state:  # official DINOv2 / T-CoRe layout (converted)
+        if pos_interp not in (None, "tcore"):
+            raise ValueError(f"pos_interp={pos_interp!r}: {path} is a T-CoRe/DINOv2-layout checkpoint, whose "
+                             "position embeddings are resized by timm's rule (bicubic with antialias) only")
         args = _infer_vit_args(state, str(path), num_heads)
-        regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
-        grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
-        args = dict(args, num_register_tokens=regs, img_size=grid * args["patch_size"], **kwargs)
-        model = TCoReBackbone(**args, pos_interp=pos_interp or _default_pos_interp(regs))
-        load_weights_into(model, state)
+        grid = int(round(state["pos_embed"].shape[1] ** 0.5))
+        regs = state["reg_token"].shape[1] if "reg_token" in state else 0
+        model = TCoReBackbone(**args, num_register_tokens=regs, img_size=grid * args["patch_size"], **kwargs)
+        model.load_checkpoint(state)
         return model
-    from timm.models.vision_transformer import VisionTransformer
-
     timm_kwargs = {**_timm_kwargs_from_state(state, str(path), num_heads), **kwargs}
     net = VisionTransformer(**timm_kwargs)
-    _load_timm_strict(net, state, str(path))
+    load_checkpoint(net, state)
     interp = pos_interp or _default_pos_interp(timm_kwargs["reg_tokens"])
     _logger.info("%s: timm ViT %s, pos_interp=%s", path, timm_kwargs, interp)
     return TimmViTBackbone(net, interp, name="VisionTransformer", model_kwargs=timm_kwargs)
 
 
-def _load_timm_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    from .weights import CheckpointError
-
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{source}: does not match the timm ViT (strict loading): missing {missing[:8]}, "
-                              f"unexpected {unexpected[:8]}, shape mismatch {sorted(wrong)[:8]}")
-    model.load_state_dict(state, strict=True)
+def _from_folder(folder: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backbone:
+    """A `save_pretrained` folder (tcore format) or a timm export (timm format)."""
+    architecture = read_config(folder).get("architecture")
+    if architecture == "TCoReBackbone":
+        return TCoReBackbone.from_pretrained(folder, **kwargs)
+    if architecture == "TimmViTBackbone":
+        return TimmViTBackbone.from_pretrained(folder, **kwargs)
+    return _from_timm(f"local-dir:{folder}", None, pos_interp, **kwargs)
 
 
-def load_backbone(model: Any, weights: Any = None, pos_interp: "PosInterp | None" = None,
-                  **kwargs: Any) -> Backbone:
-    """Any ViT behind tcore's feature API (`patch_tokens`, `forward_features`, `save_pretrained`).
-
-    Args:
-        model: a tcore backbone (returned as is); a timm `VisionTransformer` module; a timm model
-            name (built with `num_classes=0`); a tcore name ("tcore_vits16.in1k"); or a checkpoint
-            file / `save_pretrained` folder whose architecture is read from its keys (official
-            DINOv2/T-CoRe layout or timm layout, e.g. DINOv2 ViT-S/14 safetensors).
-        weights: for a timm name or module: a checkpoint file loaded strictly into it; None with a
-            timm name loads timm's own pretrained weights; False keeps random weights.
-        pos_interp: "tcore" (bicubic + antialias) or "dinov2" (bicubic, no antialias). Default: by
-            family - "tcore" for ViTs with registers (T-CoRe, DINOv2-reg), "dinov2" without. timm's
-            own dynamic resize is never used. Recorded in `config.json` by `save_pretrained`.
-        **kwargs: extra constructor arguments (timm kwargs for a timm name).
-
-    Returns:
-        A `TCoReBackbone` or `TimmViTBackbone` in eval mode.
-    """
-    from .backbone import TimmViTBackbone, _FeatureAPI
-
-    if isinstance(model, _FeatureAPI):
-        if weights is not None or pos_interp is not None:
-            raise ValueError("model: already a tcore backbone; weights= and pos_interp= do not apply")
-        return model
-    if isinstance(model, nn.Module):
-        regs = int(getattr(model, "num_reg_tokens", 0))
-        if weights not in (None, False):
-            _load_timm_strict(model, _read_state(Path(weights)), str(weights))
-        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-        return TimmViTBackbone(model, pos_interp or _default_pos_interp(regs), name=name,
-                               model_kwargs=_module_kwargs(model))
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model: expected a module, a name or a path, got {type(model).__name__}")
-    text = str(model)
-    arch = text.partition(".")[0]
-    if arch in _CONSTRUCTORS:
-        tag = text.partition(".")[2] or None
-        return _CONSTRUCTORS[arch](pretrained=True if weights is None else weights, weights=tag, **kwargs)
-    path = Path(text).expanduser()
-    if path.exists():
-        if weights is not None:
-            raise ValueError("weights: give either a checkpoint path as model= or weights=, not both")
-        return _from_file(path, pos_interp, **kwargs)
-    if _looks_like_repo_id(text):
-        from .hub import from_pretrained
-
-        return from_pretrained(text)
+def _from_timm(name: str, checkpoint: str | os.PathLike | None, pos_interp: PosInterp | None,
+               **kwargs: Any) -> Backbone:
+    """A timm model name (`hf-hub:` and `local-dir:` included), timm's weights or a checkpoint."""
     import timm
 
-    if not timm.is_model(text.partition(".")[0]):
-        raise FileNotFoundError(f"model={text!r}: no such file, and neither a tcore model "
-                                f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
+    pretrained = kwargs.pop("pretrained", checkpoint is None)
     timm_kwargs = {"num_classes": 0, **kwargs}
-    net = timm.create_model(text, pretrained=weights is None, **timm_kwargs)
-    if weights not in (None, False):
-        _load_timm_strict(net, _read_state(Path(weights)), str(weights))
+    net = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    if isinstance(net, FeatureAPI):  # a T-CoRe model (registered name, or a tcore-format Hub repo)
+        if checkpoint is not None:
+            net.load_checkpoint(checkpoint)
+        return net.eval()
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint)
     regs = int(getattr(net, "num_reg_tokens", 0))
-    return TimmViTBackbone(net, pos_interp or _default_pos_interp(regs), name=text, model_kwargs=timm_kwargs)
+    return TimmViTBackbone(net, pos_interp or _default_pos_interp(regs), name=name, model_kwargs=timm_kwargs)
 
 
 def _module_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -280,19 +240,79 @@ def _module_kwargs(model: nn.Module) -> dict[str, Any]:
                 num_classes=int(getattr(model, "num_classes", 0)))
 
 
-def create_backbone(model: Any = None, device: str | torch.device | None = None) -> Backbone:
-    """The one parser of `model=` arguments (propagation, evaluation, CLI).
+@overload
+def load_backbone(model: TCoReBackbone, *, checkpoint: None = None, pos_interp: None = None,
+                  device: str | torch.device | None = None, **kwargs: Any) -> TCoReBackbone: ...
+@overload
+def load_backbone(model: Any = None, *, checkpoint: str | os.PathLike | None = None,
+                  pos_interp: PosInterp | None = None, device: str | torch.device | None = None,
+                  **kwargs: Any) -> Backbone: ...
+
+
+def load_backbone(model: Any = None, *, checkpoint: str | os.PathLike | None = None,
+                  pos_interp: PosInterp | None = None, device: str | torch.device | None = None,
+                  **kwargs: Any) -> Backbone:
+    """Any ViT behind tcore's feature API (`patch_tokens`, `forward_features_dict`, `save_pretrained`).
+
+    The one parser of `model=` arguments (propagation, evaluation, command line).
 
     Args:
-        model: None (T-CoRe ViT-S/16, Kinetics-400), a tcore name ("tcore_vitb16",
-            "tcore_vits16.in1k"), a checkpoint file or `save_pretrained` folder, a Hub repo id
-            ("org/name" holding config.json + model.safetensors), or a module (a tcore backbone or
-            a timm ViT).
-        device: where to put it; None keeps it where it is.
+        model: None (T-CoRe ViT-S/16, Kinetics-400); a tcore backbone (returned as is); a tcore
+            name ("tcore_vitb16", "tcore_vits16.in1k"); a checkpoint file whose architecture is read
+            from its keys (official T-CoRe/DINOv2 layout or timm layout, e.g. DINOv2 ViT-S/14
+            safetensors); a `save_pretrained` folder or a timm export folder; a Hub repo id
+            ("org/name" in tcore's format); a timm model name (`hf-hub:` and `local-dir:` forms
+            included, built with `num_classes=0`); or a timm `VisionTransformer` module.
+        checkpoint: for a timm name or module: a file loaded strictly into it (instead of timm's
+            own weights); for a tcore name: the file to load instead of the release.
+        pos_interp: "tcore" (bicubic with antialias) or "dinov2" (without), for timm-layout ViTs
+            only. Default by family: "tcore" with registers (T-CoRe, DINOv2-reg), "dinov2" without.
+        device: where to put the backbone; None keeps it on the CPU.
+        **kwargs: constructor arguments (timm kwargs for a timm name, e.g. pretrained=False for
+            random weights; num_heads= for a checkpoint of a size tcore does not know).
 
     Returns:
-        A tcore backbone in eval mode.
+        A `TCoReBackbone` or `TimmViTBackbone` in eval mode.
     """
-    backbone = tcore_vits16(pretrained=True) if model is None else load_backbone(model)
+    backbone = _load(model, checkpoint, pos_interp, **kwargs)
     backbone.eval()
     return backbone.to(device) if device is not None else backbone
+
+
+def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInterp | None, **kwargs: Any) -> Backbone:
+    if model is None:
+        model = "tcore_vits16"
+    if isinstance(model, FeatureAPI):
+        if checkpoint is not None or pos_interp is not None or kwargs:
+            raise ValueError("model: already a tcore backbone; checkpoint=, pos_interp= and other arguments "
+                             "do not apply")
+        return model
+    if isinstance(model, nn.Module):
+        regs = int(getattr(model, "num_reg_tokens", 0))
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        return TimmViTBackbone(model, pos_interp or _default_pos_interp(regs), name=name,
+                               model_kwargs=_module_kwargs(model))
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model: expected a module, a name or a path, got {type(model).__name__}")
+    text = str(model)
+    arch, _, tag = text.partition(".")
+    if arch in _CONSTRUCTORS:
+        pretrained = checkpoint if checkpoint is not None else kwargs.pop("pretrained", True)
+        return _CONSTRUCTORS[arch](pretrained=pretrained, weights=tag or None, **kwargs)
+    path = Path(text).expanduser()
+    if path.exists() and not text.startswith(("hf-hub:", "local-dir:")):
+        if checkpoint is not None:
+            raise ValueError("checkpoint: model= is already a path; give the checkpoint once")
+        if path.is_dir() and (path / CONFIG_NAME).is_file():
+            return _from_folder(path, pos_interp, **kwargs)
+        return _from_file(path, pos_interp, **kwargs)
+    if _looks_like_repo_id(text):
+        return _from_folder(fetch_folder(text), pos_interp, **kwargs)
+    import timm
+
+    if not text.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(text.partition(".")[0]):
+        raise FileNotFoundError(f"model={text!r}: no such file, and neither a tcore model "
+                                f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
+    return _from_timm(text, checkpoint, pos_interp, **kwargs)

@@ -1,65 +1,45 @@
-"""Released T-CoRe weights: registry, download, conversion of official files, strict loading and
-inspection (the Hugging Face format lives in `tcore.hub`).
+"""Released T-CoRe weights: the registry (what each release tag is, how its input is prepared, the
+paper's numbers) and downloads through the Hugging Face cache.
 
-Loading always goes `file -> convert_state_dict -> architecture check -> load_state_dict(strict=True)`.
-Official `.pth` files are read with `torch.load(weights_only=True)`; nothing is ever unpickled.
+No torch here: the registry is data, and `tcore download` / `tcore models` need nothing else.
+`weights=` means a release tag ("k400", "in1k") everywhere in tcore.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
-
-import torch
 
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from .backbone import TCoReBackbone
+from .errors import CheckpointError, WeightsUnavailableError
+from .files import sha256sum
 
 __all__ = [
-    "ARCHITECTURES",
-    "CheckpointError",
+    "HF_REPO",
+    "PAPER",
     "PaperScores",
+    "Preprocessing",
     "PretrainedWeights",
-    "WeightsUnavailableError",
-    "convert_state_dict",
+    "default_tag",
     "download",
-    "find_architecture",
+    "fetch_file",
     "get_pretrained",
-    "inspect_checkpoint",
     "list_models",
-    "load_weights_into",
-    "read_checkpoint",
-    "sha256sum",
+    "list_tags",
+    "pinned_releases",
 ]
 
 _logger = logging.getLogger(__name__)
 
 HF_REPO = "yafeng19/T-CORE"
-
-# Architecture is code: the constructor arguments of each named T-CoRe backbone.
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "tcore_vits16": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16, num_register_tokens=4,
-                         mlp_ratio=4.0, img_size=224),
-    "tcore_vitb16": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16, num_register_tokens=4,
-                         mlp_ratio=4.0, img_size=224),
-    # private, for tests and CPU training runs: the golden fixture's official tiny ViT
-    "_tcore_vit_tiny": dict(embed_dim=64, depth=2, num_heads=2, patch_size=16, num_register_tokens=4,
-                            mlp_ratio=4.0, img_size=224),
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or whose contents do not match the architecture."""
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """Released weights that are neither cached nor downloadable (e.g. offline)."""
+PAPER = dict(
+    name="When the Future Becomes the Past: Taming Temporal Correspondence for Self-supervised Video "
+         "Representation Learning (CVPR 2025)",
+    arxiv="2503.15096",
+    url="https://arxiv.org/abs/2503.15096",
+    code="https://github.com/yafeng19/T-CORE",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +55,21 @@ class PaperScores:
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How T-CoRe weights expect their input, in timm's pretrained-cfg keys: ImageNet normalisation
+    as in the official training; for dense features the whole frame, resized bilinearly (no crop)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
 class PretrainedWeights:
-    """One released checkpoint: where it lives and what it is."""
+    """One released checkpoint: where it lives, what it is, and how its input is prepared."""
 
     arch: str
     tag: str
@@ -87,7 +80,9 @@ class PretrainedWeights:
     repo_id: str = HF_REPO
     revision: str | None = None  # a pinned commit sha once verified; None = the repo's main branch
     sha256: str | None = None  # checked when set; None = unverified (the file could not be opened here)
-    license: str = "apache-2.0 (the official repository's licence; the Hub card states none for the weights)"
+    license: str = "apache-2.0"
+    license_note: str = "the official repository's licence; the Hub card states none for the weights"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     @property
     def name(self) -> str:
@@ -106,18 +101,27 @@ _PRETRAINED: dict[str, dict[str, PretrainedWeights]] = {
                                   PaperScores(66.4, 64.6, 68.2, 38.9, 47.1, 75.8)),
     },
 }
-DEFAULT_TAGS = {"tcore_vits16": "k400", "tcore_vitb16": "k400"}
+_DEFAULT_TAGS = {"tcore_vits16": "k400", "tcore_vitb16": "k400"}
 
 
 # --------------------------------------------------------------------------------------- registry
 
 def list_models() -> list[str]:
     """Names `arch.tag` of every released checkpoint, default tags first."""
-    names = []
-    for arch, tags in _PRETRAINED.items():
-        default = DEFAULT_TAGS[arch]
-        names += [f"{arch}.{default}"] + [f"{arch}.{t}" for t in tags if t != default]
-    return names
+    return [f"{arch}.{tag}" for arch in _PRETRAINED for tag in list_tags(arch)]
+
+
+def list_tags(arch: str) -> list[str]:
+    """Release tags of an architecture, the default first; [] for an architecture without releases."""
+    tags = list(_PRETRAINED.get(arch, {}))
+    return sorted(tags, key=lambda t: t != _DEFAULT_TAGS.get(arch))
+
+
+def default_tag(arch: str) -> str:
+    """The tag `pretrained=True` loads when `weights=` is not given."""
+    if arch not in _DEFAULT_TAGS:
+        raise ValueError(f"unknown model {arch!r}; released weights: {', '.join(list_models())}")
+    return _DEFAULT_TAGS[arch]
 
 
 def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
@@ -129,13 +133,18 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     arch, _, name_tag = name.partition(".")
     if tag is not None and name_tag and tag != name_tag:
         raise ValueError(f"weights: {name!r} names tag {name_tag!r} but weights={tag!r} was given")
-    tag = tag or name_tag or DEFAULT_TAGS.get(arch)
     if arch not in _PRETRAINED:
         raise ValueError(f"unknown model {name!r}; released weights: {', '.join(list_models())}")
+    tag = tag or name_tag or default_tag(arch)
     if tag not in _PRETRAINED[arch]:
         raise ValueError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
-                         f"(default {DEFAULT_TAGS[arch]!r})")
+                         f"(default {default_tag(arch)!r})")
     return _PRETRAINED[arch][tag]
+
+
+def pinned_releases() -> dict[str, str]:
+    """sha256 -> release name, for entries whose file is pinned."""
+    return {e.sha256: e.name for tags in _PRETRAINED.values() for e in tags.values() if e.sha256}
 
 
 # --------------------------------------------------------------------------------------- download
@@ -159,9 +168,8 @@ def _hf_hub_download(repo_id: str, filename: str, *, revision: str | None, cache
 
 
 def _unavailable_message(what: str, repo_id: str, filename: str, revision: str | None, cause: Exception,
-                         fetch_command: str | None = None) -> str:
+                         fetch_command: str) -> str:
     rev = f" at revision {revision}" if revision else ""
-    fetch_command = fetch_command or f"tcore download {what}"
     return (
         f"could not get {what}: {repo_id}/{filename}{rev} is not in the Hugging Face cache and cannot be "
         f"downloaded ({type(cause).__name__}: {cause}).\n"
@@ -176,12 +184,33 @@ def _unavailable_message(what: str, repo_id: str, filename: str, revision: str |
     )
 
 
+def fetch_file(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | None = None,
+               force_download: bool = False, what: str | None = None, fetch_command: str | None = None) -> Path:
+    """A file of a Hub repo through the Hugging Face cache (honours HF_HUB_OFFLINE, HF_HOME).
+
+    Args:
+        repo_id, filename, revision, cache_dir, force_download: as `huggingface_hub.hf_hub_download`.
+        what: what the error message says could not be had (default: the repo id).
+        fetch_command: the command the error message suggests (default: `hf download REPO`).
+
+    Raises:
+        WeightsUnavailableError: offline (or unreachable) and not cached; says how to fix it.
+    """
+    try:
+        return Path(_hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                     force_download=force_download))
+    except (OSError, ConnectionError, ValueError) as err:
+        # huggingface_hub raises LocalEntryNotFoundError (a FileNotFoundError), OfflineModeIsEnabled
+        # (a ConnectionError) or HTTP errors (OSError); all mean "the file cannot be had now".
+        raise WeightsUnavailableError(_unavailable_message(
+            what or repo_id, repo_id, filename, revision, err, fetch_command or f"hf download {repo_id}")) from err
+
+
 def download(name: str, *, revision: str | None = None, cache_dir: str | None = None,
              force_download: bool = False) -> Path:
     """Path of a released checkpoint in the Hugging Face cache, downloading it if needed.
 
-    Honours `HF_HUB_OFFLINE` and `HF_HOME`/`HF_HUB_CACHE`. When the registry pins a sha256, the
-    file is checked against it.
+    When the registry pins a sha256, the file is checked against it.
 
     Args:
         name: `"arch"` or `"arch.tag"`, e.g. `"tcore_vits16.in1k"`.
@@ -194,14 +223,8 @@ def download(name: str, *, revision: str | None = None, cache_dir: str | None = 
     """
     entry = get_pretrained(name)
     revision = revision or entry.revision
-    try:
-        path = Path(_hf_hub_download(entry.repo_id, entry.filename, revision=revision, cache_dir=cache_dir,
-                                     force_download=force_download))
-    except (OSError, ConnectionError, ValueError) as err:
-        # huggingface_hub raises LocalEntryNotFoundError (a FileNotFoundError), OfflineModeIsEnabled
-        # (a ConnectionError) or HTTP errors (OSError); all mean "the file cannot be had now".
-        raise WeightsUnavailableError(
-            _unavailable_message(entry.name, entry.repo_id, entry.filename, revision, err)) from err
+    path = fetch_file(entry.repo_id, entry.filename, revision=revision, cache_dir=cache_dir,
+                      force_download=force_download, what=entry.name, fetch_command=f"tcore download {entry.name}")
     if entry.sha256 is not None:
         digest = sha256sum(path)
         if digest != entry.sha256:
@@ -210,277 +233,3 @@ def download(name: str, *, revision: str | None = None, cache_dir: str | None = 
     else:
         _logger.info("%s: no sha256 pinned in the registry (unverified file)", entry.name)
     return path
-
-
-def sha256sum(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------- reading files
-
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """The raw contents of a `.safetensors` file or a torch checkpoint, loaded safely.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: truncated/corrupt file, or a pickle that `weights_only=True` refuses.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); "
-                                  "the file may be truncated: delete it and get it again") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
-        if "weights_only" in str(err) or type(err).__name__ == "UnpicklingError":
-            raise CheckpointError(
-                f"{path}: holds Python objects that torch.load(weights_only=True) refuses to unpickle. "
-                "tcore never unpickles arbitrary objects. If you trust the file, load it yourself "
-                "(torch.load(path, weights_only=False)), take its state dict and pass that dict "
-                "as pretrained=, or re-save it with tensors and plain containers only.") from err
-        raise CheckpointError(f"{path}: could not read the checkpoint ({type(err).__name__}: {err}); "
-                              f"{path.stat().st_size} bytes on disk: the file may be truncated or corrupt, "
-                              "delete it and get it again") from err
-
-
-# ------------------------------------------------------------------------------------ conversion
-
-_WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_orig_mod.", "backbone.")
-_HEAD_PREFIXES = ("dino_head.", "ibot_head.")
-_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
-
-
-def _unwrap(obj: Any, source: str) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("teacher", "model", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                return _unwrap(obj[key], source)
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj
-        keys = list(obj)[:20]
-        raise CheckpointError(f"{source}: unknown checkpoint layout; expected a state dict or a dict with "
-                              f"'teacher', 'model' or 'state_dict'; top-level keys found: {keys}")
-    raise CheckpointError(f"{source}: unknown checkpoint layout: a {type(obj).__name__}, not a dict of tensors")
-
-
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
-def convert_state_dict(checkpoint: Any, source: str = "state dict") -> dict[str, torch.Tensor]:
-    """Turn any known T-CoRe checkpoint layout into `TCoReBackbone` parameter names.
-
-    Accepts a bare state dict or one nested under "teacher", "model" or "state_dict"; strips the
-    prefixes `module.`, `_fsdp_wrapped_module.`, `_orig_mod.` and `backbone.` (prefixes only, never
-    substrings); drops `dino_head.*` / `ibot_head.*`; flattens DINOv2 block chunks
-    (`blocks.c.i.` -> `blocks.i.`). Tensors are returned as stored (dtype unchanged).
-
-    Raises:
-        CheckpointError: the layout is not recognised (the message lists the top-level keys).
-    """
-    state = _unwrap(checkpoint, source)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = _strip_prefixes(key)
-        if key.startswith(_HEAD_PREFIXES):
-            continue
-        key = _CHUNKED_BLOCK.sub(r"blocks.\1.", key)
-        if key in out:
-            raise CheckpointError(f"{source}: two entries map to the backbone key {key!r}")
-        out[key] = value
-    return out
-
-
-def find_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """What a converted backbone state dict says about its architecture.
-
-    Returns:
-        dict with embed_dim, depth, patch_size, num_register_tokens, mlp_hidden, pos_grid (side of
-        the square position table) - each None when the key that reveals it is absent.
-    """
-    def shape(key: str) -> tuple[int, ...] | None:
-        return tuple(state[key].shape) if key in state else None
-
-    depth_ids = {int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k))}
-    cls, pos, reg = shape("cls_token"), shape("pos_embed"), shape("register_tokens")
-    patch, fc1 = shape("patch_embed.proj.weight"), shape("blocks.0.mlp.fc1.weight")
-    n_pos = pos[1] - 1 if pos else None
-    side = int(round(n_pos ** 0.5)) if n_pos else None
-    return dict(
-        embed_dim=cls[-1] if cls else (patch[0] if patch else None),
-        depth=max(depth_ids) + 1 if depth_ids else 0,
-        patch_size=patch[-1] if patch else None,
-        num_register_tokens=reg[1] if reg else 0,
-        mlp_hidden=fc1[0] if fc1 else None,
-        pos_grid=side if side and side * side == n_pos else None,
-    )
-
-
-def _describe(arch: Mapping[str, Any]) -> str:
-    return (f"embed_dim={arch['embed_dim']}, depth={arch['depth']}, patch={arch['patch_size']}, "
-            f"registers={arch['num_register_tokens']}, mlp_hidden={arch['mlp_hidden']}, "
-            f"pos_embed grid={arch['pos_grid']}x{arch['pos_grid']}")
-
-
-def _expected_architecture(args: Mapping[str, Any]) -> dict[str, Any]:
-    """What `find_architecture` must find for a TCoReBackbone built with `args`."""
-    return dict(embed_dim=args["embed_dim"], depth=args["depth"], patch_size=args["patch_size"],
-                num_register_tokens=args["num_register_tokens"],
-                mlp_hidden=int(args["embed_dim"] * args["mlp_ratio"]),
-                pos_grid=args["img_size"] // args["patch_size"])
-
-
-def _guess_name(found: Mapping[str, Any]) -> str | None:
-    for name, args in ARCHITECTURES.items():
-        if name.startswith("_"):
-            continue
-        if (args["embed_dim"], args["depth"]) == (found["embed_dim"], found["depth"]):
-            return name
-    return None
-
-
-def _model_name(model: "TCoReBackbone") -> str:
-    for name, args in ARCHITECTURES.items():
-        if args == model.arch:
-            return name
-    return "TCoReBackbone(" + ", ".join(f"{k}={v}" for k, v in model.arch.items()) + ")"
-
-
-def load_weights_into(model: "TCoReBackbone", pretrained: Any) -> None:
-    """Load a checkpoint into a `TCoReBackbone`, strictly.
-
-    Args:
-        model: the backbone to fill.
-        pretrained: a path to an official `.pth`, a `.safetensors` file, a `save_pretrained`
-            folder, or an (official-layout or converted) state dict.
-
-    Raises:
-        FileNotFoundError: missing file; CheckpointError: unreadable file or any mismatch (the
-        message names the file, the expected and the found architecture, and the keys).
-    """
-    if isinstance(pretrained, Mapping):
-        source, raw = "state dict", pretrained
-    else:
-        path = Path(pretrained)
-        source = str(path)
-        if path.is_dir():
-            from .hub import WEIGHTS_NAME, read_config
-
-            config = read_config(path)
-            if config.get("architecture") != "TCoReBackbone":
-                raise CheckpointError(f"{path}: holds a {config.get('architecture')} backbone, not a T-CoRe one; "
-                                      "use tcore.load_backbone()")
-            path = path / WEIGHTS_NAME
-        raw = read_checkpoint(path)
-    state = convert_state_dict(raw, source)
-    expected = _expected_architecture(model.arch)
-    found = find_architecture(state)
-    if found != expected:
-        guess = _guess_name(found)
-        hint = f" (this looks like a {guess} checkpoint: use tcore.{guess})" if guess else ""
-        if found["num_register_tokens"] == 0 and expected["num_register_tokens"]:
-            hint += (" (the file has no 'register_tokens': it is not a T-CoRe checkpoint with registers; "
-                     "for other ViTs use tcore.load_backbone)")
-        raise CheckpointError(f"{source}: architecture mismatch for {_model_name(model)}:\n"
-                              f"  expected {_describe(expected)}\n  found    {_describe(found)}{hint}")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: keys do not match {_model_name(model)} (strict loading): "
-                              f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                              f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise CheckpointError(f"{source}: tensor shapes differ from {_model_name(model)}: {wrong[:10]}")
-    model.load_state_dict(state, strict=True)
-
-
-# ------------------------------------------------------------------------------------ inspection
-
-def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe a checkpoint nobody here has seen: layout, keys, architecture, sha256.
-
-    Returns:
-        A JSON-serialisable dict: path, size_bytes, sha256, layout (how the state dict is nested),
-        top_level_keys, n_tensors, n_parameters, dtypes, key_prefixes (counts), dropped_keys,
-        architecture (as found), matches (the tcore architecture it fits, if any), loads_strictly.
-    """
-    path = Path(path)
-    if path.is_dir():
-        from .hub import WEIGHTS_NAME, read_config
-
-        read_config(path)
-        path = path / WEIGHTS_NAME
-    raw = read_checkpoint(path)
-    layout: list[str] = []
-    node: Any = raw
-    while isinstance(node, Mapping):
-        key = next((k for k in ("teacher", "model", "state_dict") if isinstance(node.get(k), Mapping)), None)
-        if key is None:
-            break
-        layout.append(key)
-        node = node[key]
-    top_keys = [str(k) for k in raw] if isinstance(raw, Mapping) else []
-    report: dict[str, Any] = {
-        "path": str(path),
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256sum(path),
-        "layout": " -> ".join(["file"] + [f"[{k!r}]" for k in layout]),
-        "top_level_keys": top_keys[:50],
-    }
-    if isinstance(node, Mapping):
-        tensors = {k: v for k, v in node.items() if isinstance(v, torch.Tensor)}
-        prefixes: dict[str, int] = {}
-        for k in tensors:
-            head = str(k).split(".")[0]
-            prefixes[head] = prefixes.get(head, 0) + 1
-        report.update(
-            n_tensors=len(tensors),
-            n_parameters=int(sum(v.numel() for v in tensors.values())),
-            dtypes=sorted({str(v.dtype).replace("torch.", "") for v in tensors.values()}),
-            key_prefixes=prefixes,
-            first_keys=list(map(str, tensors))[:12],
-        )
-    try:
-        state = convert_state_dict(raw, str(path))
-    except CheckpointError as err:
-        report.update(architecture=None, matches=None, loads_strictly=False, error=str(err))
-        return report
-    found = find_architecture(state)
-    report["architecture"] = found
-    report["dropped_keys"] = sorted({k.split(".")[0] for k in _unwrap(raw, str(path))
-                                     if _strip_prefixes(k).startswith(_HEAD_PREFIXES)})
-    name = next((n for n, a in ARCHITECTURES.items()
-                 if _expected_architecture(a) == found), None)
-    report["matches"] = name
-    report["loads_strictly"] = False
-    if name is not None:
-        from .backbone import TCoReBackbone
-
-        try:
-            load_weights_into(TCoReBackbone(**ARCHITECTURES[name]), state)
-            report["loads_strictly"] = True
-        except CheckpointError as err:
-            report["error"] = str(err)
-    return report

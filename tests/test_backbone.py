@@ -1,5 +1,6 @@
 """The T-CoRe backbone equals the official ViT: an independent plain implementation written here
-from the spec, and the official code's own outputs in ../shared/golden."""
+from the spec, and the official code's own outputs in ../shared/golden. It is a timm
+VisionTransformer: timm's methods keep timm's meaning, DINOv2's get_intermediate_layers works."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from helpers import golden_inputs, shared_path
 
 import tcore
-from tcore.backbone import resize_pos_grid
+from tcore.architecture import resize_pos_grid
+from tcore.checkpoint import to_official_state_dict
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -24,10 +26,10 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def plain_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, num_heads: int, patch: int = 16,
-                  masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The official forward written out: conv patchify, mask token, CLS, antialiased bicubic
-    position table, registers without position, pre-norm blocks with explicit softmax attention
-    and LayerScale, final LayerNorm (eps 1e-6)."""
+                  masks: torch.Tensor | None = None, antialias: bool = True) -> dict[str, torch.Tensor]:
+    """The official forward written out, on the official state dict: conv patchify, mask token,
+    CLS, antialiased bicubic position table, registers without position, pre-norm blocks with
+    explicit softmax attention and LayerScale, final LayerNorm (eps 1e-6)."""
     b, _, hh, ww = x.shape
     h, w = hh // patch, ww // patch
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
@@ -40,7 +42,7 @@ def plain_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, num_heads: int, 
     g = int(math.sqrt(pos.shape[1] - 1))
     if (h, w) != (g, g):
         grid = pos[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=antialias)
         pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, dim)], 1)
     t = t + pos
     regs = sd["register_tokens"]
@@ -73,8 +75,8 @@ def vits16():
 def test_vits16_features_equal_plain_implementation(vits16, size):
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = vits16.forward_features(x)
-        ref = plain_forward(vits16.state_dict(), x, num_heads=6)
+        ours = vits16.forward_features_dict(x)
+        ref = plain_forward(to_official_state_dict(vits16.state_dict()), x, num_heads=6)
     for key in ("cls", "registers", "patches"):
         assert ours[key].shape == ref[key].shape
         torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=1e-5)
@@ -85,24 +87,38 @@ def test_mask_token_replaces_patches_before_position_embedding(tiny_backbone):
     x = torch.randn(2, 3, 64, 96)
     masks = torch.rand(2, 4 * 6, generator=torch.Generator().manual_seed(0)) < 0.5
     with torch.no_grad():
-        ours = tiny_backbone.forward_features(x, masks=masks)
-        ref = plain_forward(tiny_backbone.state_dict(), x, num_heads=2, masks=masks)
-        unmasked = tiny_backbone.forward_features(x)
+        ours = tiny_backbone.forward_features_dict(x, masks=masks)
+        ref = plain_forward(to_official_state_dict(tiny_backbone.state_dict()), x, num_heads=2, masks=masks)
+        unmasked = tiny_backbone.forward_features_dict(x)
     torch.testing.assert_close(ours["patches"], ref["patches"], rtol=0, atol=1e-5)
     assert not torch.allclose(ours["patches"], unmasked["patches"])
 
 
+def _golden_model(how: str) -> torch.nn.Module:
+    """The official tiny ViT loaded through a public path: the class, load_backbone, or timm."""
+    ckpt = shared_path("golden", "vit_tiny_official.pth")
+    if how == "class":
+        return tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=ckpt)
+    if how == "load_backbone":
+        return tcore.load_backbone(ckpt)
+    import timm
+
+    return timm.create_model("tcore_vits16", pretrained=True, embed_dim=64, depth=2, num_heads=2,
+                             pretrained_cfg_overlay=dict(file=str(ckpt))).eval()
+
+
+@pytest.mark.parametrize("how", ["class", "load_backbone", "timm"])
 @pytest.mark.parametrize("size", [(224, 224), (480, 880), (320, 480)])
-def test_official_tiny_vit_outputs_reproduced_through_public_loading(size):
+def test_official_tiny_vit_outputs_reproduced_through_public_loading(size, how):
     from safetensors.torch import load_file
 
-    ckpt = shared_path("golden", "vit_tiny_official.pth")
     gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
-    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=ckpt)
+    model = _golden_model(how)
+    assert type(model) is tcore.TCoReBackbone
     h, w = size
     x = torch.from_numpy(golden_inputs().pattern_image(h, w))[None]
     with torch.no_grad():
-        out = model.forward_features(x)
+        out = model.forward_features_dict(x)
     for key in ("patches", "cls", "registers"):
         torch.testing.assert_close(out[key], gold[f"{key}_{h}x{w}"], rtol=0, atol=1e-5)
 
@@ -112,11 +128,11 @@ def test_non_antialiased_resize_would_miss_the_golden_outputs():
     from safetensors.torch import load_file
 
     gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
-    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pos_interp="dinov2",
+    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2,
                                 pretrained=shared_path("golden", "vit_tiny_official.pth"))
     x = torch.from_numpy(golden_inputs().pattern_image(480, 880))[None]
     with torch.no_grad():
-        wrong = model.patch_tokens(x)
+        wrong = plain_forward(to_official_state_dict(model.state_dict()), x, num_heads=2, antialias=False)["patches"]
     assert (wrong - gold["patches_480x880"]).abs().max() > 1e-3
 
 
@@ -126,7 +142,7 @@ def test_dropping_registers_would_miss_the_golden_outputs():
     gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
     model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2,
                                 pretrained=shared_path("golden", "vit_tiny_official.pth"))
-    sd = {k: v for k, v in model.state_dict().items()}
+    sd = to_official_state_dict(model.state_dict())
     sd["register_tokens"] = sd["register_tokens"][:, :0]
     x = torch.from_numpy(golden_inputs().pattern_image(224, 224))[None]
     with torch.no_grad():
@@ -154,18 +170,33 @@ def test_parameter_counts_equal_the_official_ones():
     assert count(tcore.tcore_vitb16(pretrained=False)) == 85_820_928
 
 
-def test_state_dict_names_are_the_official_backbone_keys(tiny_backbone):
-    keys = list(tiny_backbone.state_dict())
-    assert keys[:4] == ["cls_token", "pos_embed", "register_tokens", "mask_token"]
-    assert "blocks.1.ls2.gamma" in keys and "norm.bias" in keys and "patch_embed.proj.weight" in keys
-    assert tiny_backbone.state_dict()["pos_embed"].shape == (1, 197, 64)
+def test_state_dict_names_are_timms_plus_the_class_position_and_the_mask_token(tiny_backbone):
+    sd = tiny_backbone.state_dict()
+    assert list(sd)[:5] == ["cls_token", "reg_token", "pos_embed", "cls_pos_embed", "mask_token"]
+    assert "blocks.1.ls2.gamma" in sd and "norm.bias" in sd and "patch_embed.proj.weight" in sd
+    assert sd["pos_embed"].shape == (1, 196, 64) and sd["cls_pos_embed"].shape == (1, 1, 64)
+    assert sd["reg_token"].shape == (1, 4, 64) and sd["mask_token"].shape == (1, 64)
+
+
+def test_official_names_convert_both_ways():
+    from tcore.checkpoint import convert_state_dict, read_checkpoint
+
+    official = {k.removeprefix("backbone."): v for k, v in
+                read_checkpoint(shared_path("golden", "vit_tiny_official.pth"))["teacher"].items()
+                if k.startswith("backbone.")}
+    ours = convert_state_dict(official)
+    assert torch.equal(ours["cls_pos_embed"], official["pos_embed"][:, :1])
+    assert torch.equal(ours["pos_embed"], official["pos_embed"][:, 1:])
+    assert torch.equal(ours["reg_token"], official["register_tokens"])
+    back = to_official_state_dict(ours)
+    assert back.keys() == official.keys() and all(torch.equal(back[k], official[k]) for k in official)
 
 
 def test_patch_tokens_shape_and_no_prefix_tokens(tiny_backbone):
     x = torch.randn(2, 3, 480, 880)
     with torch.no_grad():
         tokens = tiny_backbone.patch_tokens(x)
-        feats = tiny_backbone.forward_features(x)
+        feats = tiny_backbone.forward_features_dict(x)
     assert tokens.shape == (2, 30, 55, 64)
     assert torch.equal(tokens, feats["patches"])
     assert feats["cls"].shape == (2, 64) and feats["registers"].shape == (2, 4, 64)
@@ -193,7 +224,7 @@ def test_integer_images_are_rejected(tiny_backbone):
 
 def test_bad_mask_shape_is_a_clear_error(tiny_backbone):
     with pytest.raises(ValueError, match=r"masks: expected a bool tensor of shape \(1, 16\)"):
-        tiny_backbone.forward_features(torch.randn(1, 3, 64, 64), masks=torch.zeros(1, 15, dtype=torch.bool))
+        tiny_backbone.forward_features_dict(torch.randn(1, 3, 64, 64), masks=torch.zeros(1, 15, dtype=torch.bool))
 
 
 def test_bf16_autocast_stays_close_to_fp32(tiny_backbone):
@@ -205,3 +236,42 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_backbone):
             low = tiny_backbone.patch_tokens(x)
     cos = F.cosine_similarity(low.float().flatten(0, 2), ref.flatten(0, 2), dim=-1)
     assert cos.min() > 0.99
+
+
+# ------------------------------------------------------------------------ timm's and DINOv2's methods
+
+def test_timm_methods_keep_timms_meaning(tiny_backbone):
+    _randomize(tiny_backbone, seed=7)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        tokens = tiny_backbone.forward_features(x)
+        feats = tiny_backbone.forward_features_dict(x)
+        pooled = tiny_backbone(x)
+        final, intermediates = tiny_backbone.forward_intermediates(x)
+    assert tokens.shape == (2, 1 + 4 + 4 * 6, 64)  # (B, 1+R+h*w, D): CLS, registers, patches
+    assert torch.equal(tokens[:, 0], feats["cls"]) and torch.equal(tokens[:, 5:], feats["patches"].flatten(1, 2))
+    assert torch.equal(pooled, tiny_backbone.forward_head(tokens)) and torch.equal(pooled, feats["cls"])
+    assert torch.equal(final, tokens) and intermediates[-1].shape == (2, 64, 4, 6)
+
+
+def test_dinov2_get_intermediate_layers(tiny_backbone):
+    _randomize(tiny_backbone, seed=8)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        (last,) = tiny_backbone.get_intermediate_layers(x)
+        ((grid, cls),) = tiny_backbone.get_intermediate_layers(x, 1, reshape=True, return_class_token=True)
+        both = tiny_backbone.get_intermediate_layers(x, [0, 1], norm=False)
+        feats = tiny_backbone.forward_features_dict(x)
+    assert torch.equal(last, feats["patches"].flatten(1, 2))  # last block, final norm (DINOv2's default)
+    assert grid.shape == (2, 64, 4, 6) and torch.equal(grid, feats["patches"].permute(0, 3, 1, 2))
+    assert torch.equal(cls, feats["cls"])
+    assert len(both) == 2 and both[0].shape == (2, 24, 64) and not torch.allclose(both[1], last)
+
+
+def test_timm_feature_extraction_works():
+    import timm
+
+    net = timm.create_model("tcore_vits16", features_only=True, out_indices=(0, 1), embed_dim=64, depth=2,
+                            num_heads=2)
+    maps = net(torch.randn(1, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(1, 64, 4, 6), (1, 64, 4, 6)]

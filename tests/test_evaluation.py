@@ -174,7 +174,7 @@ def test_eval_davis_cli_end_to_end_writes_masks_csvs_summary_and_prints_the_tabl
 
 def test_davis_outputs_are_the_front_end_masks_and_scores_are_the_official_metric(davis_root, tiny_model, tmp_path):
     summary = _run("davis", davis_root, tiny_model, tmp_path)
-    backbone = tcore.create_backbone(tiny_model)
+    backbone = tcore.load_backbone(tiny_model)
     frames = davis_root / "JPEGImages" / "480p" / "pair"
     expected = tcore.propagate_masks(frames, davis_root / "Annotations/480p/pair/00000.png", model=backbone,
                                      preset="davis", size=SMALL, device="cpu", progress=False)

@@ -14,11 +14,15 @@ from helpers import REPO, shared_path
 
 import tcore
 from tcore import weights as W
+from tcore.architecture import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
+from tcore.checkpoint import convert_state_dict, to_official_state_dict
+from tcore.errors import CheckpointError, WeightsUnavailableError
+from tcore.files import sha256sum
 
 
 def official_layout(backbone: torch.nn.Module, head_dim: int = 8) -> dict:
-    """What the official training code saves: {"teacher": {"backbone.*", "dino_head.*"}}."""
-    teacher = {f"backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
+    """What the official training code saves: {"teacher": {"backbone.*", "dino_head.*"}}, official names."""
+    teacher = {f"backbone.{k}": v.clone() for k, v in to_official_state_dict(backbone.state_dict()).items()}
     teacher["dino_head.mlp.0.weight"] = torch.randn(head_dim, backbone.embed_dim)
     teacher["dino_head.last_layer.weight_g"] = torch.ones(16, 1)
     return {"teacher": teacher}
@@ -69,14 +73,14 @@ def test_known_layouts_and_prefixes_are_accepted(tiny_backbone, tmp_path, wrap):
 def test_prefixes_are_stripped_only_at_the_start():
     sd = {"module.backbone.cls_token": torch.zeros(1), "blocks.0.xmodule.weight": torch.zeros(1),
           "dino_head.mlp.0.weight": torch.zeros(1)}
-    assert set(W.convert_state_dict(sd)) == {"cls_token", "blocks.0.xmodule.weight"}
+    assert set(convert_state_dict(sd)) == {"cls_token", "blocks.0.xmodule.weight"}
 
 
 def test_unexpected_key_is_an_error_not_ignored(tiny_backbone, tmp_path):
     ckpt = official_layout(tiny_backbone)
     ckpt["teacher"]["backbone.extra_param"] = torch.zeros(3)
     torch.save(ckpt, tmp_path / "x.pth")
-    with pytest.raises(W.CheckpointError, match=r"x\.pth.*strict.*unexpected \['extra_param'\]"):
+    with pytest.raises(CheckpointError, match=r"x\.pth.*strict.*unexpected \['extra_param'\]"):
         tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tmp_path / "x.pth")
 
 
@@ -84,7 +88,7 @@ def test_missing_key_is_an_error(tiny_backbone, tmp_path):
     ckpt = official_layout(tiny_backbone)
     del ckpt["teacher"]["backbone.mask_token"]
     torch.save(ckpt, tmp_path / "x.pth")
-    with pytest.raises(W.CheckpointError, match=r"missing \['mask_token'\]"):
+    with pytest.raises(CheckpointError, match=r"missing \['mask_token'\]"):
         tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tmp_path / "x.pth")
 
 
@@ -92,7 +96,7 @@ def test_missing_register_tokens_is_named(tiny_backbone, tmp_path):
     ckpt = official_layout(tiny_backbone)
     del ckpt["teacher"]["backbone.register_tokens"]
     torch.save(ckpt, tmp_path / "noreg.pth")
-    with pytest.raises(W.CheckpointError, match=r"(?s)noreg\.pth.*registers=4.*registers=0.*register_tokens"):
+    with pytest.raises(CheckpointError, match=r"(?s)noreg\.pth.*registers=4.*registers=0.*register_tokens"):
         tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tmp_path / "noreg.pth")
 
 
@@ -100,7 +104,7 @@ def test_vitb_file_into_vits_names_file_expected_found_and_the_right_constructor
     vitb = tcore.tcore_vitb16(pretrained=False).half()
     path = tmp_path / "vitb16_200ep_K400.pth"
     torch.save(official_layout(vitb), path)
-    with pytest.raises(W.CheckpointError) as err:
+    with pytest.raises(CheckpointError) as err:
         tcore.tcore_vits16(pretrained=path)
     message = str(err.value)
     assert "vitb16_200ep_K400.pth" in message and "tcore_vits16" in message
@@ -111,7 +115,7 @@ def test_vitb_file_into_vits_names_file_expected_found_and_the_right_constructor
 def test_truncated_file_says_so(tiny_file):
     data = tiny_file.read_bytes()
     tiny_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(W.CheckpointError, match="truncated"):
+    with pytest.raises(CheckpointError, match="truncated"):
         tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tiny_file)
 
 
@@ -122,14 +126,14 @@ class _Arbitrary:
 def test_pickled_objects_are_refused_by_weights_only(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"teacher": _Arbitrary()}, path, pickle_module=pickle)
-    with pytest.raises(W.CheckpointError, match=r"weights_only=True\) refuses to unpickle"):
+    with pytest.raises(CheckpointError, match=r"weights_only=True\) refuses to unpickle"):
         tcore.tcore_vits16(pretrained=path)
 
 
 def test_unknown_layout_lists_the_top_level_keys(tmp_path):
     path = tmp_path / "odd.pth"
     torch.save({"epoch": torch.tensor(3), "weights": {"a": torch.zeros(1)}, "opt": {}}, path)
-    with pytest.raises(W.CheckpointError, match=r"top-level keys found: \['epoch', 'weights', 'opt'\]"):
+    with pytest.raises(CheckpointError, match=r"top-level keys found: \['epoch', 'weights', 'opt'\]"):
         tcore.tcore_vits16(pretrained=path)
 
 
@@ -149,7 +153,7 @@ def test_registry_entries_are_complete():
     for name in names:
         entry = tcore.get_pretrained(name)
         assert entry.repo_id == "yafeng19/T-CORE" and entry.filename.startswith("ckpt/")
-        assert entry.arch in W.ARCHITECTURES and entry.name == name
+        assert entry.arch in ARCHITECTURES and entry.name == name
         assert 30 < entry.scores.davis_jf < 100 and entry.sha256 in (None,) or len(entry.sha256) == 64
     assert tcore.get_pretrained("tcore_vits16").tag == "k400"
     assert tcore.get_pretrained("tcore_vits16.in1k").scores.vip_miou == 39.7
@@ -170,7 +174,7 @@ def fake_hub_cache(root: Path, repo_id: str, files: dict[str, Path | bytes], com
 
 
 def test_offline_with_nothing_cached_says_how_to_fix_it(tmp_path):
-    with pytest.raises(W.WeightsUnavailableError) as err:
+    with pytest.raises(WeightsUnavailableError) as err:
         W.download("tcore_vits16", cache_dir=str(tmp_path))
     message = str(err.value)
     assert "tcore download tcore_vits16.k400" in message
@@ -181,7 +185,7 @@ def test_offline_with_nothing_cached_says_how_to_fix_it(tmp_path):
 def test_constructor_offline_error_is_the_same_clear_error(monkeypatch, tmp_path):
     real = W._hf_hub_download
     monkeypatch.setattr(W, "_hf_hub_download", lambda *a, **k: real(*a, **{**k, "cache_dir": str(tmp_path)}))
-    with pytest.raises(W.WeightsUnavailableError, match="Three ways to fix it"):
+    with pytest.raises(WeightsUnavailableError, match="Three ways to fix it"):
         tcore.tcore_vitb16(pretrained=True)
 
 
@@ -200,14 +204,14 @@ def test_pinned_sha256_mismatch_is_an_error(monkeypatch, tmp_path):
     cache = fake_hub_cache(tmp_path, "yafeng19/T-CORE", {"ckpt/vitb16_200ep_K400.pth": b"not the file"})
     entry = dataclasses.replace(W._PRETRAINED["tcore_vitb16"]["k400"], sha256="0" * 64)
     monkeypatch.setitem(W._PRETRAINED["tcore_vitb16"], "k400", entry)
-    with pytest.raises(W.CheckpointError, match="sha256 .* differs from the registry's 0000"):
+    with pytest.raises(CheckpointError, match="sha256 .* differs from the registry's 0000"):
         W.download("tcore_vitb16", cache_dir=str(cache))
 
 
 # --------------------------------------------------------------------- Hugging Face format
 
 def test_save_pretrained_then_from_pretrained_gives_identical_outputs(tiny_backbone, tmp_path):
-    tiny_backbone.save_pretrained(tmp_path / "export", source="test")
+    tiny_backbone.save_pretrained(tmp_path / "export", config={"source": "test"})
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["architecture"] == "TCoReBackbone" and config["pos_interp"] == "tcore"
     assert config["model_args"]["num_heads"] == 2 and config["source"] == "test"
@@ -227,7 +231,7 @@ def test_from_pretrained_hub_repo_id_through_the_cache(tiny_backbone, tmp_path):
 
 
 def test_from_pretrained_offline_uncached_repo_says_how_to_fix_it(tmp_path):
-    with pytest.raises(W.WeightsUnavailableError, match="Three ways"):
+    with pytest.raises(WeightsUnavailableError, match="Three ways"):
         tcore.TCoReBackbone.from_pretrained("someone/absent", cache_dir=str(tmp_path))
 
 
@@ -250,7 +254,7 @@ def test_inspect_reports_layout_architecture_and_sha256(tiny_file):
     assert report["layout"] == "file -> ['teacher']"
     assert report["architecture"]["embed_dim"] == 64 and report["architecture"]["num_register_tokens"] == 4
     assert report["matches"] == "_tcore_vit_tiny" and report["loads_strictly"] is True
-    assert report["sha256"] == W.sha256sum(tiny_file) and report["dropped_keys"] == ["dino_head"]
+    assert report["sha256"] == sha256sum(tiny_file) and report["dropped_keys"] == ["dino_head"]
 
 
 # ---------------------------------------------------------------------------- other backbones
@@ -260,10 +264,10 @@ def _checksum(model, h: int, w: int) -> dict:
     y, x = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * (x * (c + 1) / 97.0 + y / 53.0))
                     * np.cos(2 * np.pi * y * (c + 2) / 71.0) for c in range(3)], 0)
-    mean, std = np.array(tcore.backbone.IMAGENET_MEAN), np.array(tcore.backbone.IMAGENET_STD)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     img = (img - mean[:, None, None]) / std[:, None, None]
     with torch.no_grad():
-        f = model.forward_features(torch.from_numpy(img[None].astype(np.float32)))
+        f = model.forward_features_dict(torch.from_numpy(img[None].astype(np.float32)))
     full = torch.cat([f["cls"][:, None], f["patches"].flatten(1, 2)], 1).double()
     return dict(mean=float(full.mean()), abs_mean=float(full.abs().mean()), std=float(full.std()),
                 patch_norm_mean=float(full[0, 1:].norm(dim=-1).mean()), cls_first4=full[0, 0, :4].tolist(),
@@ -319,7 +323,7 @@ def test_timm_backbone_save_pretrained_round_trip(tmp_path):
 
 def test_timm_backbone_rejects_masks(dinov2):
     with pytest.raises(ValueError, match="no mask token"):
-        dinov2[0].forward_features(torch.zeros(1, 3, 28, 28), masks=torch.zeros(1, 4, dtype=torch.bool))
+        dinov2[0].forward_features_dict(torch.zeros(1, 3, 28, 28), masks=torch.zeros(1, 4, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------- torch.hub

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import tcore
+from tcore.checkpoint import to_official_state_dict
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "export_teacher",
            "unwrap"]
@@ -110,7 +111,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def export_teacher(state: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the teacher as `tcore` loads it: a `save_pretrained` folder and the official layout.
+    """Write the teacher as `tcore` loads it: a `save_pretrained` folder and the official layout
+    (official key names: `register_tokens`, `pos_embed` with its class slot).
 
     Args:
         state: a loaded training checkpoint.
@@ -130,10 +132,12 @@ def export_teacher(state: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     backbone_state = {k[len("backbone."):]: v for k, v in teacher.items() if k.startswith("backbone.")}
     backbone.load_state_dict(backbone_state, strict=True)
     out = Path(out_dir)
-    backbone.save_pretrained(out, source="tcore training", step=int(state["step"]))
+    backbone.save_pretrained(out, config={"source": "tcore training", "step": int(state["step"])})
+    official = {**{f"backbone.{k}": v for k, v in to_official_state_dict(backbone_state).items()},
+                **{k: v for k, v in teacher.items() if not k.startswith("backbone.")}}
     pth = out / "teacher_checkpoint.pth"
     tmp = pth.with_name(pth.name + ".tmp")
-    torch.save({"teacher": {k: v.float().contiguous() for k, v in teacher.items()}}, tmp)
+    torch.save({"teacher": {k: v.float().contiguous() for k, v in official.items()}}, tmp)
     os.replace(tmp, pth)
     _logger.info("exported the teacher of step %d to %s", state["step"], out)
     return out, pth

@@ -1,7 +1,9 @@
 """Student, teacher, the shared DINO head and the Patch Matching Module (spec §3, §4 a-e).
 
-Parameter names follow the official checkpoints: the backbone's come from `tcore.TCoReBackbone`,
-the head's are `mlp.{0,2,4}.*` and `last_layer.weight_g` / `last_layer.weight_v`, the PMM's are
+Parameter names follow the official checkpoints: the backbone's are `tcore.TCoReBackbone`'s
+(timm's, with the official parameterisation: the class token's position embedding is its own
+tensor `cls_pos_embed`, as `pos_embed[:, :1]` is updated in the official code), the head's are
+`mlp.{0,2,4}.*` and `last_layer.weight_g` / `last_layer.weight_v`, the PMM's are
 `decoder.{i}.auxiliary_{cross_attn,self_attn}.{in_proj_weight,in_proj_bias,out_proj.*}`,
 `decoder.{i}.auxiliary_layer_norm{1,2,3}.*` and `decoder.{i}.auxiliary_linear.*`. So the
 official param-group rules (layer decay by `blocks.i`, no weight decay on `.bias`/norm/gamma,
@@ -20,8 +22,19 @@ import tcore
 from training.config import ModelConfig
 from training.losses import Centers, teacher_probs
 
-__all__ = ["WeightNormLinear", "DINOHead", "PatchMatchingModule", "Student", "build_student", "build_teacher",
+__all__ = ["TokenBackbone", "WeightNormLinear", "DINOHead", "PatchMatchingModule", "Student", "build_student", "build_teacher",
            "teacher_pairs", "update_teacher", "teacher_targets", "compile_models"]
+
+
+class TokenBackbone(tcore.TCoReBackbone):
+    """`tcore.TCoReBackbone` whose forward returns the token dict, so that torch.compile (which
+    compiles `forward`) and DDP see the whole computation in one call.
+    """
+
+    def forward(self, x: torch.Tensor,  # type: ignore[override]
+                masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W), optional (B, h*w) bool masks -> "cls" (B, D), "registers" (B, R, D), "patches" (B, h, w, D)."""
+        return self.forward_features_dict(x, masks)
 
 
 class WeightNormLinear(nn.Module):
@@ -141,7 +154,7 @@ class Student(nn.Module):
     """Everything that gets gradients, in one module so that DDP sees one forward.
 
     Attributes:
-        backbone: tcore.TCoReBackbone (train mode, drop path on).
+        backbone: TokenBackbone (train mode, drop path on).
         dino_head: DINOHead shared by DINO and iBOT.
         pmm: PatchMatchingModule.
     """
@@ -185,9 +198,9 @@ class Student(nn.Module):
 
 def build_student(cfg: ModelConfig) -> Student:
     """Student backbone (tcore, random init, train mode), head and PMM."""
-    backbone = tcore.TCoReBackbone(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                                   patch_size=cfg.patch_size, num_register_tokens=cfg.num_register_tokens,
-                                   img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate)
+    backbone = TokenBackbone(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                             patch_size=cfg.patch_size, num_register_tokens=cfg.num_register_tokens,
+                             img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate)
     head = DINOHead(cfg.embed_dim, cfg.head_n_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                     cfg.head_n_layers)
     pmm = PatchMatchingModule(cfg.embed_dim, cfg.pmm_num_heads, cfg.pmm_num_blocks, cfg.pmm_branch_scale)

@@ -72,17 +72,22 @@ def build_schedules(cfg: Config, epoch_length: int) -> Schedules:
     )
 
 
+# backbone parameters of layer 0: tcore's names, and the official `register_tokens` (the spec's rule)
+_EMBEDDINGS = ("cls_token", "cls_pos_embed", "pos_embed", "reg_token", "register_tokens", "mask_token", "patch_embed")
+
+
 def param_multipliers(name: str, depth: int, cfg: OptimConfig, in_backbone: bool) -> tuple[float, float]:
     """(lr multiplier, weight-decay multiplier) of one parameter (spec §5.3).
 
-    Backbone layer ids: cls_token / pos_embed / register_tokens / mask_token / patch_embed.* -> 0,
-    blocks.i.* -> i + 1, the rest (final norm) -> depth + 1; lr multiplier
+    Backbone layer ids: the embeddings (cls_token, cls_pos_embed, pos_embed, reg_token, mask_token;
+    `register_tokens` in the official names) and patch_embed.* -> 0, blocks.i.* -> i + 1, the rest
+    (final norm) -> depth + 1; lr multiplier
     layerwise_decay ** (depth + 1 - id), times patch_embed_lr_mult for patch_embed.*. Head and PMM
     parameters: 1. Weight decay 0 when the name ends with ".bias" or contains "norm" or "gamma".
     """
     lr_mult = 1.0
     if in_backbone:
-        if name.startswith(("cls_token", "pos_embed", "register_tokens", "mask_token", "patch_embed")):
+        if name.startswith(_EMBEDDINGS):
             layer = 0
         elif name.startswith("blocks."):
             layer = int(name.split(".")[1]) + 1

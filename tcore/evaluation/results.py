@@ -63,7 +63,7 @@ class ManifestMismatchError(ValueError):
 
 
 def _sha256(path: Path) -> str:
-    from ..weights import sha256sum
+    from ..files import sha256sum
 
     return sha256sum(path)
 
@@ -81,14 +81,14 @@ def describe_model(model: Any) -> dict[str, Any]:
         "class" (module). A file whose sha256 equals a pinned registry entry also gets "release".
     """
     from ..models import _looks_like_repo_id
-    from ..weights import _PRETRAINED, DEFAULT_TAGS, download, get_pretrained
+    from ..weights import default_tag, download, get_pretrained, list_tags, pinned_releases
 
     if model is None:
-        model = f"tcore_vits16.{DEFAULT_TAGS['tcore_vits16']}"
+        model = f"tcore_vits16.{default_tag('tcore_vits16')}"
     if isinstance(model, torch.nn.Module):
         return {"kind": "module", "class": type(model).__name__}
     text = str(model)
-    if text.partition(".")[0] in _PRETRAINED:
+    if list_tags(text.partition(".")[0]):
         entry = get_pretrained(text)
         return {"kind": "release", "name": entry.name, "repo_id": entry.repo_id, "filename": entry.filename,
                 "revision": entry.revision, "registry_sha256": entry.sha256,
@@ -96,7 +96,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     path = Path(text).expanduser()
     if path.is_file():
         info: dict[str, Any] = {"kind": "file", "path": str(path.resolve()), "sha256": _sha256(path)}
-        pinned = {e.sha256: e.name for tags in _PRETRAINED.values() for e in tags.values() if e.sha256}
+        pinned = pinned_releases()
         if info["sha256"] in pinned:
             info["release"] = pinned[info["sha256"]]
         return info

@@ -247,11 +247,11 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
          progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from ..models import create_backbone
+    from ..models import load_backbone
 
     benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
     torch_device = _pick_device(device, dist_info)
-    backbone = create_backbone(model)  # loaded once, on the CPU first to fingerprint its weights
+    backbone = load_backbone(model)  # loaded once, on the CPU first to fingerprint its weights
     info = describe_model(model)
     protocol = _protocol(benchmark, size, precision)
     manifest = build_manifest(benchmark, info, backbone, weights_digest(backbone), protocol)

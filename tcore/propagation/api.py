@@ -113,13 +113,13 @@ class _Setup:
 def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, int] | None,
            device: str | torch.device | None, batch_size: int, precision: str) -> _Setup:
     from ..io import read_video
-    from ..models import create_backbone
+    from ..models import load_backbone
 
     frames = read_video(video)
     if len(frames) < 2:
         raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
     device = pick_device(device)
-    backbone = create_backbone(model, device=device)
+    backbone = load_backbone(model, device=device)
     spec = get_preset(preset)
     work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
     encoder = FrameEncoder(backbone, work, device, batch_size, precision)
