@@ -29,7 +29,7 @@ from training.config import AugmentConfig
 __all__ = [
     "PIPELINE_GLOBAL1", "PIPELINE_GLOBAL2", "PIPELINE_LOCAL", "BLUR_PROBS", "Photo", "CropPlan",
     "random_resized_crop_box", "center_box", "draw_photo", "draw_current_plan", "draw_aux_photo", "aux_plan",
-    "apply_plan_pil", "IMAGENET_MEAN", "IMAGENET_STD",
+    "apply_plan_pil", "normalize", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -190,7 +190,7 @@ def apply_plan_pil(image, plan: CropPlan, rows: list[int] | range | None = None)
 
     Returns:
         list of (3, S, S) uint8 tensors (not normalised: `ToTensor` + `Normalize` happen on the
-        training device, see `training.data.normalize`).
+        training device, see `normalize`).
     """
     import torchvision.transforms.functional as TF
     from PIL import Image
@@ -206,3 +206,17 @@ def apply_plan_pil(image, plan: CropPlan, rows: list[int] | range | None = None)
         crop = _photometric_pil(crop, plan.photo, i)
         out.append(torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1))  # (3, S, S)
     return out
+
+
+_NORMALIZE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] -> ImageNet-normalised float (ToTensor + Normalize)."""
+    device = images.device
+    if device not in _NORMALIZE:  # built once per device: a host-to-device copy would wait for the GPU
+        _NORMALIZE[device] = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).mul(255).to(device),
+                              torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).mul(255).to(device))
+    mean, std = _NORMALIZE[device]
+    out = ((images.float() - mean) / std).to(dtype)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from tcore.precision import exact_fp32
-from training.augment import BLUR_KERNEL, SOLARIZE_THRESHOLD
-from training.data import INDEX_KEYS, normalize
+from training.augment import BLUR_KERNEL, SOLARIZE_THRESHOLD, normalize
+from training.masking import INDEX_KEYS
 
 __all__ = ["resample_matrix", "resize_crops", "photometric", "decode_frames", "render_batch"]
 

@@ -23,20 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.augment import (IMAGENET_MEAN, IMAGENET_STD, Photo, apply_plan_pil, aux_plan, center_box,
-                              draw_aux_photo, draw_current_plan)
+from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan, normalize
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
-from training.masking import batch_masks, mask_indices
+from training.masking import INDEX_KEYS, batch_masks, mask_indices
 
 __all__ = [
     "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
-    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader", "normalize",
+    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader",
     "to_device_batch", "mask_rng", "sample_rng",
 ]
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
-INDEX_KEYS = ("masks", "aux_rows", "mask_index", "aux_mask_index", "mask_weight")
 
 
 # ---------------------------------------------------------------------------------- the index
@@ -355,20 +353,6 @@ def build_loader(dataset: ClipBatchDataset, sampler: StepSampler, cfg: DataConfi
                       persistent_workers=cfg.persistent_workers and workers > 0,
                       prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
                       worker_init_fn=_worker_init if workers > 0 else None)
-
-
-_NORMALIZE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) in [0, 255] -> ImageNet-normalised float (ToTensor + Normalize)."""
-    device = images.device
-    if device not in _NORMALIZE:  # built once per device: a host-to-device copy would wait for the GPU
-        _NORMALIZE[device] = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).mul(255).to(device),
-                              torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).mul(255).to(device))
-    mean, std = _NORMALIZE[device]
-    out = ((images.float() - mean) / std).to(dtype)
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def to_device_batch(batch: dict[str, Any], device: torch.device, aug: AugmentConfig,

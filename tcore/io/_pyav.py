@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .video import FrameReadError, VideoFrames
+from .frames import FrameReadError, VideoFrames
 
 __all__ = ["VideoFileFrames", "import_av", "write_video"]
 
