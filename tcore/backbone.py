@@ -56,9 +56,24 @@ class _HubBackbone(PyTorchModelHubMixin):
             The commit url when pushed, else None.
         """
         full = {**hub.backbone_config(self), **(config or {})}
-        card = {"config": full, "repo_id": repo_id, **(model_card_kwargs or {})}
+        pushed_to = repo_id or (Path(save_directory).name if push_to_hub else None)  # the mixin's default
+        card = {"config": full, "repo_id": pushed_to, **(model_card_kwargs or {})}
         return super().save_pretrained(save_directory, config=full, repo_id=repo_id, push_to_hub=push_to_hub,
                                        model_card_kwargs=card, **push_to_hub_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, config: dict | None = None,
+                    model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """Save (see `save_pretrained`) and upload to the Hub repo `repo_id`; the card's usage names it.
+
+        Args:
+            repo_id: "org/name", created if needed.
+            config, model_card_kwargs, **kwargs: as `huggingface_hub.PyTorchModelHubMixin.push_to_hub`.
+
+        Returns:
+            The url of the commit.
+        """
+        card = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, config=config, model_card_kwargs=card, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         hub.write_weights(self._weights_state(), save_directory)
@@ -150,7 +165,8 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
         weights = hub.weights_file(folder, "TCoReBackbone")
         model = cls(**{**config["model_args"], **model_kwargs})
         load_checkpoint(model, weights)
-        model.pretrained_cfg = {**config.get("pretrained_cfg", {}), "file": str(folder)}
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
+        model.pretrained_cfg = {**saved, "file": str(folder)}  # JSON lists back to timm's tuples
         return model
 
 

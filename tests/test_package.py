@@ -89,6 +89,46 @@ def test_version_flag():
     assert out.returncode == 0 and out.stdout.strip() == f"tcore {tcore.__version__}"
 
 
+_HEAVY_AFTER = """
+import json, sys
+from tcore.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    results.append([argv, code, [m for m in ("torch", "timm") if m in sys.modules]])
+print(json.dumps(results))
+"""
+
+
+def _cli_in_process(*argvs: list[str]) -> list:
+    """[argv, exit status, heavy modules imported so far] of each command, run in turn in one interpreter."""
+    out = subprocess.run([sys.executable, "-c", _HEAVY_AFTER, json.dumps(list(argvs))], capture_output=True,
+                         text=True, cwd=Path(tempfile.gettempdir()), check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_version_import_neither_torch_nor_timm():
+    from tcore.cli import _COMMANDS
+
+    argvs = [["--help"], ["--version"], *[[name, "--help"] for name in _COMMANDS]]
+    assert {"propagate", "eval", "convert", "inspect", "download", "models"} <= set(_COMMANDS)
+    for argv, code, heavy in _cli_in_process(*argvs):
+        assert code == 0 and heavy == [], (argv, code, heavy)
+
+
+def test_a_missing_input_is_reported_before_the_model_is_loaded(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    results = _cli_in_process(["convert", missing, "-o", str(tmp_path / "out")], ["inspect", missing],
+                              ["propagate", str(tmp_path / "no_frames"), missing, "-o", str(tmp_path / "o")])
+    for argv, code, heavy in results:
+        assert code == 1 and heavy == [], (argv, code, heavy)
+    out = _cli("convert", missing, "-o", str(tmp_path / "out"))
+    assert out.stderr.startswith(f"tcore: error: checkpoint {missing}: no such file")
+
+
 def test_cli_convert_then_load_the_folder(tmp_path, tiny_backbone):
     ckpt = tmp_path / "teacher_checkpoint.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in tiny_backbone.state_dict().items()}}, ckpt)

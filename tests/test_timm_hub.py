@@ -1,0 +1,205 @@
+"""T-CoRe backbones as timm and Hugging Face citizens: timm's registry and pretrained cfgs, the Hub
+mixin (save_pretrained / from_pretrained / push_to_hub, model card), exports stock timm loads."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from helpers import golden_inputs, shared_path
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+from timm.data import resolve_data_config
+
+import tcore
+from tcore.checkpoint import to_official_state_dict
+from tcore.errors import CheckpointError
+
+TCORE_PREPROCESSING = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+                       "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "center"}
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter outside the source tree."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=Path(tempfile.gettempdir()), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _official_file(model: torch.nn.Module, path: Path) -> Path:
+    """The official teacher-checkpoint layout: {"teacher": {"backbone.<official name>": ...}}."""
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in to_official_state_dict(model.state_dict()).items()}},
+               path)
+    return path
+
+
+def _randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+# ---------------------------------------------------------------------------------- timm registry
+
+@pytest.mark.parametrize("order", ["import tcore, timm", "import timm, tcore"])
+def test_import_tcore_registers_the_models_in_timm_in_either_import_order(order):
+    out = _python(f"{order}; print(timm.list_models('tcore*'), timm.list_models('tcore*', pretrained=True))")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("] [") == ["['tcore_vitb16', 'tcore_vits16'",
+                                       "'tcore_vitb16.k400', 'tcore_vits16.in1k', 'tcore_vits16.k400']\n"]
+
+
+def test_pretrained_cfgs_name_the_release_file_and_tcores_preprocessing():
+    assert timm.models.get_pretrained_cfg("tcore_vits16").tag == "k400"  # the default tag
+    for name in tcore.list_models():
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        entry = tcore.get_pretrained(name)
+        assert (cfg["hf_hub_id"], cfg["hf_hub_filename"]) == ("yafeng19/T-CORE", entry.filename)
+        assert {k: cfg[k] for k in TCORE_PREPROCESSING} == TCORE_PREPROCESSING
+        assert cfg["num_classes"] == 0 and cfg["license"] == "apache-2.0"
+        assert cfg["paper_ids"] == "arXiv:2503.15096" and cfg["origin_url"] == "https://github.com/yafeng19/T-CORE"
+
+
+def test_timm_create_model_with_a_local_official_file_equals_the_tcore_constructor(tmp_path):
+    path = _official_file(_randomized(tcore.tcore_vits16(pretrained=False)), tmp_path / "vits16_400ep_K400.pth")
+    via_timm = timm.create_model("tcore_vits16.k400", pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path))).eval()
+    via_tcore = tcore.tcore_vits16(pretrained=path)
+    assert type(via_timm) is type(via_tcore) is tcore.TCoReBackbone
+    assert via_timm.state_dict().keys() == via_tcore.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(via_timm.state_dict().values(), via_tcore.state_dict().values()))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(via_timm.forward_features(x), via_tcore.forward_features(x))
+    assert resolve_data_config(model=via_timm) == resolve_data_config(model=via_tcore) == TCORE_PREPROCESSING
+
+
+def test_timm_loading_keeps_tcores_loud_errors(tmp_path):
+    path = _official_file(tcore.tcore_vitb16(pretrained=False), tmp_path / "vitb16_200ep_K400.pth")
+    with pytest.raises(CheckpointError) as err:
+        timm.create_model("tcore_vits16", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    message = str(err.value)
+    assert "vitb16_200ep_K400.pth" in message and "expected embed_dim=384" in message
+    assert "found    embed_dim=768" in message and "use tcore.tcore_vitb16" in message
+
+
+def test_timm_fine_tuning_head_is_left_to_timm(tmp_path):
+    """num_classes differs from the weights': timm keeps the new head random, the rest loads."""
+    src = _randomized(tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2))
+    path = _official_file(src, tmp_path / "tiny.pth")
+    net = timm.create_model("tcore_vits16", pretrained=True, num_classes=5, embed_dim=64, depth=2, num_heads=2,
+                            pretrained_cfg_overlay=dict(file=str(path)))
+    assert net.head.out_features == 5 and torch.equal(net.pos_embed, src.pos_embed)
+
+
+# ------------------------------------------------------------------------------------ Hub format
+
+def test_save_pretrained_round_trip_is_bit_identical_with_a_model_card(tmp_path):
+    model = _randomized(tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2), seed=1)
+    model.save_pretrained(tmp_path / "tiny", config={"source": "teacher_checkpoint.pth", "source_sha256": "0" * 64})
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = tcore.TCoReBackbone.from_pretrained(tmp_path / "tiny")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert resolve_data_config(model=loaded) == TCORE_PREPROCESSING
+
+    card = ModelCard.load(tmp_path / "tiny" / "README.md")
+    assert card.data.library_name == "tcore" and card.data.license == "apache-2.0"
+    assert {"tcore", "arxiv:2503.15096", "pytorch_model_hub_mixin"} <= set(card.data.tags)
+    assert "64.7" in card.text and "66.4" in card.text  # the paper's DAVIS J&F of the releases
+    assert "tcore.TCoReBackbone.from_pretrained(" in card.text and "patch_tokens" in card.text
+    assert "teacher_checkpoint.pth" in card.text and "0" * 64 in card.text
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    import huggingface_hub.hub_mixin as mixin
+
+    pushed = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            pushed.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()}, repo_id=repo_id)
+            return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(mixin, "HfApi", FakeApi)
+    model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)
+    assert model.push_to_hub("someone/tcore-tiny").endswith("/commit/0")
+    assert json.loads(pushed["config.json"])["architecture"] == "TCoReBackbone"
+    assert b'from_pretrained("someone/tcore-tiny")' in pushed["README.md"] and "model.safetensors" in pushed
+
+
+def test_from_pretrained_reads_format_1_folders_with_official_names(tmp_path):
+    model = _randomized(tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2), seed=2)
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in to_official_state_dict(model.state_dict()).items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architecture": "TCoReBackbone", "format_version": 1,
+                                                    "model_args": model.arch, "pos_interp": "tcore"}))
+    loaded = tcore.TCoReBackbone.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_from_pretrained_refuses_another_kind_of_backbone(tmp_path):
+    net = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56)
+    tcore.load_backbone(net, pos_interp="tcore").save_pretrained(tmp_path / "dino")
+    with pytest.raises(CheckpointError, match="holds a TimmViTBackbone backbone, not a TCoReBackbone"):
+        tcore.TCoReBackbone.from_pretrained(tmp_path / "dino")
+
+
+# ------------------------------------------------------------------------- exports for stock timm
+
+_STOCK_TIMM = """
+import sys, timm, torch
+model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
+x = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model.forward_features(x), sys.argv[3])
+print(type(model).__name__, timm.data.resolve_data_config(model=model)["interpolation"], "tcore" in sys.modules)
+"""
+
+
+def test_timm_export_loads_in_stock_timm_without_tcore(tmp_path):
+    ckpt = shared_path("golden", "vit_tiny_official.pth")
+    out = subprocess.run([sys.executable, "-m", "tcore", "convert", str(ckpt), "-o", str(tmp_path / "timm"),
+                          "--format", "timm"], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == "vit_small_patch14_reg4_dinov2" and config["model_args"]["patch_size"] == 16
+    assert config["source"] == "vit_tiny_official.pth" and len(config["source_sha256"]) == 64
+
+    x = torch.from_numpy(golden_inputs().pattern_image(480, 880))[None]
+    torch.save(x, tmp_path / "x.pt")
+    run = _python(_STOCK_TIMM, str(tmp_path / "timm"), str(tmp_path / "x.pt"), str(tmp_path / "tokens.pt"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["VisionTransformer", "bilinear", "False"]  # stock timm, tcore never imported
+    tokens = torch.load(tmp_path / "tokens.pt")
+    with torch.no_grad():
+        ours = tcore.load_backbone(ckpt).forward_features(x)
+    torch.testing.assert_close(tokens, ours, rtol=0, atol=1e-6)
+    gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
+    torch.testing.assert_close(tokens[:, 5:].reshape(1, 30, 55, 64), gold["patches_480x880"], rtol=0, atol=1e-5)
+
+
+def test_load_backbone_reads_a_timm_export_folder(tmp_path):
+    from tcore.hub import export_for_timm
+
+    model = _randomized(tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2), seed=3)
+    export_for_timm(model, tmp_path / "timm")
+    again = tcore.load_backbone(tmp_path / "timm")
+    assert isinstance(again, tcore.TimmViTBackbone) and again.pos_interp == "tcore"
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(again.patch_tokens(x), model.patch_tokens(x), rtol=0, atol=1e-6)
