@@ -18,7 +18,7 @@ Video Representation Learning" (CVPR 2025).
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, overload
 
 import torch
 import torch.nn.functional as F
@@ -297,7 +297,16 @@ class TCoReViT(FeatureAPI, VisionTransformer):
     def _final_tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         return self.forward_features(x, masks=masks)
 
-    def get_intermediate_layers(  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def get_intermediate_layers(self, x: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
+                                return_class_token: Literal[False] = False, norm: bool = True
+                                ) -> tuple[torch.Tensor, ...]: ...
+    @overload
+    def get_intermediate_layers(self, x: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False, *,
+                                return_class_token: Literal[True], norm: bool = True
+                                ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]: ...
+
+    def get_intermediate_layers(
         self,
         x: torch.Tensor,
         n: int | Sequence[int] = 1,

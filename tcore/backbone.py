@@ -8,6 +8,7 @@ construction (`pretrained=`) and to live on the Hugging Face Hub (`save_pretrain
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -37,31 +38,32 @@ _HUB_METADATA: dict[str, Any] = dict(
 )
 
 
-class _HubBackbone(PyTorchModelHubMixin):
+class _HubBackbone(nn.Module, PyTorchModelHubMixin):
     """The Hub side shared by both backbones (`save_pretrained` writes tcore's config.json)."""
 
-    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+    def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
                         **push_to_hub_kwargs: Any) -> str | None:
         """Write `config.json`, `model.safetensors` and a model card `README.md` (kept if present).
 
         Args:
             save_directory: folder to create or fill.
-            config: JSON-serialisable extras stored in `config.json` (e.g. {"source": ...,
-                "source_sha256": ...}); the architecture and preprocessing entries are tcore's.
+            config: JSON-serialisable extras stored in `config.json`, a dict or a dataclass (e.g.
+                {"source": ..., "source_sha256": ...}); the architecture and preprocessing entries are tcore's.
             repo_id, push_to_hub, model_card_kwargs, **push_to_hub_kwargs: as
                 `huggingface_hub.PyTorchModelHubMixin.save_pretrained`.
 
         Returns:
             The commit url when pushed, else None.
         """
-        full = {**hub.backbone_config(self), **(config or {})}
+        extra = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
+        full = {**hub.backbone_config(self), **extra}
         pushed_to = repo_id or (Path(save_directory).name if push_to_hub else None)  # the mixin's default
         card = {"config": full, "repo_id": pushed_to, **(model_card_kwargs or {})}
         return super().save_pretrained(save_directory, config=full, repo_id=repo_id, push_to_hub=push_to_hub,
                                        model_card_kwargs=card, **push_to_hub_kwargs)
 
-    def push_to_hub(self, repo_id: str, *, config: dict | None = None,
+    def push_to_hub(self, repo_id: str, *, config: Any = None,  # type: ignore[override]
                     model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
         """Save (see `save_pretrained`) and upload to the Hub repo `repo_id`; the card's usage names it.
 

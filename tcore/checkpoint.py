@@ -291,10 +291,11 @@ def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) 
     lacks is left to timm, which keeps it random when num_classes differs from the weights'.
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    source = cfg.get("file") or "/".join(str(p) for p in (cfg.get("hf_hub_id"), cfg.get("hf_hub_filename")) if p)
-    state = convert_state_dict(state_dict, source or "pretrained weights")
-    allow_missing = ("head.",) if "head.weight" not in state and getattr(model, "num_classes", 0) else ()
-    check_state_dict(model, state, source or "pretrained weights", allow_missing)
+    source = (cfg.get("file") or "/".join(str(p) for p in (cfg.get("hf_hub_id"), cfg.get("hf_hub_filename")) if p)
+              or "pretrained weights")
+    state = convert_state_dict(state_dict, source)
+    new_head = "head.weight" not in state and int(getattr(model, "num_classes", 0)) > 0
+    check_state_dict(model, state, source, allow_missing=("head.",) if new_head else ())
     return state
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
+from torch import nn
 
 from ._version import __version__
 from .architecture import ARCHITECTURES, TCoReViT, TimmViT
@@ -55,7 +56,7 @@ TIMM_ARCHITECTURES = {384: "vit_small_patch14_reg4_dinov2", 768: "vit_base_patch
 
 # --------------------------------------------------------------------------------- tcore format
 
-def _preprocessing(model: TCoReViT | TimmViT) -> dict[str, Any]:
+def _preprocessing(model: nn.Module) -> dict[str, Any]:
     """timm's preprocessing keys of a backbone: its pretrained cfg's, else (a T-CoRe ViT built
     without one) T-CoRe's."""
     cfg = model._preprocessing()
@@ -63,7 +64,7 @@ def _preprocessing(model: TCoReViT | TimmViT) -> dict[str, Any]:
     return {k: cfg.get(k, default.get(k)) for k in asdict(Preprocessing()) if cfg.get(k, default.get(k)) is not None}
 
 
-def backbone_config(model: TCoReViT | TimmViT) -> dict[str, Any]:
+def backbone_config(model: nn.Module) -> dict[str, Any]:
     """The `config.json` of a backbone: what `from_pretrained` needs to rebuild it."""
     if isinstance(model, TCoReViT):
         architecture = "TCoReBackbone"

@@ -241,7 +241,7 @@ def _module_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 @overload
-def load_backbone(model: TCoReBackbone, *, checkpoint: None = None, pos_interp: None = None,
+def load_backbone(model: TCoReBackbone | None = None, *, checkpoint: None = None, pos_interp: None = None,
                   device: str | torch.device | None = None, **kwargs: Any) -> TCoReBackbone: ...
 @overload
 def load_backbone(model: Any = None, *, checkpoint: str | os.PathLike | None = None,
