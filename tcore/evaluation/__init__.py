@@ -8,9 +8,9 @@
 Each benchmark runs the propagation front end with the paper's preset and the metrics of
 `tcore.metrics`; the dataset readers take the official layouts. Also `tcore eval` on the command line.
 """
-from .datasets import Dataset, DatasetError, Video, read_dataset, read_davis, read_jhmdb, read_vip
+from .datasets import Dataset, DatasetError, Video, read_davis, read_jhmdb, read_vip
 from .results import ManifestMismatchError, format_table
-from .runner import evaluate, shard_videos
+from .runner import evaluate, read_dataset, shard_videos
 from .vos import read_mose, read_ytvos
 
 __all__ = [

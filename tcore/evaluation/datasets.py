@@ -24,7 +24,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -37,7 +36,6 @@ __all__ = [
     "davis_ground_truth",
     "frame_names",
     "jhmdb_ground_truth",
-    "read_dataset",
     "read_davis",
     "read_index_png",
     "read_jhmdb",
@@ -335,34 +333,6 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
         split, official = "every annotated videos* folder (not the paper's split)", False
     videos = _frame_label_videos(path, names, _VIP_FRAMES, _VIP_LABELS, "vip", "vip video")
     return Dataset("vip", path, videos, split, official)
-
-
-_READERS: dict[str, Callable[..., Dataset]] = {"davis": read_davis, "jhmdb": read_jhmdb, "vip": read_vip}
-
-
-def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.PathLike | None = None,
-                 split: str | None = None) -> Dataset:
-    """`read_davis`, `read_jhmdb`, `read_vip`, `read_ytvos` or `read_mose` by name.
-
-    Args:
-        benchmark: the benchmark's name.
-        root: its dataset folder.
-        list_file: the split's video list (see each reader).
-        split: YouTube-VOS / MOSE only: the split folder ("valid" by default).
-
-    Raises:
-        ValueError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
-    """
-    if benchmark in ("ytvos", "mose"):
-        from .vos import read_mose, read_ytvos
-
-        return (read_ytvos if benchmark == "ytvos" else read_mose)(root, list_file, split or "valid")
-    if benchmark not in _READERS:
-        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
-    if split is not None:
-        raise ValueError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
-                         f"split as a list file (--list)")
-    return _READERS[benchmark](root, list_file)
 
 
 # -------------------------------------------------------------------------------- ground truth

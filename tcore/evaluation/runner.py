@@ -14,23 +14,47 @@ import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
-from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_dataset
-from .vos import VOS_BENCHMARKS
+from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_davis, read_jhmdb, read_vip
+from .vos import VOS_BENCHMARKS, read_mose, read_ytvos
 from .results import (MANIFEST_NAME, PARTIAL_DIR, SUMMARY_NAME, build_manifest, describe_model, paper_scores,
                       prepare_results_folder, weights_digest, write_json_atomic, write_text_atomic)
 
-__all__ = ["evaluate", "shard_videos"]
+__all__ = ["evaluate", "read_dataset", "shard_videos"]
 
 _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 BENCHMARKS = {**_PAPER_BENCHMARKS, **VOS_BENCHMARKS}
 _GROUP_TIMEOUT = timedelta(hours=6)  # ranks wait for the slowest rank and for rank 0's scoring
+_READERS: dict[str, Callable[..., Dataset]] = {"davis": read_davis, "jhmdb": read_jhmdb, "vip": read_vip}
+
+
+def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.PathLike | None = None,
+                 split: str | None = None) -> Dataset:
+    """`read_davis`, `read_jhmdb`, `read_vip`, `read_ytvos` or `read_mose` by name.
+
+    Args:
+        benchmark: the benchmark's name.
+        root: its dataset folder.
+        list_file: the split's video list (see each reader).
+        split: YouTube-VOS / MOSE only: the split folder ("valid" by default).
+
+    Raises:
+        ValueError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
+    """
+    if benchmark in ("ytvos", "mose"):
+        return (read_ytvos if benchmark == "ytvos" else read_mose)(root, list_file, split or "valid")
+    if benchmark not in _READERS:
+        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+    if split is not None:
+        raise ValueError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
+                         f"split as a list file (--list)")
+    return _READERS[benchmark](root, list_file)
 
 
 @dataclass(frozen=True)
