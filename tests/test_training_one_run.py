@@ -214,5 +214,5 @@ def test_killing_torchrun_kills_every_rank_and_a_relaunch_resumes_exactly(first_
     b = load_checkpoint(run / "checkpoints" / f"ckpt_{STEPS:08d}.pt")
     for part in ("student", "teacher", "centers"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
