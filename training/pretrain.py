@@ -1,4 +1,4 @@
-"""T-CoRe pretraining with PyTorch DDP (recipe: ../shared/spec/training-recipe.md, README: training/README.md).
+"""T-CoRe pretraining with PyTorch DDP (recipe: docs/training-recipe.md, README: training/README.md).
 
 One GPU:
     torchrun --standalone --nproc-per-node=1 training/pretrain.py \
