@@ -48,10 +48,11 @@ def _torchrun(frames: Path, out: Path, stop: bool = True) -> list[str]:
             f"train.stop_at_step={STEPS if stop else 0}"]
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    """torchrun in a session of its own (a scheduler's job), output to pipes."""
-    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """torchrun in a session of its own (a scheduler's job), stdout and stderr into `log`."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -89,10 +90,10 @@ def _kill_all(proc: subprocess.Popen, pids: set[int]) -> None:
     proc.wait(timeout=30)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert proc.poll() is None, f"the run ended before writing {path}:\n{proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, f"the run ended before writing {path}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {path} after {timeout} s"
         time.sleep(0.05)
 
@@ -119,16 +120,16 @@ def first_run(frames, tmp_path_factory):
     crashed = LockHolder("training", "gpu-node-17", 4242, started=long_ago - 7200, heartbeat=long_ago, token="crashed")
     (run / LOCK_NAME).write_text(json.dumps(asdict(crashed)))
 
-    first = _start(_torchrun(frames, run))
+    log, second_log = run.parent / "first.log", run.parent / "second.log"
+    first = _start(_torchrun(frames, run), log)
     rank0 = stopped = None
     try:
         deadline = time.monotonic() + 300
         while (rank0 := json.loads((run / LOCK_NAME).read_text())["pid"]) == crashed.pid:
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         t0 = time.monotonic()
-        second = subprocess.Popen(_torchrun(frames, run), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        second = _start(_torchrun(frames, run), second_log)
         # The second launch takes many seconds to start: hold the first run's rank 0 still (alive, lock
         # held) before its last step if need be, so that the first run is surely running meanwhile.
         while second.poll() is None:
@@ -138,53 +139,52 @@ def first_run(frames, tmp_path_factory):
             assert time.monotonic() < deadline, "the second launch did not stop"
             time.sleep(0.05)
         second_s = time.monotonic() - t0
-        second_out, second_err = second.communicate()
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
             stopped = None
-        out, err = first.communicate(timeout=300)
+        first.wait(timeout=300)
     finally:
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         if first.poll() is None:
             _kill_all(first, set())
-    return {"run": run, "rank0": rank0, "first": (first.returncode, out, err),
-            "second": (second.returncode, second_out, second_err), "second_s": second_s}
+    return {"run": run, "rank0": rank0, "first": (first.returncode, log.read_text()),
+            "second": (second.returncode, second_log.read_text()), "second_s": second_s}
 
 
 def test_a_second_launch_into_a_folder_in_use_stops_with_one_clear_error(first_run):
-    rc, out, err = first_run["second"]
+    rc, output = first_run["second"]
     print(f"refused launch: {first_run['second_s']:.1f} s from start to exit")
     assert rc != 0
-    errors = [line for line in err.splitlines() if line.startswith("training.pretrain: error:")]
-    assert len(errors) == 1, err[-3000:]  # from rank 0 only
+    errors = [line for line in output.splitlines() if line.startswith("training.pretrain: error:")]
+    assert len(errors) == 1, output[-3000:]  # from rank 0 only
     assert (f"is in use by another training run: pid {first_run['rank0']} on host {socket.gethostname()}, "
             f"started 20") in errors[0]
     assert f"kill {first_run['rank0']}), or use another folder" in errors[0]
-    assert "INFO" not in out + err  # no rank logged, trained or wrote anything
+    assert "training INFO" not in output  # no rank logged, trained or wrote anything
 
 
 def test_the_first_run_took_over_a_crashed_nodes_lock_and_ends_intact(first_run):
-    rc, out, err = first_run["first"]
+    rc, output = first_run["first"]
     run = first_run["run"]
-    assert rc == 0, err[-3000:]
-    assert "took over the stale lock of a training run (pid 4242 on host gpu-node-17" in err
-    assert "its last heartbeat is 10.0 h old (stale after 120 s)" in err
+    assert rc == 0, output[-3000:]
+    assert "took over the stale lock of a training run (pid 4242 on host gpu-node-17" in output
+    assert "its last heartbeat is 10.0 h old (stale after 120 s)" in output
     assert [m["step"] for m in _metrics(run)] == list(range(1, STEPS + 1))  # each step logged once
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"ckpt_{s:08d}.pt" for s in range(1, STEPS + 1)]
     for step in range(1, STEPS + 1):
         assert load_checkpoint(run / "checkpoints" / f"ckpt_{step:08d}.pt")["step"] == step
-    assert out.count("training INFO: config:") == 1
+    assert output.count("training INFO: config:") == 1
     assert (run / "log.txt").read_text().count("training INFO: config:") == 1  # one run wrote into the folder
     assert not (run / LOCK_NAME).exists()  # released at the end
 
 
 def test_killing_torchrun_kills_every_rank_and_a_relaunch_resumes_exactly(first_run, frames, tmp_path):
-    run = tmp_path / "run"
-    launcher = _start(_torchrun(frames, run, stop=False))
+    run, log = tmp_path / "run", tmp_path / "killed.log"
+    launcher = _start(_torchrun(frames, run, stop=False), log)
     ranks: set[int] = set()
     try:
-        _wait_for(run / "checkpoints" / "ckpt_00000001.pt", launcher)
+        _wait_for(run / "checkpoints" / "ckpt_00000001.pt", launcher, log)
         ranks = _descendants(launcher.pid)
         rank0 = json.loads((run / LOCK_NAME).read_text())["pid"]
         assert rank0 in ranks and len(ranks) >= 2
