@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "all_reduce_mean", "barrier", "broadcast_from_main"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,12 @@ def barrier(info: DistInfo) -> None:
             dist.barrier(device_ids=[info.local_rank])
         else:
             dist.barrier()
+
+
+def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's `obj` (picklable) on every rank; `obj` itself in a single process."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=info.device)
+    return box[0]

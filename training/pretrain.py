@@ -1,4 +1,4 @@
-"""T-CoRe pretraining with PyTorch DDP (recipe: ../shared/spec/training-recipe.md, README: training/README.md).
+"""T-CoRe pretraining with PyTorch DDP (recipe: docs/training-recipe.md, README: training/README.md).
 
 One GPU:
     torchrun --standalone --nproc-per-node=1 training/pretrain.py \
@@ -12,6 +12,10 @@ Several nodes: training/README.md has a SLURM script. CPU (tests): python traini
 Arguments after the config are dotted overrides (`optim.base_lr=0.002`). The global batch stays
 `optim.global_batch_size` on any number of GPUs (gradient accumulation), and so does the stream
 of samples, so one GPU with accumulation 4 trains on the same batches as 4 GPUs.
+
+One run per output folder: rank 0 holds `<output_dir>/tcore.lock` (tcore._lock.FolderLock) for the
+whole run, and a launch into a folder held by a live run stops with an error naming it. Every rank
+started by a launcher dies with it (training/lifecycle.py), so no rank outlives a killed torchrun.
 """
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (`torchrun training/pretrain.py`): make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if __name__ == "__main__":  # a rank dies with its launcher: armed first, before the slow imports below
+    from training.lifecycle import die_with_launcher
+
+    die_with_launcher()
 
 import argparse
 import contextlib
@@ -33,17 +42,20 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from tcore._lock import FolderLock, FolderLockedError
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, config_to_dict, load_config
 from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
                            write_manifest)
-from training.dist import DistInfo, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
+from training.dist import (DistInfo, all_reduce_mean, barrier, broadcast_from_main, cleanup_distributed,
+                           setup_distributed)
+from training.lifecycle import release_on_sigterm
 from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
 from training.model import (Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets,
                             update_teacher)
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
 
-__all__ = ["main", "build_training", "forward_backward", "optimizer_step", "micro_seed"]
+__all__ = ["main", "train", "build_training", "forward_backward", "optimizer_step", "micro_seed"]
 
 _logger = logging.getLogger("training")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -162,15 +174,60 @@ def _tensorboard(cfg: Config, out_dir: Path, info: DistInfo) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
+def _claim_output_dir(out_dir: Path, info: DistInfo) -> FolderLock | None:
+    """Rank 0 locks `out_dir` (one run per output folder) before anything is written there; every
+    rank learns the outcome, so that no rank trains alone.
+
+    Returns:
+        The held lock on rank 0 (released on SIGTERM too), None on the other ranks.
+
+    Raises:
+        FolderLockedError: on every rank when another live run holds the folder; rank 0 has printed
+            the error naming that run.
+    """
+    lock, refusal = None, None
+    if info.is_main:
+        lock = FolderLock(out_dir, purpose="training")
+        try:
+            lock.acquire()
+        except FolderLockedError as err:
+            refusal = f"train.output_dir={out_dir}: {err}"
+            print(f"training.pretrain: error: {refusal}", file=sys.stderr, flush=True)  # before the others exit
+            lock = None
+    refusal = broadcast_from_main(refusal, info)
+    if refusal is not None:
+        raise FolderLockedError(refusal)
+    if lock is not None:
+        release_on_sigterm(lock)
+    return lock
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one training job; 1 when the output folder is in use by another run."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     info = setup_distributed(cfg.train.device)
     out_dir = Path(cfg.train.output_dir)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    barrier(info)
+    try:
+        lock = _claim_output_dir(out_dir, info)
+    except FolderLockedError:
+        cleanup_distributed()
+        return 1
+    try:
+        train(cfg, info, out_dir, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+    cleanup_distributed()
+    return 0
+
+
+def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -> None:
+    """The run: data, model, resume, the loop, the export. Rank 0 holds `lock` and checks it
+    before each write into `out_dir` (metrics, checkpoints, export)."""
     handlers = _setup_logging(info, out_dir)
+    if lock is not None:
+        _logger.info("%s: held by this run (heartbeat every %g s)", lock.path, lock.heartbeat_every)
     _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     device = info.device
 
@@ -222,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoint(step: int) -> None:
         if info.is_main:
+            lock.check()
             state = {"format_version": FORMAT_VERSION, "step": step, "student": student.state_dict(),
                      "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "centers": centers.state_dict(), "config": config_to_dict(cfg),
@@ -265,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
             if info.is_main:
+                lock.check()
                 eta = (end_step - done) * elapsed / steps_logged
                 _logger.info("step %d/%d  loss %.4f  (dino %.4f+%.4f koleo %.4f ibot %.4f/%.4f mse %.5f)  lr %.3g  "
                              "wd %.3g  m %.5f  T %.4f  %.1f samples/s  eta %.1f h", done, total_steps, record["total"],
@@ -282,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint(done)
 
     if info.is_main and end_step == total_steps and cfg.train.export_at_end:
+        lock.check()
         export_teacher(load_checkpoint(latest_checkpoint(ckpt_dir)), out_dir / "export")
     if metrics_file is not None:
         metrics_file.close()
@@ -290,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     for handler in handlers:
         logging.getLogger("training").removeHandler(handler)
         handler.close()
-    cleanup_distributed()
-    return 0
 
 
 if __name__ == "__main__":
