@@ -28,6 +28,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .io import read_video, write_images
+from .models import create_backbone
+from .propagation.features import FrameEncoder, pick_device
+from .propagation.presets import get_preset, working_size
+
 __all__ = [
     "PCABasis",
     "fit_pca",
@@ -188,11 +193,6 @@ class FeaturePictures:
     def __init__(self, video: Any, model: Any = None, preset: Any = None, size: tuple[int, int] | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8, precision: str = "fp32",
                  n_fit_frames: int = _N_FIT_FRAMES) -> None:
-        from .io import read_video
-        from .models import create_backbone
-        from .propagation.features import FrameEncoder, pick_device
-        from .propagation.presets import get_preset, working_size
-
         self.frames = read_video(video)
         device = pick_device(device)
         backbone = create_backbone(model, device=device)
@@ -338,8 +338,6 @@ def write_feature_video(video: Any, out: str | Path, point: tuple[float, float] 
         `out`. Each output frame is two panels side by side (see `FeaturePictures.stream`).
     """
     from tqdm.auto import tqdm
-
-    from .io import write_images
 
     pictures = FeaturePictures(video, model=model, preset=preset, size=size, device=device,
                                batch_size=batch_size, precision=precision)
