@@ -33,7 +33,7 @@ MODEL_CHOICES = [
     ("ViT-S/16 with random weights (no download; for trying the page)", RANDOM_PREFIX + "tcore_vits16"),
 ]
 PRESET_CHOICES = [
-    ("paper settings, short side 480 (aspect kept)", "default"),
+    ("paper, short side 480", "default"),
     ("DAVIS: 480x880 stretched", "davis"),
     ("JHMDB: 320x320", "jhmdb"),
     ("VIP: long side 880, top-10", "vip"),
@@ -45,10 +45,6 @@ Open a video, give the first frame's mask (paint it, one colour per object, or u
 **Propagate**: every frame gets its masks by matching T-CoRe patch features
 ([CVPR 2025](https://arxiv.org/abs/2503.15096)). The **Features** tab shows what the model sees.
 """
-_CSS = """
-.gradio-container {max-width: 1320px !important}
-#status p {margin: 0}
-"""
 
 
 def launch_options() -> dict[str, Any]:
@@ -58,7 +54,7 @@ def launch_options() -> dict[str, Any]:
     """
     theme = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme, "css": _CSS}
+    return {"theme": theme}
 
 
 def _shown(fn: Callable) -> Callable:
@@ -144,7 +140,7 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
             return None, None
         if mask_file:
             ids, palette = read_mask(mask_file)
-            if ids.shape != frame.shape[:2]:
+            if ids.shape != frame.shape[:2]:  # shown on black; Propagate gives the API's size error
                 return overlay(np.zeros((*ids.shape, 3), np.uint8), ids, palette), mask_file
             return overlay(frame, ids, palette), mask_file
         ids = ids_from_layers((editor or {}).get("layers") or [], frame.shape[:2])
@@ -181,10 +177,10 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
             pictures = FeaturePictures(video, model=backbone, preset=_preset(preset), size=settings[3],
                                        device=settings[4])
         t = min(int(t), len(pictures) - 1)
-        if point is None:
+        if point is None:  # until a point is clicked: the centre of the frame
             height_px, width_px = pictures.frames.size
             point = (width_px / 2, height_px / 2)
-        progress(0.5, desc="computing features")
+        progress(0, desc="computing features")
         return (pictures, settings, point, pictures.query_picture(point),
                 pictures.correspondence_picture(t, point), pictures.pca_picture(t))
 
@@ -203,7 +199,7 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
         with gr.Row(equal_height=True):
             with gr.Column(scale=2):
                 video_file = gr.File(label="1 · Video: mp4, webm, avi, mov, ... (or a GIF)", file_count="single",
-                                     type="filepath", height=96, elem_id="video-upload")
+                                     type="filepath", height=110, elem_id="video-upload")
                 with gr.Row():
                     demo = gr.Button("Use the demo clip", size="sm", scale=0, min_width=150, elem_id="demo-button")
                     video_info = gr.Markdown("", elem_id="video-info")
@@ -214,7 +210,7 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
                                             info="a release, or type a checkpoint path, a save_pretrained folder, "
                                                  "a Hub repo or a timm name")
                     preset_box = gr.Dropdown(PRESET_CHOICES, value="default", label="Preset", scale=2,
-                                             elem_id="preset", info="working size and propagation settings")
+                                             elem_id="preset", info="the working size and propagation settings")
                 with gr.Row():
                     height_box = gr.Number(0, precision=0, minimum=0, label="Height", info="0: the preset's",
                                            elem_id="height")
@@ -236,11 +232,11 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
                                            default_size=12),
                             eraser=gr.Eraser(default_size=16))
                         mask_file = gr.File(label="... or upload it (palette PNG, grey ids, colours)",
-                                            file_count="single", type="filepath", height=80, elem_id="mask-upload")
+                                            file_count="single", type="filepath", height=110, elem_id="mask-upload")
                     with gr.Column():
                         preview = gr.Image(label="The first mask Propagate uses", interactive=False, height=380,
                                            format="png", buttons=[], elem_id="first-mask")
-                        first_png = gr.File(label="First mask (PNG)", interactive=False, height=80,
+                        first_png = gr.File(label="First mask (PNG)", interactive=False, height=110,
                                             elem_id="first-mask-file")
                     with gr.Column():
                         run_button = gr.Button("3 · Propagate", variant="primary", elem_id="run-button")
@@ -282,8 +278,9 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
         run_button.click(run, [video, first_png, *settings], [result_video, downloads, status])
         feature_inputs = [video, pictures, pictures_key, frame_slider, point, *settings]
         feature_outputs = [pictures, pictures_key, point, query, heat, pca]
-        show.click(features, feature_inputs, feature_outputs)
-        frame_slider.release(features, feature_inputs, feature_outputs)
-        query.select(pick, None, point).then(features, feature_inputs, feature_outputs)
+        one_at_a_time = dict(concurrency_id="features")  # one FeaturePictures per session: no parallel use
+        show.click(features, feature_inputs, feature_outputs, **one_at_a_time)
+        frame_slider.release(features, feature_inputs, feature_outputs, **one_at_a_time)
+        query.select(pick, None, point).then(features, feature_inputs, feature_outputs, **one_at_a_time)
     page._tcore_workdir = workdir  # the run folders live as long as the page
     return page
