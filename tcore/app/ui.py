@@ -243,7 +243,7 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
                         result_video = gr.Video(label="Overlay", autoplay=True, loop=True, interactive=False,
                                                 height=320, elem_id="overlay")
                         downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay",
-                                            file_count="multiple", interactive=False, height=110,
+                                            file_count="multiple", interactive=False, height=150,
                                             elem_id="downloads")
                         status = gr.Markdown("", elem_id="status")
             with gr.Tab("Features", id="features"):
