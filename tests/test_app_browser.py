@@ -239,13 +239,14 @@ def test_app_paints_several_objects_with_the_brush_and_the_eraser(server, browse
 
     def stroke(points):  # frame (x, y) pixels, drawn as one stroke
         offsets = [np.rint((np.array(p) - centre) * scale).astype(int).tolist() for p in points]
-        actions = ActionChains(browser).move_to_element_with_offset(canvas, *offsets[0]).click_and_hold()
+        actions = ActionChains(browser, duration=10)  # fast moves: the brush joins the points with lines
+        actions.move_to_element_with_offset(canvas, *offsets[0]).click_and_hold()
         for dx, dy in offsets[1:]:
             actions.move_to_element_with_offset(canvas, dx, dy)
         actions.release().perform()
 
-    def fill(x0, x1, y0, y1):  # a zig-zag that covers the rectangle (brush radius 12 px)
-        stroke([(x, y) for y in range(y0, y1 + 1, 8) for x in (x0, x1)] + [(x1, y1), (x0, y1)])
+    def fill(x0, x1, y0, y1):  # a zig-zag of 4 lines that covers the rectangle (brush radius 12 px)
+        stroke([(x, y) for y in np.linspace(y0, y1, 4) for x in (x0, x1)])
 
     fill(60, 120, 60, 110)  # object 1, the first colour
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Color']").click()
