@@ -158,3 +158,15 @@ def test_tcore_features_refuses_a_point_outside_the_frame(clip, tiny, tmp_path, 
     assert code == 1
     assert "point: (x, y) = (500, 3) lies outside the 128x96 frame" in capsys.readouterr().err
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_write_images_writes_any_pictures_and_leaves_no_file_on_error(tmp_path):
+    pictures = [np.full((8, 12, 3), 40 * t, np.uint8) for t in range(3)]
+    out = tcore.io.write_images(tmp_path / "p.gif", iter(pictures), fps=5)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 3 and gif.size == (12, 8) and gif.info["duration"] == 200
+    with pytest.raises(ValueError, match="end it with .gif"):
+        tcore.io.write_images(tmp_path / "p.png", pictures)
+    with pytest.raises(ValueError, match="frame 1 has size"):
+        tcore.io.write_images(tmp_path / "bad.gif", [pictures[0], np.zeros((4, 4, 3), np.uint8)])
+    assert not (tmp_path / "bad.gif").exists()

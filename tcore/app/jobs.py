@@ -26,8 +26,9 @@ __all__ = [
     "write_demo_clip",
 ]
 
-N_OBJECTS = 8
-OBJECT_COLOURS: list[tuple[int, int, int]] = [tuple(int(c) for c in DAVIS_PALETTE[i]) for i in range(1, N_OBJECTS + 1)]
+_N_OBJECTS = 8  # brush colours offered in the page
+OBJECT_COLOURS: list[tuple[int, int, int]] = [tuple(int(c) for c in DAVIS_PALETTE[i])
+                                              for i in range(1, _N_OBJECTS + 1)]
 """Brush colour of objects 1..8: the DAVIS palette, so the masks written keep the painted colours."""
 RANDOM_PREFIX = "random:"  # "random:tcore_vits16": that architecture with random weights (no download)
 _RANDOM_ARCHS = ("tcore_vits16", "tcore_vitb16")
