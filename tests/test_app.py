@@ -135,6 +135,18 @@ def test_build_app_makes_the_page_with_the_chosen_model():
         assert elem_id in by_id
 
 
+def test_space_entry_builds_the_page(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    monkeypatch.setenv("TCORE_MODEL", "random:tcore_vits16")
+    monkeypatch.delitem(sys.modules, "tcore.app.space", raising=False)
+    from tcore.app import space
+
+    assert isinstance(space.demo, gr.Blocks) and set(space.launch_options()) == {"theme"}
+    models = [c["props"]["value"] for c in space.demo.get_config_file()["components"]
+              if c.get("props", {}).get("elem_id") == "model"]
+    assert models == ["random:tcore_vits16"]
+
+
 def test_tcore_app_without_gradio_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     monkeypatch.delitem(sys.modules, "tcore.app.ui", raising=False)

@@ -105,8 +105,8 @@ def server(files):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium; downloads go to `browser.downloads`."""
+def browser(tmp_path_factory, artifacts):
+    """Headless Chromium; downloads go to `browser.downloads`, screenshots to `browser.artifacts`."""
     _require("Selenium", _find_module("selenium"), 'pip install -e ".[test]"')
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
@@ -123,7 +123,7 @@ def browser(tmp_path_factory):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    driver.downloads = downloads
+    driver.downloads, driver.artifacts = downloads, artifacts
     yield driver
     driver.quit()
 
@@ -143,21 +143,24 @@ def _by():
     return By
 
 
-def _wait(condition, what: str, timeout: float = _WAIT):
-    """Poll `condition()` until it returns something truthy; fail naming `what`."""
+def _wait(browser, condition, what: str, timeout: float = _WAIT):
+    """Poll `condition()` until it returns something truthy; on a timeout, save a screenshot and fail."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            shot = browser.artifacts / f"timeout-{re.sub(r'[^a-z0-9]+', '-', what.lower())}.png"
+            browser.save_screenshot(str(shot))
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (page: {shot}; messages in the "
+                        f"page: {_error_toasts(browser)})")
         time.sleep(0.3)
 
 
 def _open(browser, url: str) -> None:
     browser.get(url)
-    _wait(lambda: browser.find_elements(_by().ID, "run-button"), "the page")
+    _wait(browser, lambda: browser.find_elements(_by().ID, "run-button"), "the page")
 
 
 def _upload(browser, elem_id: str, path: Path) -> None:
@@ -178,13 +181,13 @@ def _error_toasts(browser) -> list[str]:
 def _close_toasts(browser) -> None:
     for button in browser.find_elements(_by().CSS_SELECTOR, "[data-testid='toast-close']"):
         button.click()
-    _wait(lambda: not _error_toasts(browser), "the error messages to close")
+    _wait(browser, lambda: not _error_toasts(browser), "the error messages to close")
 
 
 def _open_video(browser, url: str, video: Path) -> None:
     _open(browser, url)
     _upload(browser, "video-upload", video)
-    _wait(lambda: "10 frames" in browser.find_element(_by().ID, "video-info").text, "the video to open")
+    _wait(browser, lambda: "10 frames" in browser.find_element(_by().ID, "video-info").text, "the video")
 
 
 def _set_size(browser, height: int, width: int) -> None:
@@ -193,6 +196,11 @@ def _set_size(browser, height: int, width: int) -> None:
         box.clear()
         box.send_keys(str(value))
     browser.find_element(_by().ID, "video-info").click()  # blur: the numbers are committed
+
+
+def _src(browser, selector: str) -> str | None:
+    """The `src` of the first element matching `selector` (read in one step: the page re-renders)."""
+    return browser.execute_script(f"return document.querySelector({selector!r})?.src ?? null")
 
 
 def _fetch_png(url: str) -> np.ndarray:
@@ -205,19 +213,21 @@ def _fetch_png(url: str) -> np.ndarray:
 def test_app_propagates_an_uploaded_clip_exactly_as_the_api(server, browser, files, artifacts):
     _open_video(browser, server, files / "clip.mp4")
     _upload(browser, "mask-upload", files / "first.png")
-    _wait(lambda: "first.png" in _links(browser, "first-mask-file"), "the first mask")
+    _wait(browser, lambda: "first.png" in _links(browser, "first-mask-file"), "the first mask")
     _set_size(browser, 240, 320)
     browser.find_element(_by().ID, "run-button").click()
-    links = _wait(lambda: "masks.zip" in _links(browser, "downloads") and _links(browser, "downloads"),
+    links = _wait(browser, lambda: "masks.zip" in _links(browser, "downloads") and _links(browser, "downloads"),
                   "the downloads")
-    video = _wait(lambda: browser.find_elements(_by().CSS_SELECTOR, "#overlay video[src]"), "the overlay video")
-    assert video[0].get_attribute("src").endswith("overlay.mp4") and "overlay.mp4" in links
+    video = _wait(browser, lambda: _src(browser, "#overlay video"), "the overlay video")
+    assert video.endswith("overlay.mp4") and "overlay.mp4" in links
+    decoded = "return document.querySelector('#overlay video').readyState >= 2"  # H.264 that Chromium plays
+    _wait(browser, lambda: browser.execute_script(decoded), "the browser to decode the overlay video")
     assert "Propagated 2 object(s) through 10 frames" in browser.find_element(_by().ID, "status").text
     browser.save_screenshot(str(artifacts / "app_propagate.png"))
 
     browser.find_element(_by().CSS_SELECTOR, "#downloads a[href$='masks.zip']").click()  # a real download
-    archive = _wait(lambda: (browser.downloads / "masks.zip").is_file() and browser.downloads / "masks.zip",
-                    "the masks.zip download")
+    archive = browser.downloads / "masks.zip"
+    _wait(browser, archive.is_file, "the masks.zip download")
     with zipfile.ZipFile(archive) as z:
         names = sorted(z.namelist())
         got = np.stack([np.asarray(Image.open(z.open(n))) for n in names])
@@ -250,7 +260,8 @@ def test_app_paints_several_objects_with_the_brush_and_the_eraser(server, browse
 
     fill(60, 120, 60, 110)  # object 1, the first colour
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Color']").click()
-    _wait(lambda: editor.find_elements(by.CSS_SELECTOR, "menu.swatch button.color"), "the colour swatches")[1].click()
+    swatches = _wait(browser, lambda: editor.find_elements(by.CSS_SELECTOR, "menu.swatch button.color"), "the colours")
+    swatches[1].click()
     browser.find_element(by.TAG_NAME, "h1").click()  # closes the swatches
     fill(200, 260, 140, 190)  # object 2, the second colour
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Erase']").click()
@@ -261,7 +272,7 @@ def test_app_paints_several_objects_with_the_brush_and_the_eraser(server, browse
         ids = _fetch_png(link) if link else None
         return [ids] if ids is not None and set(np.unique(ids)) == {0, 1, 2} and ids[85, 90] == 0 else None
 
-    ids = _wait(painted, "the painted first mask (objects 1 and 2, erased band)")[0]
+    ids = _wait(browser, painted, "the painted first mask (objects 1 and 2, erased band)")[0]
     assert ids.shape == (240, 320)
     assert (ids[62:109, 62:70] == 1).all() and (ids[62:109, 110:119] == 1).all()  # object 1, both sides
     assert (ids[60:111, 80:101] == 0).all()  # the band erased (eraser radius 16 px)
@@ -277,14 +288,14 @@ def test_app_shows_the_api_message_for_bad_uploads_and_keeps_working(server, bro
     by = _by()
     _open(browser, server)
     _upload(browser, "video-upload", files / "notes.mp4")  # not a video
-    message = _wait(lambda: _error_toasts(browser), "the error for a file that is not a video")[0]
+    message = _wait(browser, lambda: _error_toasts(browser), "the error for a file that is not a video")[0]
     assert "notes.mp4' could not be opened as a video" in message  # read_video's own message
     _close_toasts(browser)
 
     _upload(browser, "video-upload", files / "clip.mp4")  # the next upload works
-    _wait(lambda: "10 frames" in browser.find_element(by.ID, "video-info").text, "the video to open")
+    _wait(browser, lambda: "10 frames" in browser.find_element(by.ID, "video-info").text, "the video")
     _upload(browser, "mask-upload", files / "soft.png")
-    message = _wait(lambda: _error_toasts(browser), "the error for a soft mask")[0]
+    message = _wait(browser, lambda: _error_toasts(browser), "the error for a soft mask")[0]
     with pytest.raises(ValueError) as api:
         tcore.read_mask(files / "soft.png")
     assert str(api.value).split("looks like a soft mask")[1] in message  # after the file's path
@@ -292,10 +303,10 @@ def test_app_shows_the_api_message_for_bad_uploads_and_keeps_working(server, bro
     _close_toasts(browser)
 
     _upload(browser, "mask-upload", files / "small.png")  # half the frame size: refused when run
-    _wait(lambda: "small.png" in _links(browser, "first-mask-file"), "the small mask")
+    _wait(browser, lambda: "small.png" in _links(browser, "first-mask-file"), "the small mask")
     _set_size(browser, 240, 320)
     browser.find_element(by.ID, "run-button").click()
-    message = _wait(lambda: _error_toasts(browser), "the error for a mask of another size")[0]
+    message = _wait(browser, lambda: _error_toasts(browser), "the error for a mask of another size")[0]
     with pytest.raises(ValueError) as api:
         tcore.propagate_masks(files / "clip.mp4", files / "small.png", model=str(files / "tiny"), device="cpu",
                               progress=False)
@@ -304,9 +315,9 @@ def test_app_shows_the_api_message_for_bad_uploads_and_keeps_working(server, bro
 
     browser.find_element(by.CSS_SELECTOR, "#mask-upload button[aria-label='Clear']").click()
     _upload(browser, "mask-upload", files / "first.png")  # and the right mask runs
-    _wait(lambda: "first.png" in _links(browser, "first-mask-file"), "the first mask")
+    _wait(browser, lambda: "first.png" in _links(browser, "first-mask-file"), "the first mask")
     browser.find_element(by.ID, "run-button").click()
-    _wait(lambda: "masks.zip" in _links(browser, "downloads"), "the downloads after the errors")
+    _wait(browser, lambda: "masks.zip" in _links(browser, "downloads"), "the downloads after the errors")
     assert not _error_toasts(browser)
 
 
@@ -318,20 +329,29 @@ def test_app_features_view_shows_pca_and_the_clicked_point_correspondence(server
     _set_size(browser, 240, 320)
     browser.find_element(by.XPATH, "//button[@role='tab' and contains(., 'Features')]").click()
     browser.find_element(by.ID, "features-button").click()
-    pca_src = _wait(lambda: [i.get_attribute("src") for i in browser.find_elements(by.CSS_SELECTOR, "#pca img")],
-                    "the PCA picture")[0]
-    heat_before = browser.find_element(by.CSS_SELECTOR, "#heat img").get_attribute("src")
+    pca_src = _wait(browser, lambda: _src(browser, "#pca img"), "the PCA picture")
+    heat_before = _src(browser, "#heat img")
     query = browser.find_element(by.CSS_SELECTOR, "#query-frame img")
     width, height = query.size["width"], query.size["height"]
     ActionChains(browser).move_to_element_with_offset(query, round(-width / 2 + width * 104 / 320),
                                                       round(-height / 2 + height * 56 / 240)).click().perform()
-    heat_src = _wait(lambda: (src := browser.find_element(by.CSS_SELECTOR, "#heat img").get_attribute("src"))
-                     != heat_before and src, "the correspondence map of the clicked point")
+    heat_src = _wait(browser, lambda: _src(browser, "#heat img") not in (heat_before, None)
+                     and _src(browser, "#heat img"), "the correspondence map of the clicked point")
     heat, pca = _fetch_png(heat_src), _fetch_png(pca_src)
     assert heat.shape == pca.shape == (240, 320, 3)
 
+    box = browser.find_element(by.CSS_SELECTOR, "#frame-t input[type=number]")  # the slider's box: t = 6
+    box.clear()
+    box.send_keys("6")
+    browser.find_element(by.TAG_NAME, "h1").click()
+    pca6_src = _wait(browser, lambda: _src(browser, "#pca img") not in (pca_src, None) and _src(browser, "#pca img"),
+                     "the pictures of frame 6")
+    heat6 = _fetch_png(_src(browser, "#heat img"))
+
     pictures = FeaturePictures(files / "clip.mp4", model=str(files / "tiny"), size=(240, 320), device="cpu")
     np.testing.assert_array_equal(pca, pictures.pca_picture(0))
+    np.testing.assert_array_equal(_fetch_png(pca6_src), pictures.pca_picture(6))
     # (104, 56) is the centre of a 16x16 cell: a click off by a pixel picks the same cell
     np.testing.assert_array_equal(heat, pictures.correspondence_picture(0, (104, 56)))
+    np.testing.assert_array_equal(heat6, pictures.correspondence_picture(6, (104, 56)))
     browser.save_screenshot(str(artifacts / "app_features.png"))
