@@ -1,4 +1,4 @@
-"""A Hugging Face Space entry point: a Space's `app.py` can be this file, or just
+"""A Hugging Face Space entry point (`python -m tcore.app.space` runs it): a Space's `app.py` is
 
     from tcore.app.space import demo, launch_options
     demo.launch(**launch_options())

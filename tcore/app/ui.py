@@ -102,15 +102,14 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
         device: the device selected when the page opens (None: the best available).
     """
     models = ModelCache()
-    workdir = tempfile.TemporaryDirectory(prefix="tcore-app-")
-    root = Path(workdir.name)
+    workdir = tempfile.TemporaryDirectory(prefix="tcore-app-")  # removed with the page (the handlers hold it)
     model_choices = list(MODEL_CHOICES)
     if model and model not in [value for _, value in model_choices]:
         model_choices.insert(0, (model, model))
     devices = _device_choices()
 
     def new_folder(kind: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir.name))
 
     # ------------------------------------------------------------------ handlers (no page code)
 
@@ -282,5 +281,4 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
         show.click(features, feature_inputs, feature_outputs, **one_at_a_time)
         frame_slider.release(features, feature_inputs, feature_outputs, **one_at_a_time)
         query.select(pick, None, point).then(features, feature_inputs, feature_outputs, **one_at_a_time)
-    page._tcore_workdir = workdir  # the run folders live as long as the page
     return page
