@@ -129,7 +129,8 @@ class RunResult:
 def propagate_to_files(video: Any, first_mask: str | np.ndarray, out_dir: Path, *, model: Any,
                        preset: str | None, size: tuple[int, int] | None, device: str | None,
                        progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Propagate with `tcore.propagate_masks` and write the overlay video and the zip of masks.
+    """Propagate with `tcore.iter_masks` (`propagate_masks`, streamed) and write the overlay video and
+    the zip of masks.
 
     Args:
         video: a video file, a frame folder, or anything else `read_video` accepts.
@@ -138,32 +139,28 @@ def propagate_to_files(video: Any, first_mask: str | np.ndarray, out_dir: Path, 
         model, preset, size, device: as `propagate_masks`.
         progress: called with (frames done, total) after each frame.
     """
-    from ..io import read_mask, read_video, write_mask, write_overlay
-    from ..propagation import propagate_masks
+    from ..io import read_video, write_mask, write_overlay
+    from ..propagation import iter_masks
 
     frames = read_video(video)
-    _, palette = read_mask(first_mask)
-    stream = propagate_masks(frames, first_mask, model=model, preset=preset, size=size, device=device,
-                             stream=True, progress=False)
+    stream = iter_masks(frames, first_mask, model=model, preset=preset, size=size, device=device, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     masks_dir = out_dir / "masks"
-    objects: set[int] = set()
 
     def masks():
         for t, mask in stream:
-            write_mask(masks_dir / f"{frames.names[t]}.png", mask, palette)
-            objects.update(np.unique(mask).tolist())
+            write_mask(masks_dir / f"{stream.names[t]}.png", mask, stream.palette)
             if progress is not None:
                 progress(t + 1, len(frames))
             yield mask
 
-    overlay = write_overlay(out_dir / "overlay.mp4", read_video(video), masks(), palette=palette,
+    overlay = write_overlay(out_dir / "overlay.mp4", read_video(video), masks(), palette=stream.palette,
                             fps=frames.fps or 10)
     masks_zip = out_dir / "masks.zip"
     with zipfile.ZipFile(masks_zip, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed
         for png in sorted(masks_dir.iterdir()):
             archive.write(png, f"masks/{png.name}")
-    return RunResult(overlay, masks_zip, len(frames), len(objects - {0}))
+    return RunResult(overlay, masks_zip, len(frames), int((stream.ids != 0).sum()))
 
 
 def write_demo_clip(out_dir: Path) -> tuple[Path, Path]:
