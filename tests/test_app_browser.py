@@ -143,8 +143,9 @@ def _by():
     return By
 
 
-def _wait(browser, condition, what: str, timeout: float = _WAIT):
-    """Poll `condition()` until it returns something truthy; on a timeout, save a screenshot and fail."""
+def _wait(browser, condition, what: str, timeout: float = _WAIT, last_seen=None):
+    """Poll `condition()` until it returns something truthy; on a timeout, save a screenshot and fail
+    (with `last_seen()` in the message, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -153,8 +154,9 @@ def _wait(browser, condition, what: str, timeout: float = _WAIT):
         if time.monotonic() > deadline:
             shot = browser.artifacts / f"timeout-{re.sub(r'[^a-z0-9]+', '-', what.lower())}.png"
             browser.save_screenshot(str(shot))
+            seen = f"; last seen: {last_seen()}" if last_seen else ""
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (page: {shot}; messages in the "
-                        f"page: {_error_toasts(browser)})")
+                        f"page: {_error_toasts(browser)}{seen})")
         time.sleep(0.3)
 
 
@@ -267,20 +269,32 @@ def test_app_paints_several_objects_with_the_brush_and_the_eraser(server, browse
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Erase']").click()
     stroke([(90, 40), (90, 130)])  # erase a vertical band through object 1
 
-    def painted():
-        link = _links(browser, "first-mask-file").get("first_mask.png")
-        ids = _fetch_png(link) if link else None
-        return [ids] if ids is not None and set(np.unique(ids)) == {0, 1, 2} and ids[85, 90] == 0 else None
+    outside = np.ones((240, 320), dtype=bool)
+    outside[60 - 14:110 + 15, 60 - 14:120 + 15] = False  # each rectangle grown by the brush radius (+2)
+    outside[140 - 14:190 + 15, 200 - 14:260 + 15] = False
+    expected = {  # region: (pixels, id): the fraction of the region's pixels with that id must be 1
+        "object 1, left of the band": (np.s_[62:109, 62:70], 1),
+        "object 1, right of the band": (np.s_[62:109, 110:119], 1),
+        "the band erased (eraser radius 16 px)": (np.s_[60:111, 80:101], 0),
+        "object 2": (np.s_[142:189, 202:259], 2),
+        "nothing outside the rectangles": (outside, 0),
+    }
+    seen: dict[str, object] = {}
 
-    ids = _wait(browser, painted, "the painted first mask (objects 1 and 2, erased band)")[0]
-    assert ids.shape == (240, 320)
-    assert (ids[62:109, 62:70] == 1).all() and (ids[62:109, 110:119] == 1).all()  # object 1, both sides
-    assert (ids[60:111, 80:101] == 0).all()  # the band erased (eraser radius 16 px)
-    assert (ids[142:189, 202:259] == 2).all()  # object 2
-    inside = np.zeros_like(ids, dtype=bool)
-    inside[60 - 14:110 + 15, 60 - 14:120 + 15] = True  # each rectangle grown by the brush radius (+2)
-    inside[140 - 14:190 + 15, 200 - 14:260 + 15] = True
-    assert not ids[~inside].any()
+    def painted():  # the page's first mask (PNG), once every stroke has reached it
+        link = _links(browser, "first-mask-file").get("first_mask.png")
+        if not link:
+            return None
+        ids = _fetch_png(link)
+        seen.clear()
+        if ids.shape != (240, 320):
+            seen["shape"] = ids.shape
+            return None
+        seen.update({name: float((ids[where] == value).mean()) for name, (where, value) in expected.items()})
+        return [ids] if min(seen.values()) == 1.0 else None
+
+    ids = _wait(browser, painted, "the painted first mask", last_seen=lambda: seen)[0]
+    assert set(np.unique(ids)) == {0, 1, 2}
     browser.save_screenshot(str(artifacts / "app_paint.png"))
 
 
