@@ -2,14 +2,16 @@
 the patch tokens as an RGB picture (similar parts of the scene get similar colours).
 
     python examples/extract_features.py IMAGE OUT.png [--model M] [--size H W]
+
+For a whole video (colours fitted once, stable over time): `tcore features VIDEO -o pca.mp4`.
 """
 import argparse
 
 import numpy as np
-import torch
 from PIL import Image
 
 import tcore
+from tcore.pictures import fit_pca, pca_colours
 from tcore.propagation.features import FrameEncoder, pick_device
 
 
@@ -26,13 +28,8 @@ def main() -> None:
     frame = np.asarray(Image.open(args.image).convert("RGB"))
     size = tuple(s // model.patch_size * model.patch_size for s in args.size)
     feats = FrameEncoder(model, size, device)([frame])[0]  # (h, w, D), L2-normalised
-    h, w, d = feats.shape
-    flat = feats.reshape(-1, d) - feats.reshape(-1, d).mean(0)
-    _, _, v = torch.pca_lowrank(flat, q=3, center=False)
-    pcs = flat @ v[:, :3]  # (h*w, 3)
-    lo, hi = pcs.quantile(0.01, dim=0), pcs.quantile(0.99, dim=0)
-    rgb = ((pcs - lo) / (hi - lo)).clamp(0, 1).reshape(h, w, 3).cpu().numpy()
-    picture = Image.fromarray((rgb * 255).astype(np.uint8)).resize((frame.shape[1], frame.shape[0]), Image.NEAREST)
+    colours = pca_colours(feats, fit_pca(feats))  # (h, w, 3) uint8
+    picture = Image.fromarray(colours).resize((frame.shape[1], frame.shape[0]), Image.NEAREST)
     Image.fromarray(np.concatenate([frame, np.asarray(picture)], axis=1)).save(args.out)
     print(f"features {tuple(feats.shape)} -> {args.out}")
 

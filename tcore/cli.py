@@ -138,6 +138,59 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ pictures and app
+
+_EXAMPLES["features"] = "tcore features video.mp4 -o pca.mp4   (or: --point 320 200 -o match.gif)"
+_EXAMPLES["app"] = "tcore app --port 7860"
+
+
+def _features_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="frame folder or video file (mp4/webm/avi need the [video] extra)")
+    p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or another video suffix) or OUT.gif")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--pca", action="store_true",
+                      help="[frame | first three principal components of its patch features as RGB] (the default)")
+    what.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"), default=None,
+                      help="[frame 0 with pixel (X, Y) | its cosine affinity heat map in each frame]")
+    _model_args(p)
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the video's, else 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@_command("features", "feature pictures: PCA colours of the patch features, or one point's correspondence")(
+    _features_args)
+def _features(args: argparse.Namespace) -> int:
+    from .pictures import write_feature_video
+
+    out = write_feature_video(args.video, args.output, point=tuple(args.point) if args.point else None,
+                              model=args.model, preset=args.preset, size=tuple(args.size) if args.size else None,
+                              device=args.device, batch_size=args.batch_size, precision=args.precision,
+                              fps=args.fps, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _app_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--share", action="store_true",
+                   help="also publish a temporary public link through Gradio's share servers (off by default)")
+    p.add_argument("--model", default=None,
+                   help="model selected when the page opens: any --model value of tcore propagate "
+                        "(default: tcore_vits16, Kinetics-400)")
+    p.add_argument("--device", default=None, help="device selected when the page opens (default: the best available)")
+
+
+@_command("app", "local web app (extra [app]): open a video, paint the first mask, watch it propagate, look at "
+                 "features")(_app_args)
+def _app(args: argparse.Namespace) -> int:
+    from .app import launch
+
+    launch(host=args.host, port=args.port, share=args.share, model=args.model, device=args.device)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 _EXAMPLES["eval"] = "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/"

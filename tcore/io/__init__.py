@@ -11,7 +11,7 @@ Numpy and PIL only; video files need PyAV (`pip install "tcore[video]"`), import
 from __future__ import annotations
 
 from .masks import DAVIS_PALETTE, MAX_GREY_IDS, read_mask, write_mask, write_masks
-from .overlay import overlay, write_overlay
+from .overlay import overlay, write_images, write_overlay
 from .video import IMAGE_SUFFIXES, FrameReadError, VideoFrames, read_video
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "read_mask",
     "read_video",
     "write_mask",
+    "write_images",
     "write_masks",
     "write_overlay",
 ]

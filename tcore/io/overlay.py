@@ -16,7 +16,7 @@ from ._common import describe, is_path, is_tensor
 from .masks import _as_palette, _check_ids, _iter_masks
 from .video import read_video
 
-__all__ = ["VIDEO_SUFFIXES", "overlay", "write_overlay"]
+__all__ = ["VIDEO_SUFFIXES", "overlay", "write_images", "write_overlay"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v"})
 _DEFAULT_FPS = 10.0
@@ -93,22 +93,37 @@ def write_overlay(path: str | Path, frames: Any, masks: Any, palette: Any = None
         ValueError: an unknown suffix, different numbers of frames and masks, or sizes that differ.
         ImportError: a video suffix without PyAV (`pip install "tcore[video]"`).
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"path: cannot tell the format of {str(path)!r}; end it with .gif or one of "
-                         f"{', '.join(sorted(VIDEO_SUFFIXES))}")
+    _check_suffix(Path(path))
     if is_path(frames) or isinstance(frames, (list, tuple, np.ndarray)) or is_tensor(frames):
         frames = read_video(frames)
     fps = fps if fps is not None else getattr(frames, "fps", None) or _DEFAULT_FPS
+    return write_images(path, _overlaid(frames, masks, palette, alpha), fps)
+
+
+def write_images(path: str | Path, images: Iterable[np.ndarray], fps: float = _DEFAULT_FPS) -> Path:
+    """Write RGB pictures as a GIF or a video file, one at a time (no half-written file on error).
+
+    Args:
+        path: ".gif" (PIL) or ".mp4", ".mov", ".mkv", ".avi", ".m4v" (PyAV, as `write_overlay`).
+        images: uint8 (H, W, 3) RGB arrays, all of one size.
+        fps: frames per second, > 0.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: an unknown suffix, no images, images of different sizes or a bad fps.
+        ImportError: a video suffix without PyAV (`pip install "tcore[video]"`).
+    """
+    path = Path(path)
+    suffix = _check_suffix(path)
     if not fps > 0:
         raise ValueError(f"fps: expected a positive number of frames per second, got {fps!r}")
-    images = _overlaid(frames, masks, palette, alpha)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if suffix == ".gif":
             with open(path, "wb") as fp:
-                _write_gif(fp, images, fps)
+                _write_gif(fp, iter(images), fps)
         else:
             from ._pyav import write_video
 
@@ -117,6 +132,14 @@ def write_overlay(path: str | Path, frames: Any, masks: Any, palette: Any = None
         path.unlink(missing_ok=True)  # no half-written file
         raise
     return path
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"path: cannot tell the format of {str(path)!r}; end it with .gif or one of "
+                         f"{', '.join(sorted(VIDEO_SUFFIXES))}")
+    return suffix
 
 
 def _overlaid(frames: Iterable[Any], masks: Any, palette: Any, alpha: float) -> Iterator[np.ndarray]:
