@@ -1,0 +1,104 @@
+"""Issue 9 through the API: no silent wrong input, bounded working size, devices and checkpoints
+named clearly. (The command line's bad inputs are in test_cli_bad_inputs.py; one writer per
+results folder is in test_evaluation_lock.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+import tcore
+from tcore.io import FrameReadError, read_mask, read_video
+
+# ------------------------------------------------------------------ 1. frames of every image mode
+
+_GRADIENT16 = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 85).astype(np.uint16)  # 0 .. 65195
+
+
+def test_16bit_png_frames_are_scaled_by_257_not_read_as_white(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(2):
+        Image.fromarray(_GRADIENT16).save(folder / f"{t:05d}.png")
+    assert Image.open(folder / "00000.png").mode == "I;16"
+    frame = read_video(folder)[0]
+    expected = np.rint(_GRADIENT16 / 257.0).astype(np.uint8)
+    assert frame.dtype == np.uint8 and frame.shape == (24, 32, 3)
+    np.testing.assert_array_equal(frame, np.repeat(expected[..., None], 3, axis=2))
+    assert frame.min() == 0 and 250 <= frame.max() <= 255  # the range, not a blank white frame
+
+
+_EIGHT_BIT_MODES = ["1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV", "LA", "PA"]
+_SIXTEEN_BIT_MODES = ["I;16", "I;16B", "I;16L", "I;16N", "I"]
+_REFUSED_MODES = ["F", "LAB", "La"]
+
+
+def _image_in_mode(mode: str) -> Image.Image:
+    rgb = np.random.default_rng(0).integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    if mode in _SIXTEEN_BIT_MODES:
+        return Image.fromarray(_GRADIENT16[:6, :8]).convert(mode) if mode == "I" else \
+            Image.frombytes(mode, (8, 6), _GRADIENT16[:6, :8].astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    return Image.fromarray(rgb).convert(mode) if mode not in ("La", "LAB", "F") else Image.new(mode, (8, 6))
+
+
+@pytest.mark.parametrize("mode", _EIGHT_BIT_MODES + _SIXTEEN_BIT_MODES + _REFUSED_MODES)
+def test_every_pil_mode_is_read_right_or_refused_naming_the_mode(mode):
+    image = _image_in_mode(mode)
+    assert image.mode == mode
+    if mode in _REFUSED_MODES:
+        with pytest.raises(FrameReadError, match=rf"frame 0 \(source\[0\]\): PIL image mode '{mode}'.*8-bit RGB"):
+            read_video([image, image])[0]
+        return
+    frame = read_video([image, image])[0]
+    if mode in _SIXTEEN_BIT_MODES:
+        expected = np.repeat(np.rint(_GRADIENT16[:6, :8] / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+    else:
+        expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(frame, expected)
+
+
+def test_32bit_integer_frames_outside_the_16bit_range_are_refused():
+    image = Image.fromarray(np.array([[0, 70000]], dtype=np.int32), mode="I")
+    with pytest.raises(FrameReadError, match=r"values in \[0, 70000\].*16-bit"):
+        read_video([image, image])[0]
+
+
+# ------------------------------------------------------------------ 2. anti-aliased colour masks
+
+
+def _disc(size=(150, 200), colour=(255, 0, 0)) -> Image.Image:
+    image = Image.new("RGB", size[::-1])
+    ImageDraw.Draw(image).ellipse((40, 30, 160, 120), fill=colour)
+    return image
+
+
+def test_an_anti_aliased_rgb_mask_is_refused_with_the_count_and_the_fix():
+    soft = _disc().filter(ImageFilter.GaussianBlur(4))  # one red object, a soft brush
+    n_colours = len(np.unique(np.asarray(soft).reshape(-1, 3), axis=0)) - 1  # without black
+    assert 100 < n_colours <= 254  # few enough to pass the 254-colour limit
+    with pytest.raises(ValueError, match=rf"anti-aliased.*{n_colours} distinct colours.*"
+                                         r"without anti-aliasing.*palette PNG.*threshold=38,") as err:
+        read_mask(soft)
+    assert "blends" in str(err.value)  # red 255 has luminance 76: threshold=128 would find no object
+    ids, _ = read_mask(soft, threshold=38)  # the fix it names works
+    assert set(np.unique(ids)) == {0, 1}
+
+
+def test_a_bilinear_resized_rgb_mask_is_refused_too():
+    hard = _disc()
+    ImageDraw.Draw(hard).rectangle((10, 10, 60, 50), fill=(0, 255, 0))
+    with pytest.raises(ValueError, match="anti-aliased"):
+        read_mask(hard.resize((97, 71), Image.BILINEAR))
+    ids, _ = read_mask(hard.resize((97, 71), Image.NEAREST))  # hard edges: two objects
+    assert set(np.unique(ids)) == {0, 1, 2}
+
+
+def test_hard_rgb_masks_with_touching_objects_and_single_pixels_are_ids():
+    image = _disc()
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 10, 60, 50), fill=(0, 255, 0))
+    draw.rectangle((50, 40, 100, 80), fill=(0, 0, 255))  # overlaps both others
+    image.putpixel((190, 5), (128, 0, 0))  # a one-pixel object between nothing but background
+    image.putpixel((5, 140), (64, 0, 0))
+    ids, _ = read_mask(image)
+    assert set(np.unique(ids)) == {0, 1, 2, 3, 4, 5}
