@@ -102,3 +102,78 @@ def test_hard_rgb_masks_with_touching_objects_and_single_pixels_are_ids():
     image.putpixel((5, 140), (64, 0, 0))
     ids, _ = read_mask(image)
     assert set(np.unique(ids)) == {0, 1, 2, 3, 4, 5}
+
+
+# ------------------------------------------------------------------ 3. objects lost at the working grid
+
+
+def _hundred_objects(shape=(120, 200)) -> Image.Image:
+    """A palette mask of 100 objects of random sizes (3..11 x 3..19 pixels), one per 12x20 block."""
+    rng = np.random.default_rng(0)
+    ids = np.zeros(shape, np.uint8)
+    for k in range(100):
+        r, c = divmod(k, 10)
+        ids[r * 12:r * 12 + rng.integers(3, 12), c * 20:c * 20 + rng.integers(3, 20)] = k + 1
+    image = Image.fromarray(ids)
+    image.putpalette(tcore.io.DAVIS_PALETTE.tobytes())
+    return image
+
+
+def _lost_in_frame_0(out: np.ndarray) -> list[int]:
+    return sorted(set(range(1, 101)) - set(np.unique(out[0]).tolist()))
+
+
+def test_objects_lost_at_the_working_grid_are_named_with_a_size_that_keeps_them(tiny_backbone, caplog):
+    frames = np.random.default_rng(1).integers(0, 256, (2, 120, 200, 3), dtype=np.uint8)
+    kwargs = dict(model=tiny_backbone, device="cpu", progress=False)
+    with caplog.at_level("WARNING", logger="tcore.propagation.api"):
+        out = tcore.propagate_masks(frames, _hundred_objects(), size=(112, 208), **kwargs)  # a 7x13 grid
+    lost = _lost_in_frame_0(out)
+    assert len(lost) > 30
+    (record,) = caplog.records
+    message = record.getMessage()
+    shown = ", ".join(map(str, lost[:20]))
+    assert message.startswith(f"{len(lost)} of 100 objects (ids {shown}, ...) cover no cell of the 7x13 feature "
+                              "grid of the working size 112x208 at annotated frame 0")
+    size = tuple(int(v) for v in message.split("size=(")[1].split(")")[0].split(", "))
+    assert f"--size {size[0]} {size[1]}" in message and size[0] > 112 and size[1] > 208
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tcore.propagation.api"):
+        out = tcore.propagate_masks(frames, _hundred_objects(), size=size, **kwargs)  # the size it suggests
+    assert _lost_in_frame_0(out) == [] and caplog.records == []
+
+
+# ------------------------------------------------------------------ 5. the working-size guard
+
+
+def _thin_frames(tmp_path) -> tuple[str, np.ndarray]:
+    """Two 16x2000 PNG frames whose decoding fails the test (the guard must fire before it)."""
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    for t in range(2):
+        Image.fromarray(np.full((16, 2000, 3), 40 * t, np.uint8)).save(folder / f"{t:05d}.png")
+    mask = np.zeros((16, 2000), np.uint8)
+    mask[4:12, 100:400] = 1
+    return str(folder), mask
+
+
+def test_an_extreme_aspect_ratio_stops_before_decoding_with_a_size_that_fits(tmp_path, monkeypatch, tiny_backbone):
+    from tcore.io.video import _FolderFrames
+
+    folder, mask = _thin_frames(tmp_path)
+    decoded = []
+    monkeypatch.setattr(_FolderFrames, "_frame", lambda self, i: decoded.append(i))
+    with pytest.raises(ValueError, match=r"frames of 16x2000 \(HxW\) get the working size 480x60000 .*30x3750 = "
+                                         r"112500 patch tokens per frame, above the limit of 16384.*"
+                                         r"size=\(176, 22896\).*--size 176 22896") as err:
+        tcore.propagate_masks(folder, mask, model=tiny_backbone, device="cpu", progress=False)
+    assert decoded == [] and "explicit size is used as given" in str(err.value)
+
+
+def test_an_explicit_size_is_obeyed_whatever_its_token_count(tmp_path, tiny_backbone):
+    from tcore.propagation.presets import PRESETS, working_size
+
+    folder, mask = _thin_frames(tmp_path)
+    out = tcore.propagate_masks(folder, mask, model=tiny_backbone, size=(16, 2000), device="cpu", progress=False)
+    assert out.shape == (2, 16, 2000)
+    assert working_size((16, 2000), PRESETS["default"], 16, size=(480, 60000)) == (480, 60000)
