@@ -177,3 +177,89 @@ def test_an_explicit_size_is_obeyed_whatever_its_token_count(tmp_path, tiny_back
     out = tcore.propagate_masks(folder, mask, model=tiny_backbone, size=(16, 2000), device="cpu", progress=False)
     assert out.shape == (2, 16, 2000)
     assert working_size((16, 2000), PRESETS["default"], 16, size=(480, 60000)) == (480, 60000)
+
+
+# ------------------------------------------------------------------ 7. devices
+
+_NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+
+
+@pytest.mark.parametrize("device", ["gpu", pytest.param("cuda", marks=_NO_CUDA), pytest.param("cuda:7", marks=_NO_CUDA)])
+def test_a_device_that_is_not_there_is_named_with_the_available_ones_before_loading(device, tiny_backbone):
+    from tcore.devices import available_devices
+
+    listed = rf"available here: {', '.join(available_devices())}"
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 1
+    with pytest.raises(ValueError, match=rf"^device='{device}': .*{listed}"):
+        tcore.propagate_masks(frames, mask, device=device, progress=False)  # model=None: would need a download
+    with pytest.raises(ValueError, match=rf"^device='{device}': .*{listed}"):
+        tcore.load_backbone("tcore_vits16", device=device)
+    with pytest.raises(ValueError, match=rf"^device='{device}': .*{listed}"):
+        tcore.evaluate("davis", "no-such-dataset", out_dir="unused", device=device)
+
+
+def test_device_names_torch_knows_and_this_machine_has_are_accepted():
+    import torch
+
+    from tcore.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None).index is None  # the best one; under torchrun each rank picks its GPU
+    with pytest.raises(TypeError, match="--device: expected a device name"):
+        resolve_device(0.5, argument="--device")
+
+
+# ------------------------------------------------------------------ 8. loading diagnoses
+
+
+def test_a_folder_without_config_json_is_named_as_such_with_the_checkpoint_in_it(tmp_path, tiny_backbone):
+    import torch
+
+    with pytest.raises(FileNotFoundError, match=r"a folder without config.json.*it is empty"):
+        tcore.load_backbone(tmp_path)
+    torch.save(tiny_backbone.state_dict(), tmp_path / "teacher.pth")
+    with pytest.raises(FileNotFoundError, match=rf"pass the file: '{tmp_path / 'teacher.pth'}'"):
+        tcore.load_backbone(tmp_path)
+
+
+@pytest.mark.parametrize("content, kind", [
+    (None, "a PNG image"),
+    (b"lr: 0.1\nepochs: 100\n", "a text file (it begins 'lr: 0.1')"),
+    (b"", "an empty file"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, content, kind):
+    path = tmp_path / "model.pth"
+    if content is None:
+        Image.new("RGB", (4, 4)).save(path, format="PNG")
+    else:
+        path.write_bytes(content)
+    for load in (tcore.load_backbone, lambda p: tcore.tcore_vits16(pretrained=p)):
+        with pytest.raises(tcore.CheckpointError) as err:
+            load(path)
+        assert str(err.value).startswith(f"{path}: {kind}, not a checkpoint; expected a torch checkpoint")
+        assert "unpickle" not in str(err.value)
+
+
+def test_a_dinov2_file_given_to_tcore_vits16_is_not_called_a_tcore_vits16_checkpoint():
+    from helpers import shared_path
+
+    dinov2 = shared_path("weights", "dinov2_vits14_imgfocus.safetensors")
+    with pytest.raises(tcore.CheckpointError) as err:
+        tcore.tcore_vits16(pretrained=dinov2)
+    message = str(err.value)
+    assert "looks like a tcore_vits16" not in message
+    assert "not a T-CoRe checkpoint: patch 14, no 'register_tokens'" in message
+    assert "use tcore.load_backbone(path)" in message
+    assert tcore.load_backbone(dinov2).patch_size == 14  # the loader it names reads it
+
+
+def test_a_vitb16_state_given_to_tcore_vits16_still_names_the_right_constructor():
+    import torch
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        state = tcore.tcore_vitb16(pretrained=False).state_dict()
+    with pytest.raises(tcore.CheckpointError, match=r"looks like a tcore_vitb16 checkpoint: use tcore.tcore_vitb16"):
+        tcore.tcore_vits16(pretrained=state)
