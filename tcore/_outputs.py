@@ -50,16 +50,9 @@ def check_output_folder(path: str | os.PathLike, argument: str) -> Path:
         PermissionError: the folder (or the closest existing ancestor it would be made in) is not writable.
     """
     folder = Path(path).expanduser()
-    existing = _nearest_existing(folder)
-    if existing == folder and not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise ValueError(f"{argument} {str(folder)!r}: a file, not a folder; give a folder (created if missing)")
-    if not existing.is_dir():
-        raise ValueError(f"{argument} {str(folder)!r}: {str(existing)!r} is a file, so no folder can be made "
-                         "under it; pick another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "the folder" if existing == folder else f"{str(existing)!r}, where it would be made,"
-        raise PermissionError(f"{argument} {str(folder)!r}: {where} is not writable (permission denied); pick a "
-                              "folder you can write to")
+    _check_writable_place(folder, argument, "it would be made")
     return folder
 
 
@@ -67,7 +60,7 @@ def check_output_file(path: str | os.PathLike, argument: str, suffixes: Collecti
     """A file this process can write, with one of `suffixes`, before any work is done.
 
     Raises:
-        ValueError: another suffix, a folder, or a parent that is a file.
+        ValueError: another suffix, a folder, or a path under a file.
         PermissionError: its folder is not writable.
     """
     file = Path(path).expanduser()
@@ -75,8 +68,20 @@ def check_output_file(path: str | os.PathLike, argument: str, suffixes: Collecti
         raise ValueError(f"{argument} {str(file)!r}: expected a file ending in {', '.join(sorted(suffixes))}")
     if file.is_dir():
         raise ValueError(f"{argument} {str(file)!r}: a folder; give a file name ending in {file.suffix}")
-    check_output_folder(file.parent, f"{argument} {str(file)!r}: its folder")
+    _check_writable_place(file, argument, "it would be written")
     return file
+
+
+def _check_writable_place(path: Path, argument: str, what: str) -> None:
+    """The closest existing ancestor of `path` (or the folder `path` itself) is a writable folder."""
+    existing = _nearest_existing(path if path.is_dir() else path.parent)
+    if not existing.is_dir():
+        raise ValueError(f"{argument} {str(path)!r}: {str(existing)!r} is a file, so nothing can be made under it; "
+                         "pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the folder" if existing == path else f"{str(existing)!r}, where {what},"
+        raise PermissionError(f"{argument} {str(path)!r}: {where} is not writable (permission denied); pick a "
+                              "folder you can write to")
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -282,8 +282,8 @@ def _output_folder(path: str, argument: str, inputs: dict[str, Path] | None = No
     folder = check_output_folder(path, argument)
     for what, source in (inputs or {}).items():
         if source.is_dir() and folder.resolve() == source.resolve():
-            raise ValueError(f"{argument} {path}: is {what} folder; outputs named like its files would replace "
-                             "them: pick another folder")
+            raise ValueError(f"{argument} {path!r}: {what} folder itself; outputs named like its files would "
+                             "replace them: pick another folder")
     return folder
 
 

@@ -122,8 +122,8 @@ def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, 
     if len(frames) < 2:
         raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
     device = pick_device(device)
-    backbone = load_backbone(model, device=device)
     spec = get_preset(preset)
+    backbone = load_backbone(model, device=device)
     work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
     encoder = FrameEncoder(backbone, work, device, batch_size, precision)
     return _Setup(frames, encoder, spec, work, int(backbone.patch_size))
@@ -276,9 +276,11 @@ def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: Pre
                 batch_size: int, precision: str, progress: bool, soft: bool,
                 desc: str) -> MaskStream:
     """The shared body of `propagate_masks` and `iter_masks`."""
-    setup = _setup(video, model, preset, size, device, batch_size, precision)
-    frames = setup.frames
-    annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)
+    from ..io import read_video
+
+    frames = read_video(video)
+    annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)  # before the model loads
+    setup = _setup(frames, model, preset, size, device, batch_size, precision)
     classes = annotations.classes
     first, later = _annotated_labels(annotations, setup)
     _warn_lost_objects(annotations, {annotations.start: first, **{t: lab for t, (lab, _) in later.items()}}, setup)
