@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Collection, Iterator
 
-from ._lock import FolderLock
+from ._lock import FolderLock, LockLostError
 
 __all__ = ["PARTIAL_DIR", "check_output_file", "check_output_folder", "missing_folders", "remove_if_empty",
            "staged_file", "staged_folder"]
@@ -111,21 +111,27 @@ def staged_folder(folder: Path, purpose: str) -> Iterator[Path]:
 
     Raises:
         FolderLockedError: another live run holds the folder (the message names it).
+        LockLostError: the lock was taken over while the block ran (a frozen run): nothing is moved.
     """
     created = missing_folders(folder)
     lock = FolderLock(folder, purpose)
     lock.acquire()
-    staging = folder / PARTIAL_DIR
+    staging, ours = folder / PARTIAL_DIR, True
     try:
         shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
         staging.mkdir()
         yield staging
-        lock.check()
+        try:
+            lock.check()
+        except LockLostError:  # another run took the folder over: its staging folder now, not ours
+            ours = False
+            raise
         for path in sorted(staging.iterdir()):
             os.replace(path, folder / path.name)
         staging.rmdir()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if ours:
+            shutil.rmtree(staging, ignore_errors=True)
         lock.release()
         remove_if_empty(created)
 

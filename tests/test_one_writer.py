@@ -190,3 +190,28 @@ def test_a_killed_propagate_leaves_no_incomplete_masks_in_sight_and_the_next_run
     assert any("took over the stale lock of a propagation run" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png",
                                                      "notes.txt"]
+
+
+def test_a_staged_folder_shows_files_only_when_complete_and_never_touches_a_new_holders_files(tmp_path):
+    import dataclasses
+
+    from tcore._lock import LockHolder, LockLostError
+    from tcore._outputs import PARTIAL_DIR, staged_folder
+
+    out = tmp_path / "new" / "masks"
+    with pytest.raises(KeyError):
+        with staged_folder(out, "propagation") as staging:
+            (staging / "00000.png").write_bytes(b"x")
+            raise KeyError("a failure midway")
+    assert not (tmp_path / "new").exists()  # nothing shown, and the folders it made are gone again
+    with staged_folder(out, "propagation") as staging:
+        (staging / "00000.png").write_bytes(b"x")
+        assert list(out.glob("*.png")) == []
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png"]
+    with pytest.raises(LockLostError):
+        with staged_folder(out, "propagation") as staging:
+            (staging / "00001.png").write_bytes(b"x")
+            holder = json.loads((out / LOCK_NAME).read_text())  # a frozen run: another takes the folder over
+            (out / LOCK_NAME).write_text(json.dumps(dataclasses.asdict(LockHolder(**{**holder, "token": "new"}))))
+    assert (out / PARTIAL_DIR / "00001.png").exists() and (out / LOCK_NAME).exists()  # the new holder's now
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png"]

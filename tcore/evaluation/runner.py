@@ -356,6 +356,8 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | N
 
     summary = None
     if is_main:
+        if lock is not None:
+            lock.check()
         shutil.rmtree(results / PARTIAL_DIR, ignore_errors=True)
         scored = bench.score(dataset, results, settings)
         for name, text in scored.files.items():
