@@ -235,3 +235,24 @@ def test_debug_shows_the_traceback_and_its_absence_hints_at_it(tmp_path):
     assert plain.stderr.splitlines() == [plain.stderr.splitlines()[0], "(run with --debug for the traceback)"]
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "ValueError: --device='gpu'" in debug.stderr
+
+
+def test_out_of_memory_is_one_line_with_the_fix_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    import tcore.propagation
+
+    def fail(message):
+        def iter_masks(*args, **kwargs):
+            raise RuntimeError(message)
+        return iter_masks
+
+    argv = _propagate(tmp_path)
+    monkeypatch.setattr(tcore.propagation, "iter_masks", fail("[enforce fail at alloc_cpu.cpp:118] data. "
+                                                              "DefaultCPUAllocator: can't allocate memory: you tried "
+                                                              "to allocate 12884901888 bytes."))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tcore: error: out of memory ([enforce fail") and "smaller --size or --batch-size" in err
+    monkeypatch.setattr(tcore.propagation, "iter_masks", fail("an internal invariant broke"))
+    with pytest.raises(RuntimeError, match="an internal invariant broke"):  # not the user's mistake: traceback
+        main(argv)
+    assert not (tmp_path / "out").exists()

@@ -217,8 +217,9 @@ def _annotated_labels(annotations: Annotations, setup: _Setup) -> tuple[torch.Te
 def _lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]) -> dict[int, int]:
     """{object id: the annotated frame where it wins no cell of the feature grid} (first such frame).
 
-    Such an object takes no cell of the grid's labels (the argmax, ties to the lower channel, as
-    the output's): it is missing from that frame's output, and from the propagation after it.
+    Such an object wins no cell of the grid's labels (the argmax, ties to the lower channel, as
+    the output's), so it has no cell of its own to propagate from, and the output (those labels
+    upsampled) shows it, at best, as a sliver between cells: in practice it is missing.
 
     Args:
         annotations: the masks read.
