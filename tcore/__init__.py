@@ -9,6 +9,7 @@ Importing `tcore` is cheap: submodules load on first use. It also registers `tco
 
 The model layer, each module importing only those above it in this list:
     errors, files       exceptions, sha256 and atomic writes (no torch)
+    devices             device= checked against what this machine has
     architecture        the networks (timm ViTs) and the table of named architectures
     checkpoint          read, convert, strictly load and inspect checkpoint files
     weights             the release registry and downloads (no torch)

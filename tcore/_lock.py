@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 __all__ = ["FolderLock", "FolderLockedError", "LockHolder", "LockLostError", "LOCK_NAME", "HEARTBEAT_EVERY_S",
-           "STALE_AFTER_S"]
+           "STALE_AFTER_S", "is_lock_file"]
 
 LOCK_NAME = "tcore.lock"
 HEARTBEAT_EVERY_S = 10.0   # seconds between heartbeats
@@ -55,6 +55,12 @@ STALE_AFTER_S = 120.0      # a heartbeat older than this marks a dead holder, on
 _TAKEOVER_STALE_S = 30.0   # a takeover file older than this was left by a crash
 _CONTENTION_S = 10.0       # give up acquiring after this long of lost races
 _logger = logging.getLogger(__name__)
+
+
+def is_lock_file(name: str) -> bool:
+    """True for the files a `FolderLock` keeps in its folder: the lock, its takeover guard and the
+    heartbeat's temporary files (so that code emptying or listing the folder can leave them be)."""
+    return name == LOCK_NAME or name.startswith((f"{LOCK_NAME}.", f".{LOCK_NAME}."))
 
 
 # ------------------------------------------------------------------------------ processes

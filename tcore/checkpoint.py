@@ -46,22 +46,27 @@ _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """The raw contents of a `.safetensors` file or a torch checkpoint, loaded safely.
 
+    What the file is comes from its first bytes, not its name: a torch checkpoint (a zip archive,
+    or a legacy pickle), a safetensors file (whatever its suffix), or something else, which is
+    named (an image, a video, a text file, ...) in a `CheckpointError`.
+
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: truncated/corrupt file, or a pickle that `weights_only=True` refuses.
+        CheckpointError: a folder, a file that is not a checkpoint (named), a truncated/corrupt
+            file, or a pickle that `weights_only=True` refuses.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file; a save_pretrained folder holds "
+                              f"config.json and model.safetensors")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); "
-                                  "the file may be truncated: delete it and get it again") from err
+    kind = _file_kind(path)
+    if kind == "safetensors" or path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if kind != "torch":
+        raise CheckpointError(f"{path}: {kind}, not a checkpoint; expected a torch checkpoint (.pth, .pt, saved by "
+                              "torch.save), a .safetensors file, or a save_pretrained folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
@@ -74,6 +79,48 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: could not read the checkpoint ({type(err).__name__}: {err}); "
                               f"{path.stat().st_size} bytes on disk: the file may be truncated or corrupt, "
                               "delete it and get it again") from err
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); "
+                              "the file may be truncated: delete it and get it again") from err
+
+
+# First bytes of files people pass by mistake, and what to call them.
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+               (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x1aE\xdf\xa3", "a WebM/MKV video"))
+
+
+def _file_kind(path: Path) -> str:
+    """"torch" (a zip archive or a pickle), "safetensors", or what else the file is ("a PNG image")."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if not head:
+        return "an empty file"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    if head[:4] == b"RIFF":
+        return {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV sound"}.get(head[8:12], "a RIFF file")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"an unknown file (it begins with the bytes {head[:8].hex(' ')})"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"a text file (it begins {first!r})"
 
 
 # ------------------------------------------------------------------------------------ conversion
@@ -202,12 +249,33 @@ def _describe(arch: Mapping[str, Any]) -> str:
             f"pos_embed grid={arch['pos_grid']}x{arch['pos_grid']}")
 
 
+_IDENTITY = ("embed_dim", "depth", "patch_size", "num_register_tokens", "mlp_hidden")  # pos_grid may differ
+
+
 def _architecture_name(found: Mapping[str, Any]) -> str | None:
-    """The public architecture a state dict's shapes belong to, if any."""
+    """The public architecture a state dict's shapes belong to (all but the position grid), if any."""
     for name, args in ARCHITECTURES.items():
-        if not name.startswith("_") and (args["embed_dim"], args["depth"]) == (found["embed_dim"], found["depth"]):
+        expected = _expected_architecture(args)
+        if not name.startswith("_") and all(found[k] == expected[k] for k in _IDENTITY):
             return name
     return None
+
+
+def _mismatch_hint(model_name: str, expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
+    """What to do about an architecture mismatch: the constructor that fits, or load_backbone."""
+    guess = _architecture_name(found)
+    if guess is not None and guess != model_name:
+        return f" (this looks like a {guess} checkpoint: use tcore.{guess})"
+    if found["patch_size"] == expected["patch_size"] and found["num_register_tokens"] == expected["num_register_tokens"]:
+        return ""
+    unlike = []
+    if found["patch_size"] != expected["patch_size"]:
+        unlike.append(f"patch {found['patch_size']}")
+    if found["num_register_tokens"] != expected["num_register_tokens"]:
+        regs = found["num_register_tokens"]
+        unlike.append(f"{regs} register tokens" if regs else "no 'register_tokens'")
+    return (f" (not a T-CoRe checkpoint: {', '.join(unlike)}; for other ViTs such as DINO or DINOv2 use "
+            "tcore.load_backbone(path), which reads the architecture from the file)")
 
 
 def _model_name(model: nn.Module) -> str:
@@ -243,13 +311,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         expected = _expected_architecture(model.arch)
         found = find_architecture(state)
         if found != expected:
-            guess = _architecture_name(found)
-            hint = f" (this looks like a {guess} checkpoint: use tcore.{guess})" if guess else ""
-            if found["num_register_tokens"] == 0 and expected["num_register_tokens"]:
-                hint += (" (the file has no 'register_tokens': it is not a T-CoRe checkpoint with registers; "
-                         "for other ViTs use tcore.load_backbone)")
-            raise CheckpointError(f"{source}: architecture mismatch for {_model_name(model)}:\n"
-                                  f"  expected {_describe(expected)}\n  found    {_describe(found)}{hint}")
+            name = _model_name(model)
+            raise CheckpointError(f"{source}: architecture mismatch for {name}:\n  expected {_describe(expected)}\n"
+                                  f"  found    {_describe(found)}{_mismatch_hint(name, expected, found)}")
     own = model.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_missing))
     unexpected = sorted(set(state) - set(own))

@@ -7,11 +7,12 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ._version import __version__
 
@@ -73,22 +74,34 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 @_command("propagate", "propagate masks (first frame, or any frames) through a video")(_propagate_args)
 def _propagate(args: argparse.Namespace) -> int:
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    _existing(args.video, "video")
-    _existing(args.masks, "masks")
-    from .io import read_video, write_mask, write_overlay
+    video, masks = _existing(args.video, "video"), _existing(args.masks, "masks")
+    out = _output_folder(args.output, "-o", inputs={"the video": video, "the masks": masks})
+    overlay = _overlay_file(args.overlay) if args.overlay else None
+    _check_device(args.device)
+    from ._outputs import staged_file, staged_folder
+    from .io import read_video
     from .propagation import iter_masks
 
-    frames = read_video(args.video)
-    stream = iter_masks(frames, args.masks, model=args.model, preset=args.preset,
+    frames = read_video(video)
+    stream = iter_masks(frames, masks, model=args.model, preset=args.preset,
                         size=tuple(args.size) if args.size else None, threshold=args.threshold,
                         device=args.device, batch_size=args.batch_size, precision=args.precision,
                         progress=not args.quiet)
+    with staged_folder(out, "propagation") as staging, \
+            (staged_file(overlay) if overlay else contextlib.nullcontext()) as overlay_tmp:
+        n_written = _write_masks(stream, frames, staging, video, overlay_tmp)
+    print(f"wrote {n_written} masks to {out}" + (f" and {overlay}" if overlay else ""))
+    return 0
+
+
+def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: Path | None) -> int:
+    """Write the stream's masks into `folder` (PNG writes overlap the propagation), and the overlay."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import read_video, write_mask, write_overlay
+
     palette = stream.palette
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     pending = threading.BoundedSemaphore(16)  # PNG writes overlap propagation, at most 16 in flight
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = []
@@ -96,20 +109,19 @@ def _propagate(args: argparse.Namespace) -> int:
         def masks():
             for t, mask in stream:
                 pending.acquire()
-                future = pool.submit(write_mask, out / f"{frames.names[t]}.png", mask, palette)
+                future = pool.submit(write_mask, folder / f"{frames.names[t]}.png", mask, palette)
                 future.add_done_callback(lambda _: pending.release())
                 futures.append(future)
                 yield mask
 
-        if args.overlay:
-            write_overlay(args.overlay, read_video(args.video), masks(), palette=palette, fps=frames.fps or 10)
+        if overlay is not None:
+            write_overlay(overlay, read_video(video), masks(), palette=palette, fps=frames.fps or 10)
         else:
             for _ in masks():
                 pass
         for future in futures:
             future.result()
-    print(f"wrote {len(futures)} masks to {out}" + (f" and {args.overlay}" if args.overlay else ""))
-    return 0
+    return len(futures)
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +136,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @_command("demo", "propagate the built-in clip (or your own video) and score it")(_demo_args)
 def _demo(args: argparse.Namespace) -> int:
+    for path, what in ((args.video, "--video"), (args.mask, "--mask")):
+        if path is not None:
+            _existing(path, what)
+    _output_folder(args.output, "-o")
+    _check_device(args.device)
     from .demo import run_demo
 
     result = run_demo(model=args.model, video=args.video, mask=args.mask, out_dir=args.output,
@@ -160,6 +177,9 @@ def _features_args(p: argparse.ArgumentParser) -> None:
 @_command("features", "feature pictures: PCA colours of the patch features, or one point's correspondence")(
     _features_args)
 def _features(args: argparse.Namespace) -> int:
+    _existing(args.video, "video")
+    _overlay_file(args.output, "-o")
+    _check_device(args.device)
     from .pictures import write_feature_video
 
     out = write_feature_video(args.video, args.output, point=tuple(args.point) if args.point else None,
@@ -185,6 +205,7 @@ def _app_args(p: argparse.ArgumentParser) -> None:
 @_command("app", "local web app (extra [app]): open a video, paint the first mask, watch it propagate, look at "
                  "features")(_app_args)
 def _app(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     from .app import launch
 
     launch(host=args.host, port=args.port, share=args.share, model=args.model, device=args.device)
@@ -227,6 +248,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import os
 
+    _output_folder(args.output, "-o")
+    _check_device(args.device)
     from .evaluation import evaluate, format_table
 
     summary = evaluate(args.benchmark, args.root, model=args.model, out_dir=args.output, list_file=args.list_file,
@@ -252,6 +275,34 @@ def _existing(path: str, what: str) -> Path:
     return Path(path)
 
 
+def _output_folder(path: str, argument: str, inputs: dict[str, Path] | None = None) -> Path:
+    """An output folder checked before any model is loaded: writable, not a file, not an input folder."""
+    from ._outputs import check_output_folder
+
+    folder = check_output_folder(path, argument)
+    for what, source in (inputs or {}).items():
+        if source.is_dir() and folder.resolve() == source.resolve():
+            raise ValueError(f"{argument} {path!r}: {what} folder itself; outputs named like its files would "
+                             "replace them: pick another folder")
+    return folder
+
+
+def _overlay_file(path: str, argument: str = "--overlay") -> Path:
+    """A .gif or video file path checked before any model is loaded (suffix, folder, writable)."""
+    from ._outputs import check_output_file
+    from .io.overlay import VIDEO_SUFFIXES
+
+    return check_output_file(path, argument, {".gif", *VIDEO_SUFFIXES})
+
+
+def _check_device(device: str | None) -> None:
+    """A --device that this machine has, or the one-line error listing those it has (before any model)."""
+    if device is not None:
+        from .devices import resolve_device
+
+        resolve_device(device, argument="--device")
+
+
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
     p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
@@ -268,6 +319,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     _convert_args)
 def _convert(args: argparse.Namespace) -> int:
     source = _existing(args.checkpoint, "checkpoint")
+    _output_folder(args.output, "-o")
     from .files import sha256sum
     from .models import load_backbone
 
@@ -375,8 +427,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `tcore` command line; returns the exit status."""
-    from .errors import CheckpointError, WeightsUnavailableError
-
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -387,13 +437,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = _COMMANDS[args.command][1]
     try:
         return run(args)
-    except (CheckpointError, WeightsUnavailableError, FileNotFoundError, ValueError, TypeError,
-            ImportError) as err:
-        if args.debug:
-            raise
-        _err(f"tcore: error: {err}")
-        _err("(run with --debug for the traceback)")
-        return 1
     except KeyboardInterrupt:
         _err("tcore: interrupted")
         return 130
+    except Exception as err:
+        message = _user_error(err)
+        if message is None or args.debug:
+            raise
+        _err(f"tcore: error: {message}")
+        _err("(run with --debug for the traceback)")
+        return 1
+
+
+def _user_error(err: Exception) -> str | None:
+    """The one line for an error a user can fix (bad input, a path, a busy folder, memory), or None
+    for anything else (a bug: its traceback is shown)."""
+    from ._lock import FolderLockedError, LockLostError
+    from .errors import CheckpointError, WeightsUnavailableError
+
+    if isinstance(err, (CheckpointError, WeightsUnavailableError, OSError, ValueError, TypeError, ImportError,
+                        FolderLockedError, LockLostError)):
+        return str(err)
+    if type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (f"out of memory ({first}); use a smaller --size or --batch-size, or a device with more memory "
+                "(--device)")
+    return None

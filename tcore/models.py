@@ -21,6 +21,7 @@ from .architecture import ARCHITECTURES, FeatureAPI, PosInterp
 from .backbone import Pretrained, TCoReBackbone, TimmViTBackbone
 from .checkpoint import (convert_state_dict, filter_pretrained_for_timm, find_architecture, load_checkpoint,
                          read_checkpoint)
+from .devices import resolve_device
 from .errors import CheckpointError
 from .hub import CONFIG_NAME, fetch_folder, read_config
 from .weights import default_tag, download, get_pretrained
@@ -206,13 +207,31 @@ def _from_file(path: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backb
 
 
 def _from_folder(folder: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backbone:
-    """A `save_pretrained` folder (tcore format) or a timm export (timm format)."""
+    """A `save_pretrained` folder (tcore format) or a timm export (timm format).
+
+    Raises:
+        FileNotFoundError: a folder without config.json (the message lists the checkpoint files in it).
+    """
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(_no_config_message(folder))
     architecture = read_config(folder).get("architecture")
     if architecture == "TCoReBackbone":
         return TCoReBackbone.from_pretrained(folder, **kwargs)
     if architecture == "TimmViTBackbone":
         return TimmViTBackbone.from_pretrained(folder, **kwargs)
     return _from_timm(f"local-dir:{folder}", None, pos_interp, **kwargs)
+
+
+def _no_config_message(folder: Path) -> str:
+    """Why a folder is not a model, and the checkpoint files in it that may be meant."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    weights = [n for n in files if n.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors"))]
+    message = (f"model={str(folder)!r}: a folder without {CONFIG_NAME}, so neither a save_pretrained folder nor a "
+               f"timm export (both hold {CONFIG_NAME} and model.safetensors)")
+    if weights:
+        return message + f"; to load a checkpoint file in it, pass the file: {str(folder / weights[0])!r}"
+    held = f"it holds {', '.join(files[:5])}{', ...' if len(files) > 5 else ''}" if files else "it is empty"
+    return message + f"; {held}. Pass a checkpoint file (.pth, .safetensors) or a save_pretrained folder"
 
 
 def _from_timm(name: str, checkpoint: str | os.PathLike | None, pos_interp: PosInterp | None,
@@ -267,16 +286,18 @@ def load_backbone(model: Any = None, *, checkpoint: str | os.PathLike | None = N
             own weights); for a tcore name: the file to load instead of the release.
         pos_interp: "tcore" (bicubic with antialias) or "dinov2" (without), for timm-layout ViTs
             only. Default by family: "tcore" with registers (T-CoRe, DINOv2-reg), "dinov2" without.
-        device: where to put the backbone; None keeps it on the CPU.
+        device: where to put the backbone; None keeps it on the CPU. A device this machine lacks
+            is a ValueError listing the available ones (before anything is loaded).
         **kwargs: constructor arguments (timm kwargs for a timm name, e.g. pretrained=False for
             random weights; num_heads= for a checkpoint of a size tcore does not know).
 
     Returns:
         A `TCoReBackbone` or `TimmViTBackbone` in eval mode.
     """
+    target = None if device is None else resolve_device(device)  # checked before the (slow) load
     backbone = _load(model, checkpoint, pos_interp, **kwargs)
     backbone.eval()
-    return backbone.to(device) if device is not None else backbone
+    return backbone.to(target) if target is not None else backbone
 
 
 def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInterp | None, **kwargs: Any) -> Backbone:
@@ -305,7 +326,7 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
     if path.exists() and not text.startswith(("hf-hub:", "local-dir:")):
         if checkpoint is not None:
             raise ValueError("checkpoint: model= is already a path; give the checkpoint once")
-        if path.is_dir() and (path / CONFIG_NAME).is_file():
+        if path.is_dir():
             return _from_folder(path, pos_interp, **kwargs)
         return _from_file(path, pos_interp, **kwargs)
     if _looks_like_repo_id(text):

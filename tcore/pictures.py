@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .io import read_video, write_images
-from .models import create_backbone
+from .models import load_backbone
 from .propagation.features import FrameEncoder, pick_device
 from .propagation.presets import get_preset, working_size
 
@@ -195,7 +195,7 @@ class FeaturePictures:
                  n_fit_frames: int = _N_FIT_FRAMES) -> None:
         self.frames = read_video(video)
         device = pick_device(device)
-        backbone = create_backbone(model, device=device)
+        backbone = load_backbone(model, device=device)
         work = working_size(tuple(self.frames.size), get_preset(preset), backbone.patch_size, size)
         self.encoder = FrameEncoder(backbone, work, device, batch_size, precision)
         self.patch_size = backbone.patch_size

@@ -137,7 +137,7 @@ def test_ytvos_predictions_are_the_front_end_on_all_frames_with_masks_where_obje
     root = _write_ytvos(tmp_path / "ytvos")
     _run("ytvos", root, tiny_model, tmp_path / "out")
     expected = tcore.propagate_masks(root / "valid_all_frames" / "JPEGImages" / "late",
-                                     root / "valid" / "Annotations" / "late", model=tcore.create_backbone(tiny_model),
+                                     root / "valid" / "Annotations" / "late", model=tcore.load_backbone(tiny_model),
                                      preset="ytvos", size=SMALL, device="cpu", progress=False)
     for t in (0, 5, 10):
         written = np.asarray(Image.open(tmp_path / "out" / "ytvos" / "Annotations" / "late" / f"{t:05d}.png"))

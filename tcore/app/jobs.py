@@ -112,8 +112,8 @@ def _load(model: str, device: str) -> Any:
                              f"{', '.join(RANDOM_PREFIX + a for a in _RANDOM_ARCHS)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return models.create_backbone(getattr(models, arch)(pretrained=False), device=device)
-    return models.create_backbone(model or None, device=device)
+            return models.load_backbone(getattr(models, arch)(pretrained=False), device=device)
+    return models.load_backbone(model or None, device=device)
 
 
 @dataclass(frozen=True)

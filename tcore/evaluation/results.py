@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .._lock import is_lock_file
 from .._version import __version__
 
 __all__ = [
@@ -198,7 +199,8 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
     * a folder with another manifest: ManifestMismatchError, or with `overwrite` delete it first;
     * a non-empty folder without a manifest: never touched (it is not a tcore results folder).
 
-    Leftovers of an interrupted run (incomplete per-video outputs) are removed.
+    Leftovers of an interrupted run (incomplete per-video outputs) are removed. The lock file of
+    the run that holds the folder (`tcore._lock`) counts as nothing and is never deleted.
 
     Raises:
         ManifestMismatchError: another run's outputs and not `overwrite`.
@@ -207,7 +209,7 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
     manifest_path = folder / MANIFEST_NAME
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"out_dir: {folder} is a file; give a folder for the results")
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and _contents(folder):
         if not manifest_path.is_file():
             raise ValueError(f"out_dir: {folder} is not empty and holds no {MANIFEST_NAME}, so it is not a tcore "
                              f"results folder; pick a new or empty folder with -o (out_dir=)")
@@ -222,12 +224,26 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
                 f"with this run's. Pick another results folder with -o (out_dir=), or pass --overwrite "
                 f"(overwrite=True) to delete them and start again")
         if overwrite:
-            shutil.rmtree(folder)
+            _empty(folder)
         else:
             shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
             return
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(manifest_path, manifest)
+
+
+def _contents(folder: Path) -> list[Path]:
+    """What a results folder holds, besides the files of the lock that guards it."""
+    return [p for p in folder.iterdir() if not is_lock_file(p.name)]
+
+
+def _empty(folder: Path) -> None:
+    """Delete everything in `folder` except the lock (the run that holds it goes on)."""
+    for path in _contents(folder):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 # ------------------------------------------------------------------------------ atomic files

@@ -1,9 +1,11 @@
 """The evaluation loop shared by the three benchmarks.
 
-Read the dataset, load the model once, check the results folder's manifest, predict the videos
-that are not finished (sharded over the ranks under ``torchrun``), then score every video from the
-files and write the CSVs and ``summary.json``. Only rank 0 scores, writes the summary and shows
-progress bars; every rank returns the same summary.
+Read the dataset, lock the results folder (one evaluation per folder: rank 0 holds
+``<out_dir>/<benchmark>/tcore.lock`` for the whole run, and a second run stops at once naming it),
+load the model once, check the results folder's manifest, predict the videos that are not
+finished (sharded over the ranks under ``torchrun``), then score every video from the files and
+write the CSVs and ``summary.json``. Only rank 0 scores, writes the summary and shows progress
+bars; every rank returns the same summary.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
+from .._lock import FolderLock, FolderLockedError
+from .._outputs import check_output_folder, missing_folders, remove_if_empty
+from ..devices import resolve_device
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
 from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_davis, read_jhmdb, read_vip
@@ -243,7 +248,11 @@ def evaluate(
         FileNotFoundError: a missing dataset folder, list file or model.
         DatasetError: a dataset that does not have the official layout.
         ManifestMismatchError: `out_dir` holds another run's outputs (pass overwrite=True).
-        ValueError: bad arguments, or a video the propagation refuses (the message names it).
+        FolderLockedError: another live evaluation writes into ``<out_dir>/<benchmark>/`` (one run per
+            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`).
+        ValueError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
+            video the propagation refuses (the message names it).
+        PermissionError: `out_dir` is not writable.
     """
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
@@ -251,22 +260,53 @@ def evaluate(
         raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size={size!r}: expected (H, W) in pixels")
+    resolve_device(device)  # a device this machine lacks is named before anything is read
     dataset = read_dataset(benchmark, root, list_file, split)
-    results = Path(out_dir).expanduser() / benchmark
+    results = check_output_folder(Path(out_dir).expanduser() / benchmark, "out_dir")
     _check_outside(results, dataset.root)
+    created = missing_folders(results)
     dist_info = _init_distributed()
+    lock = None
     try:
-        return _run(dataset, results, dist_info, model=model, overwrite=overwrite, device=device,
+        lock = _claim_results_folder(results, dist_info)
+        return _run(dataset, results, dist_info, lock, model=model, overwrite=overwrite, device=device,
                     batch_size=batch_size, precision=precision, size=None if size is None else tuple(size),
                     progress=progress)
     finally:
+        if lock is not None:
+            lock.release()
+            remove_if_empty(created)  # a run that failed before writing leaves no empty folders behind
         if dist_info.owns_default_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
 
 
-def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overwrite: bool,
+def _claim_results_folder(results: Path, dist_info: _Dist) -> FolderLock | None:
+    """Rank 0 locks the results folder (one evaluation per folder) before anything is written or
+    loaded; every rank learns the outcome (a collective).
+
+    Returns:
+        The held lock on rank 0, None on the other ranks.
+
+    Raises:
+        FolderLockedError: on every rank, when another live run holds the folder (the message names
+            it: host, pid, since when, and what to do).
+    """
+    lock, refusal = None, None
+    if dist_info.rank == 0:
+        lock = FolderLock(results, purpose="evaluation")
+        try:
+            lock.acquire()
+        except FolderLockedError as err:
+            lock, refusal = None, f"out_dir: {err}"
+    refusal = _broadcast(dist_info, refusal)
+    if refusal is not None:
+        raise FolderLockedError(refusal)
+    return lock
+
+
+def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | None, *, model: Any, overwrite: bool,
          device: str | torch.device | None, batch_size: int, precision: str, size: tuple[int, int] | None,
          progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -305,6 +345,8 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
         with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
                   desc=desc, unit="video", dynamic_ncols=True) as bar:
             for video in todo:
+                if lock is not None:
+                    lock.check()  # a run whose folder was taken over (a frozen node) stops writing
                 _predict(bench, video, backbone, results, settings)
                 bar.update(1)
     except Exception as err:  # every rank must learn that one failed, or the others wait forever
@@ -314,6 +356,8 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, *, model: Any, overw
 
     summary = None
     if is_main:
+        if lock is not None:
+            lock.check()
         shutil.rmtree(results / PARTIAL_DIR, ignore_errors=True)
         scored = bench.score(dataset, results, settings)
         for name, text in scored.files.items():

@@ -17,7 +17,11 @@ How `read_mask` reads a mask:
     void, pass it as a palette image (`image.putpalette(DAVIS_PALETTE.tobytes())`).
 - colour image (RGB, RGBA: alpha ignored; JPEG): each distinct colour is one object, black is
   background, objects numbered 1..N in lexicographic (R, G, B) order; at most 254 colours. An
-  image whose pixels all have R == G == B is read as a grey image.
+  image whose pixels all have R == G == B is read as a grey image. An anti-aliased colour mask
+  (a soft brush, a smooth resize, a JPEG) is refused like a soft grey mask. Its tell is blended
+  colours: a colour that only lies on borders (no pixel of it has four neighbours of its colour)
+  and lies between two of its neighbouring colours in every channel (red 255 and black give
+  the blends 191, 128, 64, ...). Two blended colours or more make a mask anti-aliased.
 - `threshold=T`: pixels whose grey value (colour images: luminance, ITU-R 601-2 as PIL's "L")
   is >= T are object 1, the rest background. Palette images refuse it (they hold ids already).
 """
@@ -36,6 +40,7 @@ __all__ = ["DAVIS_PALETTE", "MAX_GREY_IDS", "read_mask", "write_mask", "write_ma
 
 MAX_GREY_IDS = 32  # a grey mask with more distinct non-zero values is taken to be soft
 _MAX_COLOURS = 254  # ids 1..254; 255 is void in palette PNGs
+_MAX_BLENDED_COLOURS = 2  # a colour mask with this many blended colours is anti-aliased
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
@@ -170,8 +175,7 @@ def _soft_mask_error(label: str, levels: np.ndarray) -> ValueError:
 def _ids_from_colour(rgb: np.ndarray, threshold: float | None, label: str) -> np.ndarray:
     """(H, W, 3) uint8 colours -> uint8 ids: one object per colour, black = background."""
     if threshold is not None:
-        luminance = np.asarray(Image.fromarray(rgb).convert("L"))
-        return (luminance >= threshold).astype(np.uint8)
+        return (_luminance(rgb) >= threshold).astype(np.uint8)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     if np.array_equal(red, green) and np.array_equal(green, blue):
         return _ids_from_grey(red, None, label)
@@ -183,9 +187,69 @@ def _ids_from_colour(rgb: np.ndarray, threshold: float | None, label: str) -> np
             f"{label} has {colours.size} distinct colours; a colour mask may hold at most "
             f"{_MAX_COLOURS} objects. A JPEG or anti-aliased mask has many colours: binarise it "
             f"with threshold=, e.g. threshold=128, or save the ids as a palette PNG")
+    blends = _blended_colours(packed, colours)
+    if blends >= _MAX_BLENDED_COLOURS:
+        raise _anti_aliased_error(label, colours.size, blends, _luminance(rgb))
     ids = (np.searchsorted(colours, packed) + 1).astype(np.uint8)
     ids[packed == 0] = 0
     return ids
+
+
+def _blended_colours(packed: np.ndarray, colours: np.ndarray) -> int:
+    """How many of `colours` look like anti-aliasing blends (see the module docstring).
+
+    Args:
+        packed: (H, W) uint32 colours 0xRRGGBB.
+        colours: (N,) the object colours (black excluded).
+    """
+    padded = np.pad(packed, 1, mode="edge")  # (H+2, W+2): outside the image counts as the same colour
+    centre = padded[1:-1, 1:-1]
+    interior = ((padded[:-2, 1:-1] == centre) & (padded[2:, 1:-1] == centre)
+                & (padded[1:-1, :-2] == centre) & (padded[1:-1, 2:] == centre))
+    edge_only = np.setdiff1d(colours, packed[interior])
+    if edge_only.size < _MAX_BLENDED_COLOURS:
+        return 0
+    here, there = _neighbouring_pairs(packed)
+    return sum(_between_two(colour, np.unique(there[here == colour])) for colour in edge_only)
+
+
+def _neighbouring_pairs(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): every ordered pair of different colours that are 4-neighbours somewhere."""
+    rows = packed[:, :-1] != packed[:, 1:]
+    cols = packed[:-1, :] != packed[1:, :]
+    a = np.concatenate([packed[:, :-1][rows], packed[:-1, :][cols]])
+    b = np.concatenate([packed[:, 1:][rows], packed[1:, :][cols]])
+    return np.concatenate([a, b]), np.concatenate([b, a])
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    """(...,) uint32 0xRRGGBB -> (..., 3) int32 RGB."""
+    return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.int32)
+
+
+def _between_two(colour: np.uint32, neighbours: np.ndarray) -> bool:
+    """True when `colour` lies, channel by channel, between two of its (other) `neighbours`."""
+    if neighbours.size < 2:
+        return False
+    c, n = _unpack(colour), _unpack(neighbours)  # (3,), (k, 3)
+    low = np.minimum(n[:, None], n[None, :])  # (k, k, 3)
+    high = np.maximum(n[:, None], n[None, :])
+    return bool(((low <= c) & (c <= high)).all(axis=-1).any())
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) uint8 luminance (ITU-R 601-2, as PIL's "L"): what threshold= compares."""
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def _anti_aliased_error(label: str, n_colours: int, n_blends: int, luminance: np.ndarray) -> ValueError:
+    example = max(1, round(int(luminance.max()) / 2))  # half the brightest object's luminance
+    return ValueError(
+        f"{label} looks anti-aliased (soft edges from a soft brush, a smooth resize or a JPEG), not one colour "
+        f"per object: it has {n_colours} distinct colours, and {n_blends} of them are blends found only on the "
+        f"borders between other colours. Save the mask without anti-aliasing (a hard brush, nearest-neighbour "
+        f"resizing, PNG), or as a palette PNG of object ids, or binarise it with threshold= on its luminance, e.g. "
+        f"threshold={example}, half its brightest (command line: --threshold {example})")
 
 
 def _as_palette(palette: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ from PIL import GifImagePlugin, Image
 
 from ._common import describe, is_path, is_tensor
 from .masks import _as_palette, _check_ids, _iter_masks
-from .video import read_video
+from .video import image_to_rgb, read_video
 
 __all__ = ["VIDEO_SUFFIXES", "overlay", "write_images", "write_overlay"]
 
@@ -52,7 +52,7 @@ def overlay(frame: Any, ids: Any, palette: Any = None, alpha: float = 0.5) -> np
 
 def _as_rgb(frame: Any) -> np.ndarray:
     if isinstance(frame, Image.Image):
-        return np.asarray(frame.convert("RGB"))
+        return image_to_rgb(frame, "frame")
     array = np.asarray(frame)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"frame: expected a uint8 (H, W, 3) RGB image, got {describe(frame)}")

@@ -10,6 +10,17 @@ stays at a few frames whatever the video's length. Sources:
 - a numpy array (T, H, W, 3) or a torch tensor (T, 3, H, W): uint8 in [0, 255], or float in [0, 1].
   A float video whose maximum is above 1 is taken to be in [0, 255] already; NaN, negative values
   and values above 255 are errors.
+
+Image files and PIL images of every mode are read as 8-bit RGB, or refused (`image_to_rgb`):
+
+- 8-bit modes (RGB, L, P, 1, RGBA/LA/PA: alpha dropped, CMYK, YCbCr, HSV) by PIL's conversion;
+- 16-bit grey (I;16, I;16B, ..., e.g. from scientific, depth or infrared cameras) divided by 257,
+  so that 0..65535 maps to 0..255 with the same scale in every frame (brightness does not flicker
+  from frame to frame). 12-bit data stored in 16 bits therefore looks dark: multiply it by 16
+  first. 32-bit integer ("I", what old Pillow makes of 16-bit PNGs) is read the same way when its
+  values lie in 0..65535, and refused otherwise;
+- 32-bit float ("F") and CIELab ("LAB") are refused: their range or colour space is not known here.
+  Convert such frames to 8-bit RGB first.
 """
 from __future__ import annotations
 
@@ -23,10 +34,46 @@ from PIL import Image
 from ._common import describe, is_path, is_tensor, natural_key
 from .frames import FrameReadError, VideoFrames
 
-__all__ = ["IMAGE_SUFFIXES", "FrameReadError", "VideoFrames", "read_video"]
+__all__ = ["IMAGE_SUFFIXES", "FrameReadError", "VideoFrames", "image_to_rgb", "read_video"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for a broken file
+_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_16BIT_TO_8BIT = 257.0  # 65535 / 255: the full 16-bit range onto the full 8-bit range
+_REFUSED_MODES = {"F": "32-bit float values of unknown range", "LAB": "CIELab colours"}
+
+
+def image_to_rgb(image: Image.Image, where: str) -> np.ndarray:
+    """A PIL image of any mode as a uint8 (H, W, 3) RGB array (the rules of the module docstring).
+
+    Args:
+        image: the image.
+        where: what it is, for errors (e.g. "frame 3 (frames/00003.png)").
+
+    Raises:
+        FrameReadError: a mode that cannot be read right (32-bit float, CIELab, 32-bit integers
+            outside 0..65535, or a mode PIL cannot convert); the message says how to convert it.
+    """
+    mode = image.mode
+    if mode in _16BIT_MODES:
+        return _grey16_to_rgb(np.asarray(image), mode, where)
+    if mode in _REFUSED_MODES:
+        raise FrameReadError(f"{where}: PIL image mode {mode!r} ({_REFUSED_MODES[mode]}) is not read as a frame; "
+                             "convert the frames to 8-bit RGB first (e.g. PNG or JPEG)")
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as err:
+        raise FrameReadError(f"{where}: PIL image mode {mode!r} cannot be converted to RGB ({err}); convert the "
+                             "frames to 8-bit RGB first (e.g. PNG or JPEG)") from err
+
+
+def _grey16_to_rgb(values: np.ndarray, mode: str, where: str) -> np.ndarray:
+    """(H, W) 16-bit grey values -> uint8 (H, W, 3): divided by 257, the same in every frame."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise FrameReadError(f"{where}: PIL image mode {mode!r} with values in [{values.min()}, {values.max()}]; "
+                             "integer frames are read as 16-bit (0..65535): convert them to 8-bit RGB first")
+    grey = np.rint(values.astype(np.float32) / _16BIT_TO_8BIT).astype(np.uint8)  # (H, W)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 class _FolderFrames(VideoFrames):
@@ -61,7 +108,9 @@ class _FolderFrames(VideoFrames):
         path = self._files[index]
         try:
             with Image.open(path) as image:
-                frame = np.asarray(image.convert("RGB"))
+                frame = image_to_rgb(image, f"frame {index} ({path})")
+        except FrameReadError:
+            raise
         except _PIL_ERRORS as err:
             raise FrameReadError(f"frame {index} ({path}) could not be read: {err}") from err
         return self._check_size(frame, index, str(path))
@@ -113,7 +162,7 @@ class _ImageListFrames(VideoFrames):
     def _frame(self, index: int) -> np.ndarray:
         item = self._images[index]
         if isinstance(item, Image.Image):
-            return self._check_size(np.asarray(item.convert("RGB")), index, f"source[{index}]")
+            return self._check_size(image_to_rgb(item, f"frame {index} (source[{index}])"), index, f"source[{index}]")
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise FrameReadError(f"frame {index} (source[{index}]) must be a uint8 (H, W, 3) RGB "
                                  f"array, got {describe(item)}")

@@ -70,7 +70,7 @@ def _entries(masks: Any, names: Sequence[str]) -> dict[int, tuple[str, Any]]:
     if isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir():
         return {t: (f"masks {str(p)!r}", p) for t, p in sorted(_folder_entries(Path(masks), names).items())}
     if not isinstance(masks, Mapping):
-        return {0: ("first_mask", masks)}
+        return {0: (f"first_mask {str(masks)!r}" if isinstance(masks, (str, os.PathLike)) else "first_mask", masks)}
     if not masks:
         raise ValueError("masks: an empty mapping; give at least one {frame_index: mask}")
     entries = {}
@@ -115,7 +115,7 @@ def read_annotations(masks: Any, names: Sequence[str], frame_size: tuple[int, in
                              f"{frame_size[1]}x{frame_size[0]}; resize the mask with nearest-neighbour "
                              "interpolation (e.g. PIL Image.NEAREST) to the frame size")
         if mask.max(initial=0) == 0:
-            what = "the first mask" if label == "first_mask" else "the mask"
+            what = "the first mask" if label.startswith("first_mask") else "the mask"
             raise ValueError(f"{label}: no object in {what} (every pixel is background 0); give at least one "
                              "non-zero id (for a soft grey mask use threshold=)")
         ids[t] = mask

@@ -13,6 +13,7 @@ propagation settings (size rule, top-k, temperature, radius, context) travel in 
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from .annotations import Annotations, MasksInput, read_annotations
 from .engine import Propagator
 from .features import FrameEncoder, pick_device
 from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
-from .presets import Preset, get_preset, working_size
+from .presets import MAX_AUTO_TOKENS, Preset, get_preset, scaled_size, working_size
 
 __all__ = ["MaskStream", "Propagation", "iter_masks", "propagate_keypoints", "propagate_masks", "propagate_parts"]
+
+_logger = logging.getLogger(__name__)
 
 # Threads decoding image files ahead of the backbone: one per four cores, at most four (measured on a
 # 16-core GPU host in benchmarks/propagation.py, pipeline part; one thread is all a 2-core machine can spare).
@@ -119,8 +122,8 @@ def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, 
     if len(frames) < 2:
         raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
     device = pick_device(device)
-    backbone = load_backbone(model, device=device)
     spec = get_preset(preset)
+    backbone = load_backbone(model, device=device)
     work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
     encoder = FrameEncoder(backbone, work, device, batch_size, precision)
     return _Setup(frames, encoder, spec, work, int(backbone.patch_size))
@@ -211,16 +214,77 @@ def _annotated_labels(annotations: Annotations, setup: _Setup) -> tuple[torch.Te
     return at_grid(annotations.ids[start]), later
 
 
+def _lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]) -> dict[int, int]:
+    """{object id: the annotated frame where it wins no cell of the feature grid} (first such frame).
+
+    Such an object wins no cell of the grid's labels (the argmax, ties to the lower channel, as
+    the output's), so it has no cell of its own to propagate from, and the output (those labels
+    upsampled) shows it, at best, as a sliver between cells: in practice it is missing.
+
+    Args:
+        annotations: the masks read.
+        labels: {annotated frame t: (C, h, w) labels at the grid}.
+    """
+    lost: dict[int, int] = {}
+    for t, grid_labels in labels.items():
+        winners = np.unique(grid_labels.argmax(dim=0).numpy())  # channels that win a cell
+        for channel in np.setdiff1d(annotations.channels(t), winners):
+            lost.setdefault(int(annotations.classes[channel]), t)
+    return lost
+
+
+def _warn_lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor], setup: _Setup) -> None:
+    """Log a warning naming the objects too small for the working grid, with a size that fits them.
+
+    The size suggested makes the smallest extent (height or width of its bounding box) of every
+    lost object span a patch and a pixel, so that it fills at least one cell, within the token
+    limit of automatic sizes (`MAX_AUTO_TOKENS`); the message says when that limit is too small.
+    """
+    lost = _lost_objects(annotations, labels)
+    if not lost:
+        return
+    factor = max(max(_scale_to_fill_a_cell(annotations.ids[t] == i, setup) for i, t in lost.items()), 1.5)
+    fit = scaled_size(setup.work, factor, setup.patch)
+    wanted = scaled_size(setup.work, factor, setup.patch, max_tokens=2 ** 62)
+    grid = (setup.work[0] // setup.patch, setup.work[1] // setup.patch)
+    ids, frames = sorted(lost), sorted(set(lost.values()))
+    shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+    advice = f"Pass a larger size={fit} (command line: --size {fit[0]} {fit[1]})"
+    if wanted != fit:
+        advice += (f", the largest within {MAX_AUTO_TOKENS} patch tokens per frame; the smallest of them need about "
+                   f"size={wanted}: crop the video around them, or merge them into larger objects")
+    _logger.warning("%d of %d objects (ids %s) cover no cell of the %dx%d feature grid of the working size %dx%d "
+                    "at annotated frame%s %s: they are missing from the output from there on. %s", len(ids),
+                    len(annotations.classes) - 1, shown, grid[0], grid[1], setup.work[0], setup.work[1],
+                    "s" if len(frames) > 1 else "", ", ".join(map(str, frames)), advice)
+
+
+def _scale_to_fill_a_cell(pixels: np.ndarray, setup: _Setup) -> float:
+    """The working-size scale at which an object's bounding box spans patch + 1 pixels both ways.
+
+    Args:
+        pixels: (H, W) bool, the object's pixels at the original size.
+        setup: the working size and patch.
+    """
+    rows, cols = np.nonzero(pixels)
+    height = (rows.max() - rows.min() + 1) * setup.work[0] / pixels.shape[0]  # at the working size
+    width = (cols.max() - cols.min() + 1) * setup.work[1] / pixels.shape[1]
+    return (setup.patch + 1) / min(height, width)
+
+
 def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: PresetInput,
                 size: tuple[int, int] | None, threshold: float | None, device: str | torch.device | None,
                 batch_size: int, precision: str, progress: bool, soft: bool,
                 desc: str) -> MaskStream:
     """The shared body of `propagate_masks` and `iter_masks`."""
-    setup = _setup(video, model, preset, size, device, batch_size, precision)
-    frames = setup.frames
-    annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)
+    from ..io import read_video
+
+    frames = read_video(video)
+    annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)  # before the model loads
+    setup = _setup(frames, model, preset, size, device, batch_size, precision)
     classes = annotations.classes
     first, later = _annotated_labels(annotations, setup)
+    _warn_lost_objects(annotations, {annotations.start: first, **{t: lab for t, (lab, _) in later.items()}}, setup)
     out_size, resize = tuple(frames.size), setup.spec.output_resize
 
     def on_device() -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
@@ -314,9 +378,14 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
         preset: None (the paper's hyper-parameters, short side 480, aspect kept), "davis" (480x880
             stretched: the paper's DAVIS protocol exactly), "jhmdb", "vip", or a `Preset` (e.g.
             `dataclasses.replace(tcore.PRESETS["davis"], topk=5)`) for other settings.
-        size: (H, W) working size overriding the preset's size rule (floored to the patch size).
+        size: (H, W) working size overriding the preset's size rule (floored to the patch size),
+            obeyed as given. Without it, a rule that gives more than `MAX_AUTO_TOKENS` (16384) patch
+            tokens per frame (an extreme aspect ratio) is an error that names a size that fits. Objects
+            that cover no cell of the feature grid where they are annotated are missing from the
+            output: a warning (logger `tcore.propagation.api`) names them and a larger size.
         threshold: binarise grey or colour masks at this value (>= is object 1).
-        device: None picks CUDA, then MPS, then CPU.
+        device: None picks CUDA, then MPS, then CPU; a device that is not there is an error that
+            lists the available ones.
         batch_size: frames per backbone call.
         precision: "fp32" (exact, whatever autocast or TF32 setting the caller has) or "bf16"
             (opt-in autocast for the backbone; not the paper's numbers).
@@ -329,7 +398,8 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
 
     Raises:
         ValueError: a mask of another size, with no object, at a frame index out of range; a
-            video of fewer than 2 frames; an unreadable frame (named).
+            soft or anti-aliased mask; a video of fewer than 2 frames; an unreadable frame (named);
+            a working size above the token limit; a device that is not available.
     """
     stream = _mask_items(video, masks, model=model, preset=preset, size=size, threshold=threshold, device=device,
                          batch_size=batch_size, precision=precision, progress=progress, soft=soft,

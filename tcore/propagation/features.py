@@ -15,20 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import resolve_device
 from ..precision import exact_fp32
 
 __all__ = ["FrameEncoder", "pick_device", "prefetch"]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, else CUDA, then Apple MPS, then CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """`device` checked to exist here (`tcore.devices.resolve_device`), else CUDA, then Apple MPS, then CPU.
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks (the message lists those it has).
+    """
+    return resolve_device(device)
 
 
 class FrameEncoder:

@@ -9,10 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Preset", "PRESETS", "get_preset", "working_size"]
+__all__ = ["MAX_AUTO_TOKENS", "Preset", "PRESETS", "get_preset", "scaled_size", "working_size"]
 
 SizeRule = Literal["short_side", "fixed", "long_side_64"]
 OutputResize = Literal["floor", "pil"]
+
+# Patch tokens per frame a size rule may give (a 128x128 grid: 2048x2048 pixels at patch 16; the
+# paper's DAVIS size, 480x880, has 1650). Above it a run stops before decoding and asks for an
+# explicit size: the backbone's attention grows with the square of the token count, the memory of
+# its activations and of the propagation with the count (16x2000 frames at short side 480 would
+# be 480x60000: 112500 tokens, minutes and 8-12 GB per frame batch). An explicit size= is obeyed.
+MAX_AUTO_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,18 @@ def working_size(original: tuple[int, int], preset: Preset, patch_size: int,
         (H', W') in pixels. Sizes the rule gives that are not multiples of the patch size (e.g.
         DAVIS's 880 for a patch-14 model) are floored to one.
     """
-    h, w = original
     if size is not None:
         if len(size) != 2 or min(size) < patch_size:
             raise ValueError(f"size={size!r}: expected (H, W), each at least the patch size {patch_size}")
         return _floor_to(int(size[0]), patch_size), _floor_to(int(size[1]), patch_size)
+    work = _size_by_rule(original, preset, patch_size)
+    _check_tokens(work, original, preset, patch_size)
+    return work
+
+
+def _size_by_rule(original: tuple[int, int], preset: Preset, patch_size: int) -> tuple[int, int]:
+    """(H', W') the preset's size rule gives, floored to multiples of the patch size."""
+    h, w = original
     if preset.size_rule == "fixed":
         th, tw = preset.size
     elif preset.size_rule == "short_side":
@@ -112,3 +126,39 @@ def working_size(original: tuple[int, int], preset: Preset, patch_size: int,
             th, tw = int(h * target / w) // 64 * 64, target
         th, tw = max(th, 64), max(tw, 64)
     return _floor_to(th, patch_size), _floor_to(tw, patch_size)
+
+
+def _check_tokens(work: tuple[int, int], original: tuple[int, int], preset: Preset, patch_size: int) -> None:
+    """Refuse a rule-given working size above `MAX_AUTO_TOKENS` patch tokens per frame."""
+    grid = (work[0] // patch_size, work[1] // patch_size)
+    tokens = grid[0] * grid[1]
+    if tokens <= MAX_AUTO_TOKENS:
+        return
+    fit = scaled_size(work, 1.0, patch_size)
+    raise ValueError(
+        f"size: frames of {original[0]}x{original[1]} (HxW) get the working size {work[0]}x{work[1]} from preset "
+        f"{preset.name!r} ({preset.size_rule} {'x'.join(map(str, preset.size))}): {grid[0]}x{grid[1]} = {tokens} "
+        f"patch tokens per frame, above the limit of {MAX_AUTO_TOKENS} that tcore picks by itself (the paper's "
+        f"DAVIS size has 1650; the backbone's time grows with the square of the count, its memory with the "
+        f"count: this would take minutes and many GB). Choose the size yourself: size={fit} keeps the aspect "
+        f"ratio within the limit (command line: --size {fit[0]} {fit[1]}); any explicit size is used as given")
+
+
+def scaled_size(work: tuple[int, int], factor: float, patch_size: int,
+                max_tokens: int = MAX_AUTO_TOKENS) -> tuple[int, int]:
+    """`work` scaled by `factor`, aspect ratio kept, at most `max_tokens` patch tokens per frame.
+
+    Args:
+        work: (H', W') in pixels.
+        factor: the scale wanted (1.0: only shrink to the token limit).
+        patch_size: p; both sides are floored to multiples of it (at least p).
+        max_tokens: the limit on (H/p) * (W/p).
+
+    Returns:
+        (H, W) in pixels, multiples of `patch_size`.
+    """
+    limit = (max_tokens / ((work[0] / patch_size) * (work[1] / patch_size))) ** 0.5
+    scale = min(factor, limit)
+    grid_h = max(1, int(work[0] * scale / patch_size))
+    grid_w = max(1, min(int(work[1] * scale / patch_size), max_tokens // grid_h))
+    return grid_h * patch_size, grid_w * patch_size
