@@ -1,6 +1,6 @@
 """End-to-end training throughput on JPEG frames: decode, sandwich sampling, augmentation, masking, step.
 
-Generates its own frames (no dataset, no network, no ../shared needed): `--videos` folders of
+Generates its own frames (no dataset, no network, no shared test data needed): `--videos` folders of
 `--frames` JPEGs of `--size` (default 64 x 20 frames of 455x256, quality 90, textured so that files
 weigh ~35 kB like natural frames), in the official `<root>/train/<class>/<video>/` layout, unless
 `--data-dir` points at existing frames. Parts:

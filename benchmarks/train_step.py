@@ -10,7 +10,7 @@ backward (`training.pretrain.forward_backward`) -> per-module clipping + AdamW
     python benchmarks/train_step.py --arch vits16 --device cuda --parity     # + bf16 vs fp32 loss terms
     python benchmarks/train_step.py --tiny                                   # CPU smoke run (tiny config)
 
-Reference (spec issue 5, one H200, the official step with SDPA instead of xFormers): ViT-S/16 at 64
+Reference (issue 5, one H200, the official step with SDPA instead of xFormers): ViT-S/16 at 64
 per GPU 549 samples/s and 17.2 GB peak; ViT-B/16 at 32 per GPU 262 samples/s and 19.8 GB.
 "--parity" runs the student/teacher forward and the losses of the same batch and weights in fp32
 (TF32 off) and in the chosen precision, and reports each term's relative difference (target < 1 %),

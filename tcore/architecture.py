@@ -14,7 +14,8 @@ Nothing here reads or writes files: loading is `tcore.checkpoint`, the Hugging F
 `tcore.hub`, and the public classes (a network that can also be saved and loaded) `tcore.backbone`.
 
 Paper: "When the Future Becomes the Past: Taming Temporal Correspondence for Self-supervised
-Video Representation Learning" (CVPR 2025).
+Video Representation Learning" (CVPR 2025). The backbone's facts: docs/propagation-protocol.md §3.3 and
+docs/training-recipe.md §5.1.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The propagation engine against a literal implementation of the official protocol and its golden outputs.
 
 The literal implementation below builds the padded sequence of T + n_context frames exactly as the
-official code does (spec propagation-protocol.md §5-§7): dense affinities over n_context + 1 key
+official code does (docs/propagation-protocol.md §5–§7): dense affinities over n_context + 1 key
 slots, the radius mask added to the short-term slots only, top-k over all (n_context + 1) * h * w
 keys, softmax over the k, soft labels fed back.
 """

@@ -1,4 +1,4 @@
-"""Augmentation (spec §1.5): the random parameters, the PIL path, and the batched path against PIL."""
+"""Augmentation (docs/training-recipe.md §3): the random parameters, the PIL path, and the batched path against PIL."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Sandwich sampling, masking, the sample stream and the batches the workers build (spec §1-2)."""
+"""Sandwich sampling, masking, the sample stream and the batches the workers build
+(docs/training-recipe.md §2–§4)."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def _windows(t: int) -> dict:
     return seen
 
 
-def test_t20_windows_match_the_spec_table():
+def test_t20_windows_match_the_recipe_table():
     seen = _windows(20)
     assert sorted(seen) == list(range(6, 14))  # c in [6, 13]
     for c, pairs in seen.items():
@@ -71,7 +72,7 @@ def test_block_mask_reaches_the_exact_count(k):
     assert mask.shape == (14, 14) and mask.sum() == k
 
 
-def test_upper_bound_values_from_the_spec():
+def test_upper_bound_values_from_the_recipe():
     assert [mask_upper_bound(2 * bs, 196) for bs in (64, 32, 4)] == [3771, 1906, 273]
 
 

@@ -1,4 +1,4 @@
-"""DINO head, Patch Matching Module, student/teacher (spec §3-4)."""
+"""DINO head, Patch Matching Module, student/teacher (docs/training-recipe.md §5–§6)."""
 from __future__ import annotations
 
 import torch

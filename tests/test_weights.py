@@ -260,7 +260,7 @@ def test_inspect_reports_layout_architecture_and_sha256(tiny_file):
 # ---------------------------------------------------------------------------- other backbones
 
 def _checksum(model, h: int, w: int) -> dict:
-    """What ../shared/tools/check_dinov2_vits14.py computes for its synthetic input."""
+    """What the shared test data's tools/check_dinov2_vits14.py computes for its synthetic input."""
     y, x = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * (x * (c + 1) / 97.0 + y / 53.0))
                     * np.cos(2 * np.pi * y * (c + 2) / 71.0) for c in range(3)], 0)

@@ -1,4 +1,4 @@
-"""Spatial and photometric augmentation (spec §1.5): random parameters, and the CPU (PIL) path.
+"""Spatial and photometric augmentation (docs/training-recipe.md §3): random parameters, and the CPU (PIL) path.
 
 The random choices of one sample are drawn first, into a `CropPlan` (crop boxes, flips, colour
 jitter order and factors, grey, blur sigma, solarize), from a numpy Generator that is a pure

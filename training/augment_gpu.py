@@ -1,4 +1,5 @@
-"""Batched augmentation on the training device: nvJPEG decode, crop-resize and colour ops.
+"""Batched augmentation on the training device: nvJPEG decode, crop-resize and colour ops
+(docs/training-recipe.md §3.3–§3.4).
 
 The same `CropPlan` parameters as the CPU path (`training.augment`), applied to whole batches:
 

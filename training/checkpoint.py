@@ -1,4 +1,5 @@
-"""Training checkpoints (atomic, keep-last-N, `weights_only`-loadable) and the teacher export.
+"""Training checkpoints (atomic, keep-last-N, `weights_only`-loadable) and the teacher export
+(docs/training-recipe.md §10).
 
 A checkpoint is a plain dict of tensors and containers:
     format_version, step, student, teacher, optimizer, scaler, centers, config, rng

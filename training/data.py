@@ -1,4 +1,5 @@
-"""Frame-folder datasets, sandwich sampling and the batch stream (spec §1).
+"""Frame-folder datasets, sandwich sampling and the batch stream (docs/training-recipe.md §2;
+augmentation §3).
 
 Videos are folders of frame images (names sorted as strings, as the reference does). Two
 layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
@@ -107,7 +108,7 @@ def sample_frame_indices(num_frames: int, rng: np.random.Generator,
                          current_range: tuple[float, float] = (0.3, 0.7),
                          past_range: tuple[float, float] = (0.15, 0.25),
                          future_range: tuple[float, float] = (0.15, 0.25)) -> tuple[int, int, int]:
-    """Sandwich sampling (spec §1.4): (past, current, future) frame indices of a T-frame video.
+    """Sandwich sampling (docs/training-recipe.md §2.3): (past, current, future) frame indices of a T-frame video.
 
     Each bound is a fraction of T computed in floating point and truncated on its own; intervals
     are inclusive; only the future side is clamped to T-1. When the windows do not fit (T in

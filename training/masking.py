@@ -1,4 +1,4 @@
-"""iBOT block masking as the reference does it (spec §2).
+"""iBOT block masking as the reference does it (docs/training-recipe.md §4).
 
 `block_mask` masks exactly `k` patches of an h x w grid with random rectangles (the reference's
 loop never takes its "stuck" exit, so it always reaches the exact count). `batch_masks` masks a

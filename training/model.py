@@ -1,4 +1,4 @@
-"""Student, teacher, the shared DINO head and the Patch Matching Module (spec §3, §4 a-e).
+"""Student, teacher, the shared DINO head and the Patch Matching Module (docs/training-recipe.md §5, §6).
 
 Parameter names follow the official checkpoints: the backbone's are `tcore.TCoReBackbone`'s
 (timm's, with the official parameterisation: the class token's position embedding is its own
@@ -167,7 +167,7 @@ class Student(nn.Module):
 
     def forward(self, globals_: torch.Tensor, locals_: torch.Tensor, masks: torch.Tensor, aux_rows: torch.Tensor,
                 aux_mask_index: torch.Tensor, past: torch.Tensor, future: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The student side of a step (spec §4 b-e).
+        """The student side of a step (docs/training-recipe.md §6.2–§6.5).
 
         Args:
             globals_: (2b, 3, G, G) current-frame global crops, crop-major.
@@ -181,7 +181,7 @@ class Student(nn.Module):
             "local_logits" (L*b, K), "global_logits" (2b, K), "past_logits" and "future_logits"
             (M, K) at the M masked patches (row-major over (row, patch)), "global_cls" (2b, D).
         """
-        with torch.no_grad():  # auxiliary features: the student in train mode, no gradient (spec §4 b)
+        with torch.no_grad():  # auxiliary features: the student in train mode, no gradient (recipe §6.2)
             aux = self.backbone(torch.cat([past, future]))["patches"].flatten(1, 2)  # (2n, N, D)
         aux_past, aux_future = aux.chunk(2)
         cur = self.backbone(globals_, masks)
@@ -236,7 +236,7 @@ def update_teacher(teacher_params: list[torch.Tensor], student_params: list[torc
 @torch.no_grad()
 def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: torch.Tensor, centers: Centers,
                     temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher probabilities of a micro-batch (spec §4 a) and its contribution to the centres.
+    """Teacher probabilities of a micro-batch (docs/training-recipe.md §6.1) and its contribution to the centres.
 
     Args:
         teacher: the EMA teacher (eval mode).

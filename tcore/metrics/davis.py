@@ -1,5 +1,5 @@
 """DAVIS-2017 semi-supervised metrics: region similarity J, boundary F-measure F, their mean,
-recall and decay, bit-identical to the official davis2017-evaluation code.
+recall and decay, bit-identical to the official davis2017-evaluation code (docs/propagation-protocol.md §9.1).
 
 The boundary dilation is an exact binary dilation by the official disk, computed from shifted ORs
 on a crop around each object; every count is an integer, so every score equals the official one.

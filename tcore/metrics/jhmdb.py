@@ -1,5 +1,5 @@
 """JHMDB pose propagation: PCK@alpha per joint, pooled over frames and videos, mean over joints,
-as T-CoRe's eval_pck.py computes it."""
+as T-CoRe's eval_pck.py computes it (docs/propagation-protocol.md §9.2)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,5 +1,5 @@
 """VIP part propagation: mean IoU over 20 classes from one global confusion matrix, as T-CoRe's
-eval_vip.py computes it."""
+eval_vip.py computes it (docs/propagation-protocol.md §9.3)."""
 from __future__ import annotations
 
 from typing import Any
