@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from train_step import ARCHS, build_step, header, make_config, memory, sync  # noqa: E402
 from training.data import ClipBatchDataset, StepSampler, build_loader, scan_videos, to_device_batch  # noqa: E402
+from tcore.files import write_text_atomic  # noqa: E402
 from training.synthetic import make_frame_folders  # noqa: E402
 
 
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['part']} | {r['augment']} | {r['workers']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['ms_per_batch']:.1f} | {r.get('peak_gb', float('nan')):.2f} |")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch  # noqa: E402
 
+from tcore.files import write_text_atomic  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
 from training.data import mask_rng  # noqa: E402
 from training.losses import Centers, tcore_losses  # noqa: E402
@@ -214,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             if layerscale is not None:
                 result["parity_worst"] = worst
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return 0 if result["finite"] else 1
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tcore.files import write_text_atomic
 from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan, normalize
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
 from training.masking import INDEX_KEYS, batch_masks, mask_indices
@@ -85,11 +86,7 @@ def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train"
 
 def write_manifest(path: str | Path, videos: list[str]) -> None:
     """One frame folder per line (relative to the frames root), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(v + "\n" for v in videos))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(v + "\n" for v in videos))
 
 
 def read_manifest(path: str | Path) -> list[str]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from .._version import __version__
+from ..files import write_text_atomic  # results are written through tcore's one atomic writer
 
 __all__ = [
     "COLUMNS",
@@ -230,21 +229,7 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
     write_json_atomic(manifest_path, manifest)
 
 
-# ------------------------------------------------------------------------------ atomic files
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+# ------------------------------------------------------------------------------ JSON files
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON values: tuples -> lists, numpy scalars/arrays -> Python, NaN/inf -> None."""
