@@ -79,7 +79,7 @@ def describe_model(model: Any) -> dict[str, Any]:
         "sha256" (file), "path" and "files" {name: sha256} (folder), "repo_id" (Hub), "name" (timm),
         "class" (module). A file whose sha256 equals a pinned registry entry also gets "release".
     """
-    from ..models import _looks_like_repo_id
+    from ..hub import is_repo_id
     from ..weights import default_tag, download, get_pretrained, list_tags, pinned_releases
 
     if model is None:
@@ -102,7 +102,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         return {"kind": "folder", "path": str(path.resolve()), "files": {p.name: _sha256(p) for p in files}}
-    if _looks_like_repo_id(text):
+    if is_repo_id(text):
         return {"kind": "hub", "repo_id": text}
     return {"kind": "timm", "name": text}
 
