@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tcore.files import write_text_atomic
+from tcore.io import IMAGE_SUFFIXES
 from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan, normalize
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
 from training.masking import INDEX_KEYS, batch_masks, mask_indices
@@ -35,7 +36,7 @@ __all__ = [
     "to_device_batch", "mask_rng", "sample_rng",
 ]
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FRAME_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))  # tcore's frame files (`str.endswith` takes a tuple)
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
 
 
