@@ -47,7 +47,7 @@ from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoin
 from training.config import Config, config_to_dict, load_config
 from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
                            write_manifest)
-from training.dist import (DistInfo, all_reduce_mean, barrier, broadcast_from_main, cleanup_distributed,
+from training.dist import (DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup_distributed,
                            setup_distributed)
 from training.lifecycle import release_on_sigterm
 from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
@@ -194,7 +194,7 @@ def _claim_output_dir(out_dir: Path, info: DistInfo) -> FolderLock | None:
             refusal = f"train.output_dir={out_dir}: {err}"
             print(f"training.pretrain: error: {refusal}", file=sys.stderr, flush=True)  # before the others exit
             lock = None
-    refusal = broadcast_from_main(refusal, info)
+    refusal = broadcast_object(refusal, info)
     if refusal is not None:
         raise FolderLockedError(refusal)
     if lock is not None:
