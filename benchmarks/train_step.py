@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch  # noqa: E402
 
 from tcore.files import write_text_atomic  # noqa: E402
+from training.batch import Batch  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
 from training.data import mask_rng  # noqa: E402
 from training.losses import Centers, tcore_losses  # noqa: E402
@@ -152,8 +153,7 @@ def parity(arch: str, batch: int, precision: str, device: torch.device, layersca
         dtype = DTYPES[p]
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             cls_t, patch_t = teacher_targets(teacher, data["globals"], data["mask_index"], centers, 0.055)
-            res = student(data["globals"], data["locals"], data["masks"], data["aux_rows"], data["aux_mask_index"],
-                          data["past"], data["future"])
+            res = student(Batch(**data))
         with torch.no_grad():
             terms = tcore_losses(res, cls_t, patch_t, data["mask_weight"], cfg.loss)
         out[p] = {k: float(v) for k, v in terms.as_dict().items()}

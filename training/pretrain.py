@@ -35,7 +35,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tcore._lock import FolderLock, FolderLockedError
+from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, config_to_dict, load_config
 from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
@@ -73,22 +74,24 @@ def micro_seed(seed: int, micro_batch: int) -> int:
     return int(np.random.SeedSequence([seed, 4, micro_batch]).generate_state(1)[0])
 
 
-def forward_backward(model: torch.nn.Module, teacher: torch.nn.ModuleDict, centers: Centers, batch: dict,
-                     teacher_temp: float, cfg: Config, scale: float, scaler: torch.amp.GradScaler) -> LossTerms:
+def forward_backward(model: torch.nn.Module, teacher: torch.nn.ModuleDict, centers: Centers,
+                     batch: Batch | Mapping[str, torch.Tensor], teacher_temp: float, cfg: Config, scale: float,
+                     scaler: torch.amp.GradScaler) -> LossTerms:
     """Teacher targets, student forward, losses and backward of one micro-batch.
 
     Args:
         model: the Student, possibly DDP-wrapped (the caller handles no_sync).
-        batch: `to_device_batch` output.
+        batch: the micro-batch on the device (`to_device_batch`); a mapping of `Batch`'s fields is
+            taken too.
         scale: 1 / accumulation steps (the loss is averaged over micro-batches).
     """
-    device_type = batch["globals"].device.type
+    if not isinstance(batch, Batch):
+        batch = Batch(**batch)
     dtype = _DTYPES[cfg.train.precision]
-    with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-        cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, teacher_temp)
-        out = model(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["aux_mask_index"],
-                    batch["past"], batch["future"])
-    terms = tcore_losses(out, cls_t, patch_t, batch["mask_weight"], cfg.loss)  # float32, outside autocast
+    with torch.autocast(batch.globals.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        cls_t, patch_t = teacher_targets(teacher, batch.globals, batch.mask_index, centers, teacher_temp)
+        out = model(batch)
+    terms = tcore_losses(out, cls_t, patch_t, batch.mask_weight, cfg.loss)  # float32, outside autocast
     scaler.scale(terms.total * scale).backward()
     return terms
 
