@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from training.augment import normalize
 
 __all__ = ["Batch", "EncodedBatch"]
+
+_P = TypeVar("_P", bound="_Pinnable")
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -43,8 +45,16 @@ def _replace_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> 
                                          for f in dataclasses.fields(batch)})
 
 
+class _Pinnable:
+    """`pin_memory()` for a dataclass of tensors (and lists / dicts of them), as the DataLoader calls it."""
+
+    def pin_memory(self: _P) -> _P:
+        """Every tensor in page-locked memory (the DataLoader calls this with `pin_memory=True`)."""
+        return _replace_tensors(self, torch.Tensor.pin_memory)
+
+
 @dataclass(frozen=True)
-class Batch:
+class Batch(_Pinnable):
     """One micro-batch of b samples, crop-major (row i * b + j = crop i of sample j).
 
     Attributes:
@@ -76,10 +86,6 @@ class Batch:
         """Every tensor on `device` (asynchronous copies from pinned memory by default)."""
         return _replace_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> Batch:
-        """Every tensor in page-locked memory (the DataLoader calls this with `pin_memory=True`)."""
-        return _replace_tensors(self, torch.Tensor.pin_memory)
-
     def normalized(self, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> Batch:
         """uint8 crops -> ImageNet-normalised `dtype` crops (ToTensor + Normalize), on their device."""
         return dataclasses.replace(self, **{name: normalize(getattr(self, name), dtype, channels_last)
@@ -87,7 +93,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class EncodedBatch:
+class EncodedBatch(_Pinnable):
     """A micro-batch before its crops exist: JPEG bytes and crop plans (GPU augmentation), for
     `training.augment_gpu.render_batch`.
 
@@ -122,7 +128,3 @@ class EncodedBatch:
     future_frame: torch.Tensor
     past_photo: dict[str, torch.Tensor]
     future_photo: dict[str, torch.Tensor]
-
-    def pin_memory(self) -> EncodedBatch:
-        """Every tensor in page-locked memory (the DataLoader calls this with `pin_memory=True`)."""
-        return _replace_tensors(self, torch.Tensor.pin_memory)
