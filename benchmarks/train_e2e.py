@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch  # noqa: E402
 
-from train_step import ARCHS, build_step, header, make_config, memory, sync  # noqa: E402
+from train_step import ARCHS, add_model_arguments, build_step, header, make_config, memory, sync  # noqa: E402
 from training.data import ClipBatchDataset, StepSampler, build_loader, scan_videos, to_device_batch  # noqa: E402
 from tcore.files import write_text_atomic  # noqa: E402
 from training.synthetic import make_frame_folders  # noqa: E402
@@ -62,14 +62,9 @@ def run(part: str, cfg, root: Path, device: torch.device, steps: int, warmup: in
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="vits16")
-    parser.add_argument("--tiny", action="store_true", help="tiny config and frames on the CPU (a smoke run)")
-    parser.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the recipe's)")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
-    parser.add_argument("--compile", action="store_true")
+    add_model_arguments(parser)  # --tiny: also small generated frames
     parser.add_argument("--augment", choices=("cpu", "gpu"), default="gpu")
     parser.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--part", choices=("loader", "e2e", "both"), default="both")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=4)

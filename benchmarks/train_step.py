@@ -167,9 +167,8 @@ def header(script: str, device: torch.device, argv: list[str]) -> str:
             f"`python benchmarks/{script}.py {' '.join(argv)}`\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both training harnesses take: model, batch, precision, compile, device."""
     parser.add_argument("--arch", choices=sorted(ARCHS), default="vits16")
     parser.add_argument("--tiny", action="store_true", help="the tiny config on the CPU (a smoke run)")
     parser.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the recipe's)")
@@ -177,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="autocast dtype (default bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--parity", action="store_true", help="also compare loss terms with an fp32 step")
