@@ -11,7 +11,7 @@
 #
 # The GPU machine needs no install: the repository root goes on PYTHONPATH. Tests that read the
 # shared golden files find them through TCORE_SHARED (default: .gpu_shared/ in the repository, a
-# git-ignored copy of ../shared/golden made with `bash benchmarks/gpu_suite.sh --stage-shared`).
+# git-ignored copy of the shared test data's golden/ (the folder tests/helpers.py finds) made with `bash benchmarks/gpu_suite.sh --stage-shared`).
 #
 # Parts (caps in seconds):
 #   cuda_tests  the CUDA tests: golden engine and ViT outputs on the card, fp32 under TF32, CPU = GPU (90)
@@ -29,7 +29,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ "${1:-}" = "--stage-shared" ]; then  # copy what the CUDA tests read into the repository (git-ignored)
-  src=${TCORE_SHARED:-../shared}
+  src=$(cd tests && $PY -c 'from helpers import shared_root; print(shared_root())')  # the tests' own lookup
   mkdir -p .gpu_shared && cp -r "$src/golden" .gpu_shared/ && echo "staged $src/golden in .gpu_shared/"
   exit 0
 fi

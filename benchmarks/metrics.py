@@ -7,8 +7,9 @@ each boundary map, then counts), on a DAVIS-val-sized synthetic run, and a check
 
 The synthetic sequences are 67 frames long (the DAVIS-2017 val average) with moving blob objects
 (unions of rotating ellipses); the prediction is the ground truth with each ellipse jittered by a
-few pixels, and an object occasionally dropped. The direct implementation dilates with OpenCV when it
-is installed (as the official code), else with a numpy disk dilation.
+few pixels, and an object occasionally dropped. The direct implementation is the tests' oracle
+(`tests/oracles.py`: it dilates with OpenCV when it is installed, as the official code, else with a
+numpy disk dilation).
 """
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ import argparse
 import datetime
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from tcore.metrics import davis_boundary_radius, davis_scores
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracles: tests/oracles.py
 
-try:
-    import cv2
-except ImportError:  # the benchmark then dilates with numpy
-    cv2 = None
+from oracles import cv2, official_davis_per_frame  # noqa: E402
+
+from tcore.metrics import davis_scores  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,64 +79,6 @@ def _fill_ellipse(image: np.ndarray, value: int, cy: float, cx: float, a: float,
 
 
 # --------------------------------------------------------------------------------------------------
-# the official algorithm, frame by frame
-
-
-def _seg2bmap(mask: np.ndarray) -> np.ndarray:
-    east, south, south_east = np.zeros_like(mask), np.zeros_like(mask), np.zeros_like(mask)
-    east[:, :-1], south[:-1, :], south_east[:-1, :-1] = mask[:, 1:], mask[1:, :], mask[1:, 1:]
-    b = (mask ^ east) | (mask ^ south) | (mask ^ south_east)
-    b[-1, :] = mask[-1, :] ^ east[-1, :]
-    b[:, -1] = mask[:, -1] ^ south[:, -1]
-    b[-1, -1] = False
-    return b
-
-
-def _disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2 <= radius * radius).astype(np.uint8)
-
-
-def _dilate(b: np.ndarray, disk: np.ndarray) -> np.ndarray:
-    if cv2 is not None:
-        return cv2.dilate(b.astype(np.uint8), disk) > 0
-    radius = disk.shape[0] // 2
-    height, width = b.shape
-    padded = np.zeros((height + 2 * radius, width + 2 * radius), bool)
-    padded[radius:radius + height, radius:radius + width] = b
-    out = np.zeros_like(b)
-    for dy, dx in zip(*np.nonzero(disk)):
-        out |= padded[dy:dy + height, dx:dx + width]
-    return out
-
-
-def _f_measure(pred: np.ndarray, gt: np.ndarray, disk: np.ndarray) -> float:
-    bp, bg = _seg2bmap(pred), _seg2bmap(gt)
-    n_pred, n_gt = bp.sum(), bg.sum()
-    if n_pred == 0 and n_gt == 0:
-        return 1.0
-    if n_pred == 0 or n_gt == 0:
-        return 0.0
-    precision = np.sum(bp & _dilate(bg, disk)) / float(n_pred)
-    recall = np.sum(bg & _dilate(bp, disk)) / float(n_gt)
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def direct_scores(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame J and F, (K, T-2) each, one object and one frame at a time."""
-    n_obj, frames = int(gt[0].max()), gt.shape[0]
-    disk = _disk(davis_boundary_radius(*gt.shape[1:]))
-    j, f = np.zeros((n_obj, frames - 2)), np.zeros((n_obj, frames - 2))
-    for k in range(n_obj):
-        for t in range(1, frames - 1):
-            g, p = gt[t] == k + 1, pred[t] == k + 1
-            union = np.sum(g | p)
-            j[k, t - 1] = 1.0 if union == 0 else np.sum(g & p) / union
-            f[k, t - 1] = _f_measure(p, g, disk)
-    return j, f
-
-
-# --------------------------------------------------------------------------------------------------
 # the run
 
 
@@ -167,7 +111,7 @@ def run(frames: int = 2000, height: int = 480, width: int = 854, objects: int = 
             break
         scored += len(gt) - 2
         t0 = time.perf_counter()
-        j, f = direct_scores(gt, pred)
+        j, f = official_davis_per_frame(gt, pred)
         timings[0].seconds += time.perf_counter() - t0
         for timing, dev in zip(timings[1:], (None, device)):
             t0 = time.perf_counter()

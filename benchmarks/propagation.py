@@ -36,7 +36,11 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-import tcore
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # tests/oracles.py
+
+from oracles import literal_propagation  # noqa: E402
+
+import tcore  # noqa: E402
 
 Row = dict[str, object]
 
@@ -59,56 +63,18 @@ def first_labels(classes: int, h: int, w: int, seed: int, device: str) -> torch.
     return torch.softmax(3 * torch.randn(classes, h, w, generator=gen), dim=0).to(device)
 
 
-# --- the reference-style engine ---------------------------------------------------------------------
+# --- the reference-style engine: the tests' oracle (tests/oracles.py), 100 queries at a time -----------
 
 def reference_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7, temperature: float = 0.7,
-                          radius: float = 20, n_context: int = 20, query_chunk: int = 100) -> torch.Tensor:
-    """The official engine's way: padded sequence, per-target key gather, dense masked top-k.
-
-    Args:
-        features: (T, h, w, D) unit features.
-        labels: (C, h, w) soft labels of frame 0.
-        topk, temperature, radius, n_context: the protocol's hyper-parameters.
-        query_chunk: queries per dense affinity chunk (the official code uses 100).
-
-    Returns:
-        (T, C, h, w) soft labels.
-    """
-    frames, h, w, dim = features.shape
-    n_cells, classes = h * w, labels.shape[0]
-    feats = features.reshape(frames, n_cells, dim)  # (T, N, D)
-    real = [max(0, e - n_context) for e in range(frames + n_context)]  # extended index -> real frame
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()  # (N, 2)
-    mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float().to(features.device)  # (N_k, N_q)
-    weights, index = [], []
-    for t in range(1, frames):  # all affinities first: they depend on features only
-        slots = [0, *range(t, t + n_context)]
-        keys = feats[[real[e] for e in slots]]  # (S, N, D) gathered copy
-        w_t, i_t = [], []
-        for q0 in range(0, n_cells, query_chunk):
-            scores = torch.einsum("skd,qd->skq", keys, feats[t, q0:q0 + query_chunk])  # (S, N_k, n_q)
-            scores[1:] += mask[:, q0:q0 + query_chunk]
-            scores /= temperature
-            values, idx = scores.reshape(len(slots) * n_cells, -1).topk(topk, dim=0)  # (K, n_q)
-            w_t.append(torch.softmax(values, dim=0))
-            i_t.append(idx)
-        weights.append(torch.cat(w_t, 1))
-        index.append(torch.cat(i_t, 1))
-    bank = [labels.reshape(classes, n_cells).float()] * (n_context + 1)  # extended frames 0..n_context
-    out = [labels.float()]
-    for t in range(1, frames):
-        context = torch.cat([bank[e] for e in [0, *range(t, t + n_context)]], 1)  # (C, S*N)
-        pred = (context[:, index[t - 1]] * weights[t - 1][None]).sum(1)  # (C, N)
-        bank.append(pred)
-        out.append(pred.reshape(classes, h, w))
-    return torch.stack(out)
+                          radius: float = 20, n_context: int = 20) -> torch.Tensor:
+    """(T, h, w, D), (C, h, w) -> (T, C, h, w): `oracles.literal_propagation` in the official chunks."""
+    return literal_propagation(features, labels, topk, temperature, radius, n_context, query_chunk=100)
 
 
 def official_style_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7,
                                temperature: float = 0.7, radius: float = 20, n_context: int = 20,
                                query_chunk: int = 100, targets_per_step: int = 2) -> torch.Tensor:
-    """`reference_propagation` with the official code's data movement (its cost profile).
+    """The reference-style engine with the official code's data movement (its cost profile).
 
     As the official script runs it: the features live on the host; for each pair of target frames
     the keys of their padded contexts are gathered on the host and copied to the device; the radius

@@ -1,6 +1,6 @@
 """End-to-end training throughput on JPEG frames: decode, sandwich sampling, augmentation, masking, step.
 
-Generates its own frames (no dataset, no network, no ../shared needed): `--videos` folders of
+Generates its own frames (no dataset, no network, no shared test data needed): `--videos` folders of
 `--frames` JPEGs of `--size` (default 64 x 20 frames of 455x256, quality 90, textured so that files
 weigh ~35 kB like natural frames), in the official `<root>/train/<class>/<video>/` layout, unless
 `--data-dir` points at existing frames. Parts:
@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch  # noqa: E402
 
-from train_step import ARCHS, build_step, header, make_config, memory, sync  # noqa: E402
+from train_step import ARCHS, add_model_arguments, build_step, header, make_config, memory, sync  # noqa: E402
 from training.data import ClipBatchDataset, StepSampler, build_loader, scan_videos, to_device_batch  # noqa: E402
+from tcore.files import write_text_atomic  # noqa: E402
 from training.synthetic import make_frame_folders  # noqa: E402
 
 
@@ -61,14 +62,9 @@ def run(part: str, cfg, root: Path, device: torch.device, steps: int, warmup: in
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="vits16")
-    parser.add_argument("--tiny", action="store_true", help="tiny config and frames on the CPU (a smoke run)")
-    parser.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the recipe's)")
-    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None)
-    parser.add_argument("--compile", action="store_true")
+    add_model_arguments(parser)  # --tiny: also small generated frames
     parser.add_argument("--augment", choices=("cpu", "gpu"), default="gpu")
     parser.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--part", choices=("loader", "e2e", "both"), default="both")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=4)
@@ -108,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['part']} | {r['augment']} | {r['workers']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['ms_per_batch']:.1f} | {r.get('peak_gb', float('nan')):.2f} |")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

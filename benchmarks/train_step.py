@@ -1,8 +1,8 @@
 """Speed and memory of one T-CoRe training step on synthetic batches (a harness that prints tables).
 
-The step is exactly the training loop's: schedules -> teacher targets + student forward + losses +
-backward (`training.pretrain.forward_backward`) -> per-module clipping + AdamW
-(`optimizer_step`) -> EMA teacher -> centres, on one process (no DDP, no accumulation).
+The step is the training loop's own (`training.pretrain.train_step`): schedules -> teacher targets
++ student forward + losses + backward -> per-module clipping + AdamW -> EMA teacher -> centres, on
+one process (no DDP, no accumulation), on synthetic `training.batch.Batch`es.
 
     python benchmarks/train_step.py --arch vits16 --device cuda              # 64 per GPU, bf16
     python benchmarks/train_step.py --arch vitb16 --device cuda              # 32 per GPU
@@ -10,7 +10,7 @@ backward (`training.pretrain.forward_backward`) -> per-module clipping + AdamW
     python benchmarks/train_step.py --arch vits16 --device cuda --parity     # + bf16 vs fp32 loss terms
     python benchmarks/train_step.py --tiny                                   # CPU smoke run (tiny config)
 
-Reference (spec issue 5, one H200, the official step with SDPA instead of xFormers): ViT-S/16 at 64
+Reference (issue 5, one H200, the official step with SDPA instead of xFormers): ViT-S/16 at 64
 per GPU 549 samples/s and 17.2 GB peak; ViT-B/16 at 32 per GPU 262 samples/s and 19.8 GB.
 "--parity" runs the student/teacher forward and the losses of the same batch and weights in fp32
 (TF32 off) and in the chosen precision, and reports each term's relative difference (target < 1 %),
@@ -34,13 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch  # noqa: E402
 
+from tcore.files import write_text_atomic  # noqa: E402
+from tcore.distributed import DistInfo  # noqa: E402
+from training.batch import Batch  # noqa: E402
 from training.config import Config, load_config  # noqa: E402
 from training.data import mask_rng  # noqa: E402
 from training.losses import Centers, tcore_losses  # noqa: E402
 from training.masking import batch_masks, mask_indices  # noqa: E402
-from training.model import build_student, build_teacher, teacher_pairs, teacher_targets, update_teacher  # noqa: E402
-from training.optim import apply_schedules, build_schedules  # noqa: E402
-from training.pretrain import build_training, forward_backward, optimizer_step  # noqa: E402
+from training.model import build_student, build_teacher, teacher_targets  # noqa: E402
+from training.optim import build_schedules  # noqa: E402
+from training.pretrain import build_training, train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = {"vits16": ("vits16_k400.yaml", 64), "vitb16": ("vitb16_k400.yaml", 32), "tiny": ("tiny.yaml", 4)}
@@ -55,7 +58,7 @@ def make_config(arch: str, batch: int, precision: str, compile_: bool, device: t
         f"train.device={device.type}"])
 
 
-def synthetic_batch(cfg: Config, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+def synthetic_batch(cfg: Config, seed: int, device: torch.device) -> Batch:
     """Model inputs of one micro-batch: normalised-looking noise crops and the official masks."""
     b, g, l = cfg.optim.batch_size_per_gpu, cfg.augment.global_size, cfg.augment.local_size
     grid = g // cfg.model.patch_size
@@ -68,8 +71,8 @@ def synthetic_batch(cfg: Config, seed: int, device: torch.device) -> dict[str, t
     def crops(count: int, size: int) -> torch.Tensor:
         return torch.randn(count, 3, size, size, generator=gen).to(device).contiguous(memory_format=fmt)
 
-    return {"globals": crops(2 * b, g), "locals": crops(cfg.augment.n_local_crops * b, l),
-            "past": crops(n, g), "future": crops(n, g), "masks": torch.from_numpy(masks).to(device), **index}
+    return Batch(globals=crops(2 * b, g), locals=crops(cfg.augment.n_local_crops * b, l), past=crops(n, g),
+                 future=crops(n, g), masks=torch.from_numpy(masks).to(device), **index)
 
 
 def sync(device: torch.device) -> None:
@@ -77,20 +80,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_step(cfg: Config, device: torch.device) -> Callable[[dict, int], torch.Tensor]:
+def build_step(cfg: Config, device: torch.device) -> Callable[[Batch, int], torch.Tensor]:
     """The training loop's step on fresh models: `step(batch, i)` -> the loss (a device tensor)."""
-    student, teacher, optimizer, scaler, centers = build_training(cfg, device)
+    state = build_training(cfg, device)
     schedules = build_schedules(cfg, 936)
-    t_params, s_params = teacher_pairs(student, teacher)
+    info = DistInfo(device=device)  # one process
 
-    def step(batch: dict, i: int) -> torch.Tensor:
+    def step(batch: Batch, i: int) -> torch.Tensor:
         values = schedules.at(30_000 + i)  # past every warm-up: all lrs non-zero
-        apply_schedules(optimizer, values, cfg.optim.lr_groups)
-        terms = forward_backward(student, teacher, centers, batch, values["teacher_temp"], cfg, 1.0, scaler)
-        optimizer_step(student, optimizer, scaler, cfg.optim.clip_grad)
-        update_teacher(t_params, s_params, values["momentum"])
-        centers.update()
-        return terms.total.detach()
+        return train_step(state.student, state, lambda: batch, values, 30_000 + i, 1, cfg, info)["total"]
 
     return step
 
@@ -150,11 +148,10 @@ def parity(arch: str, batch: int, precision: str, device: torch.device, layersca
         torch.manual_seed(1)  # the same drop-path draws in both runs
         dtype = DTYPES[p]
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            cls_t, patch_t = teacher_targets(teacher, data["globals"], data["mask_index"], centers, 0.055)
-            res = student(data["globals"], data["locals"], data["masks"], data["aux_rows"], data["aux_mask_index"],
-                          data["past"], data["future"])
+            cls_t, patch_t = teacher_targets(teacher, data.globals, data.mask_index, centers, 0.055)
+            res = student(data)
         with torch.no_grad():
-            terms = tcore_losses(res, cls_t, patch_t, data["mask_weight"], cfg.loss)
+            terms = tcore_losses(res, cls_t, patch_t, data.mask_weight, cfg.loss)
         out[p] = {k: float(v) for k, v in terms.as_dict().items()}
     low = [p for p in out if p != "fp32"][0]
     return {k: (out["fp32"][k], out[low][k]) for k in out["fp32"]}
@@ -170,9 +167,8 @@ def header(script: str, device: torch.device, argv: list[str]) -> str:
             f"`python benchmarks/{script}.py {' '.join(argv)}`\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both training harnesses take: model, batch, precision, compile, device."""
     parser.add_argument("--arch", choices=sorted(ARCHS), default="vits16")
     parser.add_argument("--tiny", action="store_true", help="the tiny config on the CPU (a smoke run)")
     parser.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the recipe's)")
@@ -180,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="autocast dtype (default bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--parity", action="store_true", help="also compare loss terms with an fp32 step")
@@ -214,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             if layerscale is not None:
                 result["parity_worst"] = worst
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return 0 if result["finite"] else 1
 
 

@@ -8,6 +8,7 @@ Importing `tcore` is cheap: submodules load on first use. It also registers `tco
 `tcore_vitb16` in timm's model registry, as soon as timm is imported (see `tcore._timm_hook`).
 
 The model layer, each module importing only those above it in this list:
+    constants           ImageNet statistics (no imports)
     errors, files       exceptions, sha256 and atomic writes (no torch)
     devices             device= checked against what this machine has
     architecture        the networks (timm ViTs) and the table of named architectures

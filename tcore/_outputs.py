@@ -22,7 +22,7 @@ from typing import Collection, Iterator
 from ._lock import FolderLock, LockLostError
 
 __all__ = ["PARTIAL_DIR", "check_output_file", "check_output_folder", "missing_folders", "remove_if_empty",
-           "staged_file", "staged_folder"]
+           "staged_folder"]
 
 PARTIAL_DIR = ".partial"
 
@@ -134,14 +134,3 @@ def staged_folder(folder: Path, purpose: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
         lock.release()
         remove_if_empty(created)
-
-
-@contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path next to `path` (same suffix); rename it to `path` on success."""
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

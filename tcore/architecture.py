@@ -14,7 +14,8 @@ Nothing here reads or writes files: loading is `tcore.checkpoint`, the Hugging F
 `tcore.hub`, and the public classes (a network that can also be saved and loaded) `tcore.backbone`.
 
 Paper: "When the Future Becomes the Past: Taming Temporal Correspondence for Self-supervised
-Video Representation Learning" (CVPR 2025).
+Video Representation Learning" (CVPR 2025). The backbone's facts: docs/propagation-protocol.md §3.3 and
+docs/training-recipe.md §5.1.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from typing import Any, Literal, Mapping, Sequence, overload
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "ARCHITECTURES",
@@ -37,9 +39,6 @@ __all__ = [
     "TimmViT",
     "resize_pos_grid",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
-IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 # Architecture is code: the TCoReViT arguments of each named T-CoRe architecture.
 ARCHITECTURES: dict[str, dict[str, Any]] = {

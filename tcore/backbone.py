@@ -39,7 +39,10 @@ _HUB_METADATA: dict[str, Any] = dict(
 
 
 class _HubBackbone(nn.Module, PyTorchModelHubMixin):
-    """The Hub side shared by both backbones (`save_pretrained` writes tcore's config.json)."""
+    """The Hub side shared by both backbones (`save_pretrained` writes tcore's config.json,
+    `from_pretrained` reads it back); each backbone builds itself from a folder in `_from_folder`."""
+
+    _architecture: str  # the config.json "architecture" a class reads (subclasses of it inherit it)
 
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
@@ -89,14 +92,35 @@ class _HubBackbone(nn.Module, PyTorchModelHubMixin):
         return hub.model_card(self._hub_mixin_info.model_card_data, config or hub.backbone_config(self), repo_id)
 
     @classmethod
-    def _fetch(cls, repo_id_or_dir: str | Path, revision: str | None, cache_dir: str | Path | None,
-               force_download: bool, token: str | bool | None, local_files_only: bool) -> tuple[Path, dict[str, Any]]:
+    def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs: Any) -> _B:
+        """A backbone written by `save_pretrained`, from a folder or a Hub repo `org/name`, strictly.
+
+        Args:
+            pretrained_model_name_or_path: folder or Hub repo id.
+            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
+            **model_kwargs: constructor arguments that override the saved ones (e.g. drop_path_rate;
+                timm's constructor arguments for a `TimmViTBackbone`).
+
+        Raises:
+            FileNotFoundError / WeightsUnavailableError: nothing there, or offline and not cached.
+            CheckpointError: another kind of backbone, or weights that do not match the config.
+        """
         if token is not None or local_files_only:
             raise ValueError("token= and local_files_only= are not used by tcore: log in with `hf auth login` "
                              "and set HF_HUB_OFFLINE=1 for cached files only")
-        folder = hub.fetch_folder(repo_id_or_dir, revision=revision, force_download=force_download,
+        folder = hub.fetch_folder(pretrained_model_name_or_path, revision=revision, force_download=force_download,
                                   cache_dir=None if cache_dir is None else str(cache_dir))
-        return folder, hub.read_config(folder)
+        config = hub.read_config(folder)
+        return cls._from_folder(folder, config, hub.weights_file(folder, cls._architecture), model_kwargs)
+
+    @classmethod
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
+                     model_kwargs: dict[str, Any]) -> _B:
+        """The backbone of a fetched `save_pretrained` folder (`weights`: its checked weights file)."""
+        raise NotImplementedError
 
 
 class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
@@ -114,6 +138,8 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
         >>> model.save_pretrained("tiny/")
         >>> again = tcore.TCoReBackbone.from_pretrained("tiny/")
     """
+
+    _architecture = "TCoReBackbone"
 
     def __init__(
         self,
@@ -143,28 +169,12 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
             message names the file, the expected and the found architecture).
         """
         if isinstance(pretrained, (str, os.PathLike)) and Path(pretrained).is_dir():
-            pretrained = hub.weights_file(pretrained, "TCoReBackbone")
+            pretrained = hub.weights_file(pretrained, self._architecture)
         load_checkpoint(self, pretrained)
 
     @classmethod
-    def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | Path | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        **model_kwargs: Any) -> _B:
-        """A backbone written by `save_pretrained`, from a folder or a Hub repo `org/name`, strictly.
-
-        Args:
-            pretrained_model_name_or_path: folder or Hub repo id.
-            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
-            **model_kwargs: constructor arguments that override the saved ones (e.g. drop_path_rate).
-
-        Raises:
-            FileNotFoundError / WeightsUnavailableError: nothing there, or offline and not cached.
-            CheckpointError: another kind of backbone, or weights that do not match the config.
-        """
-        folder, config = cls._fetch(pretrained_model_name_or_path, revision, cache_dir, force_download, token,
-                                    local_files_only)
-        weights = hub.weights_file(folder, "TCoReBackbone")
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
+                     model_kwargs: dict[str, Any]) -> _B:
         model = cls(**{**config["model_args"], **model_kwargs})
         load_checkpoint(model, weights)
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
@@ -180,23 +190,13 @@ class TimmViTBackbone(TimmViT, _HubBackbone, **_HUB_METADATA):
     def _weights_state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
-    @classmethod
-    def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | Path | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        **model_kwargs: Any) -> _B:
-        """A timm backbone written by `save_pretrained`, from a folder or a Hub repo, strictly.
+    _architecture = "TimmViTBackbone"
 
-        Args:
-            pretrained_model_name_or_path: folder or Hub repo id.
-            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
-            **model_kwargs: timm constructor arguments that override the saved ones.
-        """
+    @classmethod
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
+                     model_kwargs: dict[str, Any]) -> _B:
         import timm
 
-        folder, config = cls._fetch(pretrained_model_name_or_path, revision, cache_dir, force_download, token,
-                                    local_files_only)
-        weights = hub.weights_file(folder, "TimmViTBackbone")
         args = config["model_args"]
         kwargs = {**args.get("timm_kwargs", {}), **model_kwargs}
         name = args["timm_name"]  # "VisionTransformer": built from a file's shapes, not a registered name

@@ -7,9 +7,9 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -78,7 +78,8 @@ def _propagate(args: argparse.Namespace) -> int:
     out = _output_folder(args.output, "-o", inputs={"the video": video, "the masks": masks})
     overlay = _overlay_file(args.overlay) if args.overlay else None
     _check_device(args.device)
-    from ._outputs import staged_file, staged_folder
+    from ._outputs import staged_folder
+    from .files import write_atomic
     from .io import read_video
     from .propagation import iter_masks
 
@@ -87,9 +88,14 @@ def _propagate(args: argparse.Namespace) -> int:
                         size=tuple(args.size) if args.size else None, threshold=args.threshold,
                         device=args.device, batch_size=args.batch_size, precision=args.precision,
                         progress=not args.quiet)
-    with staged_folder(out, "propagation") as staging, \
-            (staged_file(overlay) if overlay else contextlib.nullcontext()) as overlay_tmp:
-        n_written = _write_masks(stream, frames, staging, video, overlay_tmp)
+    with staged_folder(out, "propagation") as staging:
+        if overlay is None:
+            n_written = _write_masks(stream, frames, staging, video, None)
+        else:  # the overlay appears whole or not at all; its temporary keeps the suffix that picks the codec
+            written: list[int] = []
+            write_atomic(overlay, lambda tmp: written.append(_write_masks(stream, frames, staging, video, Path(tmp))),
+                         temporary=overlay.with_name(f".{overlay.stem}.partial-{os.getpid()}{overlay.suffix}"))
+            n_written = written[0]
     print(f"wrote {n_written} masks to {out}" + (f" and {overlay}" if overlay else ""))
     return 0
 

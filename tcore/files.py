@@ -1,13 +1,19 @@
-"""File helpers shared by the model layer, without torch: sha256 of a file and atomic writes."""
+"""File helpers shared by tcore and training, without torch: sha256 of a file and atomic writes.
+
+`write_atomic` is the one way a file that someone may read at any moment is written (Hub weights,
+evaluation results, training checkpoints and manifests, benchmark tables): the content goes to a
+temporary file in the same folder, which is then renamed over the target with `os.replace`, so a
+reader sees the old file or the new one, never half of one, and a crash leaves the old one.
+"""
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["sha256sum", "write_atomic"]
+__all__ = ["sha256sum", "write_atomic", "write_text_atomic"]
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -19,17 +25,57 @@ def sha256sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`.
+def write_atomic(path: str | os.PathLike, write: Callable[[str], object], *, durable: bool = False,
+                 temporary: str | os.PathLike | None = None) -> Path:
+    """Call `write(tmp)` on a temporary file next to `path`, then rename it to `path`.
 
-    A crash or an error inside `write` leaves any previous `path` untouched and no temporary file.
+    An error inside `write` leaves any previous `path` untouched and removes the temporary file.
+    The file gets the permissions a plain `open(path, "w")` would give (the umask applies).
+
+    Args:
+        path: the file to write; its folder is created if needed.
+        write: writes the whole content to the path it is given (an empty file there).
+        durable: also fsync the file before the rename and the folder after it, so that the new
+            content survives a power cut (checkpoints).
+        temporary: the temporary file (same folder); default a fresh hidden name
+            `.<name>.<random>.tmp`, so concurrent writers never share one. A caller that cleans up
+            the leftovers of a killed writer names its own.
+
+    Returns:
+        `path`, as a Path.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if temporary is None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    else:
+        tmp = Path(temporary)
+        if tmp.parent.resolve() != path.parent.resolve():
+            raise ValueError(f"temporary={str(tmp)!r}: must be in the folder of {str(path)!r} (a rename "
+                             "across file systems is not atomic)")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
+    if durable:
+        _fsync(path.parent, os.O_RDONLY)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
+    """`write_atomic` of a UTF-8 text file."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=durable)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

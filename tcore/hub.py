@@ -40,6 +40,7 @@ __all__ = [
     "backbone_config",
     "export_for_timm",
     "fetch_folder",
+    "is_repo_id",
     "model_card",
     "read_config",
     "to_stock_timm",
@@ -128,6 +129,13 @@ def weights_file(folder: str | os.PathLike, architecture: str) -> Path:
     return Path(folder) / WEIGHTS_NAME
 
 
+def is_repo_id(text: str) -> bool:
+    """The repository-id rule of tcore: 'org/name' that is not a local path (one slash, no scheme,
+    no leading '.', '/' or '~', nothing of that name on disk)."""
+    return (text.count("/") == 1 and ":" not in text and not text.startswith((".", "/", "~"))
+            and not Path(text).exists())
+
+
 def fetch_folder(repo_id_or_dir: str | os.PathLike, *, revision: str | None = None,
                  cache_dir: str | None = None, force_download: bool = False) -> Path:
     """A local folder holding `config.json` + `model.safetensors`: the folder itself, or a Hub repo's
@@ -141,7 +149,7 @@ def fetch_folder(repo_id_or_dir: str | os.PathLike, *, revision: str | None = No
     if local.is_dir():
         return local
     text = str(repo_id_or_dir)
-    if text.count("/") != 1 or local.exists():
+    if not is_repo_id(text):
         raise FileNotFoundError(f"{text}: not a folder, and not a Hub repo id of the form 'org/name'")
     paths = [fetch_file(text, name, revision=revision, cache_dir=cache_dir, force_download=force_download)
              for name in (CONFIG_NAME, WEIGHTS_NAME)]

@@ -23,7 +23,7 @@ from .checkpoint import (convert_state_dict, filter_pretrained_for_timm, find_ar
                          read_checkpoint)
 from .devices import resolve_device
 from .errors import CheckpointError
-from .hub import CONFIG_NAME, fetch_folder, read_config
+from .hub import CONFIG_NAME, fetch_folder, is_repo_id, read_config
 from .weights import default_tag, download, get_pretrained
 
 __all__ = ["tcore_vits16", "tcore_vitb16", "load_backbone", "create_registered_model", "Backbone"]
@@ -51,12 +51,6 @@ def create_registered_model(arch: str, pretrained: bool = False, **kwargs: Any) 
                                 **{**ARCHITECTURES[arch], **kwargs})
 
 
-def _looks_like_repo_id(text: str) -> bool:
-    """'org/name' that is not a local path."""
-    return (text.count("/") == 1 and ":" not in text and not text.startswith((".", "/", "~"))
-            and not Path(text).exists())
-
-
 def _build(arch: str, pretrained: bool | Pretrained | None, weights: str | None, **kwargs: Any) -> TCoReBackbone:
     if pretrained is None or pretrained is False:
         if weights is not None:
@@ -79,7 +73,7 @@ def _build(arch: str, pretrained: bool | Pretrained | None, weights: str | None,
         raise TypeError(f"pretrained: expected a bool, a path, a Hub repo id or a state dict, "
                         f"got {type(pretrained).__name__}")
     path = Path(pretrained).expanduser()
-    if not path.exists() and _looks_like_repo_id(str(pretrained)):
+    if not path.exists() and is_repo_id(str(pretrained)):
         path = fetch_folder(str(pretrained))
     elif not path.exists():
         raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
@@ -329,7 +323,7 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
         if path.is_dir():
             return _from_folder(path, pos_interp, **kwargs)
         return _from_file(path, pos_interp, **kwargs)
-    if _looks_like_repo_id(text):
+    if is_repo_id(text):
         return _from_folder(fetch_folder(text), pos_interp, **kwargs)
     import timm
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._version import __version__
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, WeightsUnavailableError
 from .files import sha256sum
 
@@ -63,8 +64,8 @@ class Preprocessing:
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     crop_mode: str = "center"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass(frozen=True)

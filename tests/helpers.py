@@ -38,3 +38,21 @@ def golden_inputs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def golden_engine_cases():
+    """The official engine's golden outputs: (name, features (T,h,w,D), first labels (C,h,w), params,
+    expected (T,C,h,w)) per case; skips (or fails in CI) without the shared data."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    meta = json.loads(shared_path("golden", "propagation_official.json").read_text())
+    outputs = load_file(str(shared_path("golden", "propagation_official.safetensors")))
+    inputs = golden_inputs()
+    for name, case in meta["cases"].items():
+        feats = torch.from_numpy(inputs.drifting_features(case["T"], case["h"], case["w"], case["D"]))
+        labels = torch.from_numpy(inputs.soft_labels(case["C"], case["h"], case["w"]))
+        params = {key: case[key] for key in ("topk", "temperature", "radius", "n_context")}
+        yield name, feats, labels, params, outputs[name]

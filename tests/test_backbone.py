@@ -1,5 +1,6 @@
 """The T-CoRe backbone equals the official ViT: an independent plain implementation written here
-from the spec, and the official code's own outputs in ../shared/golden. It is a timm
+from docs/propagation-protocol.md §3.3 and docs/training-recipe.md §5.1, and the official code's own
+outputs (the golden files of the shared test data). It is a timm
 VisionTransformer: timm's methods keep timm's meaning, DINOv2's get_intermediate_layers works."""
 from __future__ import annotations
 

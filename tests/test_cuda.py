@@ -6,13 +6,12 @@ tests of other modules). `benchmarks/gpu_suite.sh` runs them first on the GPU ma
 from __future__ import annotations
 
 import contextlib
-import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import golden_inputs, shared_path
+from helpers import golden_engine_cases, golden_inputs, shared_path
 from safetensors.torch import load_file
 
 import tcore
@@ -35,17 +34,6 @@ def tf32_allowed_globally():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
         torch.set_float32_matmul_precision(precision)
-
-
-def golden_engine_cases():
-    meta = json.loads(shared_path("golden", "propagation_official.json").read_text())
-    outputs = load_file(str(shared_path("golden", "propagation_official.safetensors")))
-    inputs = golden_inputs()
-    for name, case in meta["cases"].items():
-        feats = torch.from_numpy(inputs.drifting_features(case["T"], case["h"], case["w"], case["D"]))
-        labels = torch.from_numpy(inputs.soft_labels(case["C"], case["h"], case["w"]))
-        params = {key: case[key] for key in ("topk", "temperature", "radius", "n_context")}
-        yield name, feats, labels, params, outputs[name]
 
 
 def test_cuda_engine_reproduces_the_official_golden_outputs_even_with_tf32_allowed_globally():

@@ -1,7 +1,7 @@
 """Tests of the benchmark evaluation (`tcore.evaluate`, `tcore eval`).
 
 Logic runs on synthetic datasets written in the official DAVIS-2017 / JHMDB / VIP layouts with a
-tiny random backbone; reality runs on `../shared/data` with the real DINOv2 ViT-S/14 weights
+tiny random backbone; reality runs on the shared test data (`helpers.shared_path`) with the real DINOv2 ViT-S/14 weights
 (skipped when absent).
 """
 from __future__ import annotations

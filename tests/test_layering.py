@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO
 
 # the model layer, bottom first: each module may import only modules before it (and _version)
-MODEL_LAYER = ["errors", "files", "devices", "architecture", "checkpoint", "weights", "hub", "backbone", "models",
+MODEL_LAYER = ["constants", "errors", "files", "devices", "architecture", "checkpoint", "weights", "hub", "backbone", "models",
                "timm_registry"]
 
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import REPO, shared_path
+from oracles import official_bmap, official_davis_per_frame, official_disk
 from PIL import Image
 
 from tcore import metrics
@@ -29,55 +30,7 @@ needs_cv2 = pytest.mark.skipif(cv2 is None, reason="the independent reference di
                                "(opencv-python-headless, in the [test] extra)")
 
 
-# --------------------------------------------------------------------------------------------------
-# an independent, straightforward implementation of the official DAVIS algorithm (per frame, cv2)
-
-
-def _official_bmap(mask: np.ndarray) -> np.ndarray:
-    east, south, south_east = np.zeros_like(mask), np.zeros_like(mask), np.zeros_like(mask)
-    east[:, :-1] = mask[:, 1:]
-    south[:-1, :] = mask[1:, :]
-    south_east[:-1, :-1] = mask[1:, 1:]
-    b = (mask ^ east) | (mask ^ south) | (mask ^ south_east)
-    b[-1, :] = mask[-1, :] ^ east[-1, :]
-    b[:, -1] = mask[:, -1] ^ south[:, -1]
-    b[-1, -1] = False
-    return b
-
-
-def _disk(radius: int) -> np.ndarray:
-    offsets = np.arange(-radius, radius + 1)
-    return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).astype(np.uint8)
-
-
-def _official_f(pred: np.ndarray, gt: np.ndarray) -> float:
-    radius = math.ceil(0.008 * np.linalg.norm(pred.shape))
-    bp, bg = _official_bmap(pred), _official_bmap(gt)
-    dp = cv2.dilate(bp.astype(np.uint8), _disk(radius)) > 0
-    dg = cv2.dilate(bg.astype(np.uint8), _disk(radius)) > 0
-    n_p, n_g = bp.sum(), bg.sum()
-    if n_p == 0 and n_g > 0:
-        precision, recall = 1, 0
-    elif n_p > 0 and n_g == 0:
-        precision, recall = 0, 1
-    elif n_p == 0 and n_g == 0:
-        precision, recall = 1, 1
-    else:
-        precision, recall = np.sum(bp & dg) / float(n_p), np.sum(bg & dp) / float(n_g)
-    return 0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def _official_per_frame(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gt = np.where(gt == 255, 0, gt)
-    n_obj = int(gt[0].max())
-    j, f = np.zeros((n_obj, len(gt) - 2)), np.zeros((n_obj, len(gt) - 2))
-    for k in range(1, n_obj + 1):
-        for t in range(1, len(gt) - 1):
-            g, p = gt[t] == k, pred[t] == k
-            union = np.sum(g | p)
-            j[k - 1, t - 1] = 1 if union == 0 else np.sum(g & p) / union
-            f[k - 1, t - 1] = _official_f(p, g)
-    return j, f
+# the independent implementation of the official DAVIS algorithm (per frame, cv2) is oracles.py's
 
 
 def _official_statistics(values: np.ndarray) -> tuple[float, float, float]:
@@ -159,7 +112,7 @@ def test_davis_scores_equal_the_official_algorithm_on_random_blobs(height, width
     gt[3, : height // 4, : width // 4] = 255  # void
     gt[4, -3:, -3:] = n_obj + 1  # an id that appears later is background
     pred = _perturb(rng, gt.clip(0, n_obj), n_obj)
-    j, f = _official_per_frame(gt, pred)
+    j, f = official_davis_per_frame(gt, pred)
     scores = davis_scores(gt, pred)
     np.testing.assert_array_equal(scores["J_per_frame"], j)
     np.testing.assert_array_equal(scores["F_per_frame"], f)
@@ -226,7 +179,7 @@ def test_boundary_matches_the_official_rules_on_random_masks():
     rng = np.random.default_rng(7)
     for shape in [(1, 1), (1, 7), (7, 1), (5, 6), (13, 11)]:
         mask = rng.random(shape) < 0.5
-        np.testing.assert_array_equal(metrics_davis._boundary(mask), _official_bmap(mask))
+        np.testing.assert_array_equal(metrics_davis._boundary(mask), official_bmap(mask))
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 3, 8, 9])
@@ -247,7 +200,7 @@ def test_dilation_is_the_disk_of_all_offsets_within_the_radius(radius):
 def test_boundary_radius_is_8_at_480x854_and_9_at_480x880():
     assert metrics.davis_boundary_radius(480, 854) == 8
     assert metrics.davis_boundary_radius(480, 880) == 9
-    assert int(_disk(8).sum()) == 197
+    assert int(official_disk(8).sum()) == 197
 
 
 @pytest.mark.parametrize("width,radius", [(854, 8), (880, 9)])
@@ -278,7 +231,7 @@ def test_object_in_the_last_row_and_column_is_scored_as_the_official_code():
     gt[5:25, -1] = 1
     pred[-2:, 12:30] = 1
     pred[8:25, -2:] = 1
-    j, f = _official_per_frame(np.stack([gt, gt, gt]), np.stack([pred, pred, pred]))
+    j, f = official_davis_per_frame(np.stack([gt, gt, gt]), np.stack([pred, pred, pred]))
     scores = _one_scored_frame(gt, pred)
     assert scores["J"] == [j[0, 0]] and scores["F"] == [f[0, 0]]
     assert 0 < scores["F"][0] < 1

@@ -149,7 +149,7 @@ def test_vip_output_resize_is_pil_nearest():
 
 
 def _draw_labelmap_reference(img: np.ndarray, pt: tuple[float, float], sigma: float = 0.5) -> np.ndarray:
-    """The classic Gaussian label map written out from the spec's description (window corners by
+    """The classic Gaussian label map written out from docs/propagation-protocol.md §4.2 (window corners by
     Python int() truncation, 6*sigma+1 taps centred at index size // 2, assignment)."""
     ul = [int(pt[0] - 3 * sigma), int(pt[1] - 3 * sigma)]
     br = [int(pt[0] + 3 * sigma + 1), int(pt[1] + 3 * sigma + 1)]
@@ -178,7 +178,7 @@ def test_keypoint_heatmaps_follow_the_reference_window_rules(point):
 
 def test_keypoint_left_border_shift_of_the_reference_is_kept():
     maps = L.keypoint_heatmaps(np.array([[1.0, 5.0]]), (10, 10)).numpy()
-    assert np.unravel_index(maps[1].argmax(), maps[1].shape) == (5, 2)  # not (5, 1): Q17
+    assert np.unravel_index(maps[1].argmax(), maps[1].shape) == (5, 2)  # not (5, 1): quirk P15 (§4.2, §11.2)
 
 
 def test_top5_soft_argmax_and_lost_joints():

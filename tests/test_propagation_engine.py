@@ -1,63 +1,23 @@
 """The propagation engine against a literal implementation of the official protocol and its golden outputs.
 
-The literal implementation below builds the padded sequence of T + n_context frames exactly as the
-official code does (spec propagation-protocol.md §5-§7): dense affinities over n_context + 1 key
-slots, the radius mask added to the short-term slots only, top-k over all (n_context + 1) * h * w
-keys, softmax over the k, soft labels fed back.
+The literal implementation (`oracles.literal_propagation`, shared with benchmarks/propagation.py)
+builds the padded sequence of T + n_context frames exactly as the official code does
+(docs/propagation-protocol.md §5–§7): dense affinities over n_context + 1 key slots, the radius mask
+added to the short-term slots only, top-k over all (n_context + 1) * h * w keys, softmax over the k,
+soft labels fed back.
 """
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import golden_inputs, shared_path
-from safetensors.torch import load_file
+from helpers import golden_engine_cases
+from oracles import literal_propagation
 
 import tcore
 from tcore.propagation import Propagator, engine, propagate_labels
 
 TOL = 1e-6
-
-
-def literal_propagation(features: torch.Tensor, first_labels: torch.Tensor, topk: int, temperature: float,
-                        radius: float, n_context: int, *, pad_with_first: bool = True,
-                        radius_on_first: bool = False) -> torch.Tensor:
-    """(T, h, w, D), (C, h, w) -> (T, C, h, w), written the way the official code runs.
-
-    `pad_with_first=False` and `radius_on_first=True` are the two classic mistakes (frame 0's
-    multiplicities dropped; frame 0 restricted to the radius), used to show the tests can fail.
-    """
-    frames, h, w, dim = features.shape
-    n_cells, n_classes = h * w, first_labels.shape[0]
-    feats = features.reshape(frames, n_cells, dim).float()  # (T, N, D)
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    cells = torch.stack([yy.flatten(), xx.flatten()], 1).double()  # (N, 2)
-    mask = torch.where(torch.cdist(cells, cells) < radius, 0.0, -1e10).float()  # (N_key, N_query)
-    offset = n_context if pad_with_first else 0  # the padded sequence puts real frame t at index t + n_context
-    real = [max(0, e - offset) for e in range(frames + offset)]  # extended index -> real frame
-
-    def slots_of(t: int) -> list[int]:
-        """Extended indices of target t's keys: frame 0, then the short-term slots."""
-        if pad_with_first:
-            return [0, *range(t, t + n_context)]
-        return [0, *range(max(1, t - n_context), t)]  # frame 0 once, then the distinct previous frames
-
-    labels = {e: first_labels.reshape(n_classes, n_cells).float() for e, r in enumerate(real) if r == 0}
-    out = [first_labels.float()]
-    for t in range(1, frames):
-        slots = slots_of(t)
-        scores = torch.stack([feats[real[e]] @ feats[t].T for e in slots])  # (S, N_key, N_query)
-        scores[0 if radius_on_first else 1:] += mask
-        scores = (scores / temperature).reshape(len(slots) * n_cells, n_cells)  # (S*N_key, N_query)
-        values, index = scores.topk(topk, dim=0)  # (K, N_query)
-        weights = torch.softmax(values, dim=0)
-        context = torch.cat([labels[e] for e in slots], 1)  # (C, S*N_key)
-        pred = (context[:, index] * weights[None]).sum(1)  # (C, N_query)
-        labels[t + offset] = pred
-        out.append(pred.reshape(n_classes, h, w))
-    return torch.stack(out)
 
 
 def drifting_video(frames: int, h: int, w: int, dim: int, seed: int, drift: float = 0.15) -> torch.Tensor:
@@ -164,20 +124,9 @@ def test_frame0_is_unrestricted_and_restricting_it_changes_the_result():
 
 # --- golden outputs of the official engine ------------------------------------------------------------
 
-def golden_cases():
-    meta = json.loads(shared_path("golden", "propagation_official.json").read_text())
-    outputs = load_file(str(shared_path("golden", "propagation_official.safetensors")))
-    inputs = golden_inputs()
-    for name, case in meta["cases"].items():
-        feats = torch.from_numpy(inputs.drifting_features(case["T"], case["h"], case["w"], case["D"]))
-        labels = torch.from_numpy(inputs.soft_labels(case["C"], case["h"], case["w"]))
-        params = {key: case[key] for key in ("topk", "temperature", "radius", "n_context")}
-        yield name, feats, labels, params, outputs[name]
-
-
 @pytest.mark.parametrize("frames_per_step", [None, 1, 8])
 def test_engine_reproduces_the_official_golden_outputs(frames_per_step):
-    cases = list(golden_cases())
+    cases = list(golden_engine_cases())
     assert len(cases) == 3
     for _name, feats, labels, params, expected in cases:
         if frames_per_step is None:

@@ -1,6 +1,6 @@
-"""Propagation on real data with real features (DINOv2 ViT-S/14 from ../shared/weights): the paper's
+"""Propagation on real data with real features (DINOv2 ViT-S/14 from the shared test data): the paper's
 hyper-parameters follow real objects far better than copying the first mask. Skipped without
-../shared (failing instead in CI)."""
+the shared test data (failing instead in CI; see helpers.py)."""
 from __future__ import annotations
 
 import subprocess

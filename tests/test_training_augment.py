@@ -1,4 +1,4 @@
-"""Augmentation (spec §1.5): the random parameters, the PIL path, and the batched path against PIL."""
+"""Augmentation (docs/training-recipe.md §3): the random parameters, the PIL path, and the batched path against PIL."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +11,7 @@ from training import augment_gpu as G
 from training.augment import (BLUR_PROBS, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2, PIPELINE_LOCAL, center_box,
                               draw_current_plan, draw_photo, random_resized_crop_box)
 from training.config import AugmentConfig, load_config
+from training.batch import Batch
 from training.data import ClipBatchDataset, scan_videos, to_device_batch
 from training.synthetic import make_frame_folders, synthetic_frame
 
@@ -132,11 +133,11 @@ def test_gpu_path_renders_the_same_batch_as_the_pil_path(tmp_path):
     for g in (0, 1):
         a = to_device_batch(ClipBatchDataset(cpu_cfg, tmp_path, videos, 4)[g], device, cpu_cfg.augment)
         b = to_device_batch(ClipBatchDataset(gpu_cfg, tmp_path, videos, 4)[g], device, gpu_cfg.augment)
-        assert a.keys() == b.keys()
-        assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["aux_rows"], b["aux_rows"])
+        assert type(a) is type(b) is Batch  # one schema whichever path rendered it
+        assert torch.equal(a.masks, b.masks) and torch.equal(a.aux_rows, b.aux_rows)
         level = 1 / (255 * 0.224)  # one 8-bit level in normalised units
         for key in ("globals", "locals", "past", "future"):
-            assert a[key].shape == b[key].shape
-            diff = (a[key] - b[key]).abs()
+            assert getattr(a, key).shape == getattr(b, key).shape
+            diff = (getattr(a, key) - getattr(b, key)).abs()
             assert (diff > 2.5 * level).float().mean() < 0.01, key
             assert diff.mean() < 0.1 * level, key

@@ -1,5 +1,8 @@
-"""Sandwich sampling, masking, the sample stream and the batches the workers build (spec §1-2)."""
+"""Sandwich sampling, masking, the sample stream and the batches the workers build
+(docs/training-recipe.md §2–§4)."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ def _windows(t: int) -> dict:
     return seen
 
 
-def test_t20_windows_match_the_spec_table():
+def test_t20_windows_match_the_recipe_table():
     seen = _windows(20)
     assert sorted(seen) == list(range(6, 14))  # c in [6, 13]
     for c, pairs in seen.items():
@@ -71,7 +74,7 @@ def test_block_mask_reaches_the_exact_count(k):
     assert mask.shape == (14, 14) and mask.sum() == k
 
 
-def test_upper_bound_values_from_the_spec():
+def test_upper_bound_values_from_the_recipe():
     assert [mask_upper_bound(2 * bs, 196) for bs in (64, 32, 4)] == [3771, 1906, 273]
 
 
@@ -156,20 +159,20 @@ def test_cpu_batch_layout_and_pairing(frames):
     ds, cfg = _dataset(frames)
     batch = ds[3]
     b, g, l = 4, cfg.augment.global_size, cfg.augment.local_size
-    assert batch["globals"].shape == (2 * b, 3, g, g) and batch["globals"].dtype == torch.uint8
-    assert batch["locals"].shape == (cfg.augment.n_local_crops * b, 3, l, l)
-    assert batch["masks"].shape == (2 * b, (g // 16) ** 2)
-    rows = batch["aux_rows"]
-    assert torch.equal(rows, torch.nonzero(batch["masks"].any(1)).flatten())
-    assert batch["past"].shape == batch["future"].shape == (len(rows), 3, g, g)
+    assert batch.globals.shape == (2 * b, 3, g, g) and batch.globals.dtype == torch.uint8
+    assert batch.locals.shape == (cfg.augment.n_local_crops * b, 3, l, l)
+    assert batch.masks.shape == (2 * b, (g // 16) ** 2)
+    rows = batch.aux_rows
+    assert torch.equal(rows, torch.nonzero(batch.masks.any(1)).flatten())
+    assert batch.past.shape == batch.future.shape == (len(rows), 3, g, g)
 
 
 def test_batches_are_pure_functions_of_the_index(frames):
     ds, _ = _dataset(frames)
     a, b = ds[5], _dataset(frames)[0][5]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     c = ds[6]
-    assert not torch.equal(a["globals"], c["globals"])
+    assert not torch.equal(a.globals, c.globals)
 
 
 def test_aux_views_come_from_the_sample_of_their_masked_row(tmp_path):
@@ -179,10 +182,10 @@ def test_aux_views_come_from_the_sample_of_their_masked_row(tmp_path):
     ds = ClipBatchDataset(cfg, tmp_path, scan_videos(tmp_path), 4)
     for g in range(3):
         batch = ds[g]
-        rows = batch["aux_rows"].tolist()
-        assert rows and len(batch["aux_bytes"]) == 2 * len({r % 4 for r in rows})
+        rows = batch.aux_rows.tolist()
+        assert rows and len(batch.aux_bytes) == 2 * len({r % 4 for r in rows})
         for i, r in enumerate(rows):
-            current = batch["current_bytes"][r % 4]
-            assert torch.equal(batch["aux_bytes"][batch["past_frame"][i]], current)
-            assert torch.equal(batch["aux_bytes"][batch["future_frame"][i]], current)
-        assert batch["aux_boxes"].tolist()[0] == [0, 2, 32, 43]  # central 4:3 part of 48x32: w = round(32 * 4/3)
+            current = batch.current_bytes[r % 4]
+            assert torch.equal(batch.aux_bytes[batch.past_frame[i]], current)
+            assert torch.equal(batch.aux_bytes[batch.future_frame[i]], current)
+        assert batch.aux_boxes.tolist()[0] == [0, 2, 32, 43]  # central 4:3 part of 48x32: w = round(32 * 4/3)

@@ -1,4 +1,5 @@
-"""Each loss term against a literal computation of the spec's formulas on tiny tensors (spec §4 f)."""
+"""Each loss term against a literal computation of the recipe's formulas on tiny tensors
+(docs/training-recipe.md §7)."""
 from __future__ import annotations
 
 import pytest
@@ -85,7 +86,7 @@ def _weights(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_losses(out, t_cls_swapped, t_patch, masks, cfg):
-    """The spec's formulas written literally: 16 local terms, swapped globals, per-image iBOT weights."""
+    """The recipe's formulas (§7) written literally: 16 local terms, swapped globals, per-image iBOT weights."""
     b = t_cls_swapped.shape[0] // 2
     n_local = out["local_logits"].shape[0] // b
     norm = n_local * 2 + (2 - 1) * 2

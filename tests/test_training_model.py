@@ -1,10 +1,11 @@
-"""DINO head, Patch Matching Module, student/teacher (spec §3-4)."""
+"""DINO head, Patch Matching Module, student/teacher (docs/training-recipe.md §5–§6)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.batch import Batch
 from training.config import ModelConfig, load_config
 from training.losses import Centers, tcore_losses
 from training.masking import mask_indices
@@ -73,14 +74,9 @@ def _batch(cfg, b=4, seed=0):
     masks[3, 2] = True
     index = {k: torch.from_numpy(v) for k, v in mask_indices(masks.numpy()).items()}
     n = len(index["aux_rows"])
-    return {"globals": torch.randn(2 * b, 3, g, g, generator=gen), "locals": torch.randn(cfg.augment.n_local_crops * b,
-            3, l, l, generator=gen), "masks": masks, **index,
-            "past": torch.randn(n, 3, g, g, generator=gen), "future": torch.randn(n, 3, g, g, generator=gen)}
-
-
-def _student_out(student, batch):
-    return student(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["aux_mask_index"],
-                   batch["past"], batch["future"])
+    return Batch(globals=torch.randn(2 * b, 3, g, g, generator=gen),
+                 locals=torch.randn(cfg.augment.n_local_crops * b, 3, l, l, generator=gen), masks=masks, **index,
+                 past=torch.randn(n, 3, g, g, generator=gen), future=torch.randn(n, 3, g, g, generator=gen))
 
 
 def test_student_forward_backward_gives_every_student_parameter_a_gradient_and_the_teacher_none():
@@ -90,12 +86,12 @@ def test_student_forward_backward_gives_every_student_parameter_a_gradient_and_t
     teacher = build_teacher(student)
     batch = _batch(cfg)
     centers = Centers(cfg.model.head_n_prototypes, 0.9, torch.device("cpu"))
-    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, 0.04)
-    out = _student_out(student, batch)
-    m = int(batch["masks"].sum())
+    cls_t, patch_t = teacher_targets(teacher, batch.globals, batch.mask_index, centers, 0.04)
+    out = student(batch)
+    m = int(batch.masks.sum())
     assert out["past_logits"].shape == out["future_logits"].shape == patch_t.shape == (m, 256)
     assert out["local_logits"].shape == (2 * 4, 256) and cls_t.shape == out["global_logits"].shape == (8, 256)
-    tcore_losses(out, cls_t, patch_t, batch["mask_weight"], cfg.loss).total.backward()
+    tcore_losses(out, cls_t, patch_t, batch.mask_weight, cfg.loss).total.backward()
     for name, p in student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -108,12 +104,12 @@ def test_teacher_targets_are_crop_swapped_and_gathered_at_the_masks():
     teacher = build_teacher(build_student(cfg.model))
     batch = _batch(cfg)
     centers = Centers(cfg.model.head_n_prototypes, 0.9, torch.device("cpu"))
-    cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, 0.05)
+    cls_t, patch_t = teacher_targets(teacher, batch.globals, batch.mask_index, centers, 0.05)
     with torch.no_grad():
-        out = teacher["backbone"](batch["globals"])
+        out = teacher["backbone"](batch.globals)
         logits = teacher["dino_head"](out["cls"])
         patches = out["patches"].flatten(1, 2)
-        expected_patches = torch.stack([patches[r, p] for r in range(8) for p in range(4) if batch["masks"][r, p]])
+        expected_patches = torch.stack([patches[r, p] for r in range(8) for p in range(4) if batch.masks[r, p]])
         patch_logits = teacher["dino_head"](expected_patches)
     # student crop 0 <- teacher crop 1, and the other way round
     assert torch.allclose(cls_t[:4], torch.softmax(logits[4:] / 0.05, -1), atol=1e-5)
@@ -144,14 +140,14 @@ def test_student_reconstructions_are_gathered_at_the_masked_patches():
     student = build_student(cfg.model).eval()
     batch = _batch(cfg)
     with torch.no_grad():
-        out = _student_out(student, batch)
-        aux = student.backbone(torch.cat([batch["past"], batch["future"]]))["patches"].flatten(1, 2)
-        q = student.backbone(batch["globals"], batch["masks"])["patches"].flatten(1, 2)
-        rows = batch["aux_rows"].tolist()
+        out = student(batch)
+        aux = student.backbone(torch.cat([batch.past, batch.future]))["patches"].flatten(1, 2)
+        q = student.backbone(batch.globals, batch.masks)["patches"].flatten(1, 2)
+        rows = batch.aux_rows.tolist()
         expected = []
         for i, r in enumerate(rows):
             rec = student.pmm(aux[i:i + 1], q[r:r + 1])[0]  # past view of row r
-            expected += [student.dino_head(rec[p:p + 1])[0] for p in range(4) if batch["masks"][r, p]]
+            expected += [student.dino_head(rec[p:p + 1])[0] for p in range(4) if batch.masks[r, p]]
     assert torch.allclose(out["past_logits"], torch.stack(expected), atol=1e-5)
 
 
@@ -163,9 +159,9 @@ def test_compiled_models_keep_names_and_outputs():
     teacher = build_teacher(student)
     batch = _batch(cfg)
     with torch.no_grad():
-        before = _student_out(student, batch)["past_logits"]
+        before = student(batch)["past_logits"]
     keys = list(student.state_dict()) + list(teacher.state_dict())
     compile_models(student, teacher, backend="eager")  # the graph capture; inductor codegen is a GPU-suite part
     assert list(student.state_dict()) + list(teacher.state_dict()) == keys
     with torch.no_grad():
-        assert torch.allclose(_student_out(student, batch)["past_logits"], before, atol=1e-6)
+        assert torch.allclose(student(batch)["past_logits"], before, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Schedules and parameter groups (spec §5)."""
+"""Schedules and parameter groups (docs/training-recipe.md §8)."""
 from __future__ import annotations
 
 import math

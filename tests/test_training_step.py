@@ -64,3 +64,30 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
     seeds = [micro_seed(0, g) for g in range(100)]
     assert len(set(seeds)) == 100 and seeds == [micro_seed(0, g) for g in range(100)]
     assert micro_seed(1, 0) != micro_seed(0, 0)
+
+
+def test_single_process_collectives_return_at_once_and_bad_torchrun_variables_are_named(monkeypatch):
+    from tcore.distributed import DistInfo, all_gather_objects, barrier, broadcast_object, torchrun_env
+
+    info = DistInfo()
+    assert info.is_main and not info.distributed
+    assert broadcast_object({"a": 1}, info) == {"a": 1} and all_gather_objects(3, info) == [3]
+    barrier(info)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+        torchrun_env()
+
+
+def test_plan_steps_names_an_uneven_global_batch_and_too_few_videos():
+    from tcore.distributed import DistInfo
+    from training.pretrain import plan_steps
+
+    cfg = load_config("training/configs/tiny.yaml", ["optim.global_batch_size=12"])
+    plan = plan_steps(cfg, DistInfo(), 100)
+    assert (plan.accum, plan.epoch_length, plan.total_steps, plan.end_step) == (3, 3, 6, 6)
+    with pytest.raises(ValueError, match="not a multiple of optim.batch_size_per_gpu=4 x 2 processes"):
+        plan_steps(cfg, DistInfo(rank=0, world_size=2), 100)
+    auto = load_config("training/configs/tiny.yaml", ["optim.epoch_length=auto", "train.stop_at_step=1"])
+    assert plan_steps(auto, DistInfo(), 17).epoch_length == 2 and plan_steps(auto, DistInfo(), 17).end_step == 1
+    with pytest.raises(ValueError, match="7 videos give no full global batch of 8"):
+        plan_steps(auto, DistInfo(), 7)

@@ -260,7 +260,7 @@ def test_inspect_reports_layout_architecture_and_sha256(tiny_file):
 # ---------------------------------------------------------------------------- other backbones
 
 def _checksum(model, h: int, w: int) -> dict:
-    """What ../shared/tools/check_dinov2_vits14.py computes for its synthetic input."""
+    """What the shared test data's tools/check_dinov2_vits14.py computes for its synthetic input."""
     y, x = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * (x * (c + 1) / 97.0 + y / 53.0))
                     * np.cos(2 * np.pi * y * (c + 2) / 71.0) for c in range(3)], 0)
@@ -350,3 +350,35 @@ def test_hubconf_exposes_only_the_two_constructors():
     public = sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_"))
     assert public == ["tcore_vitb16", "tcore_vits16"]
     assert "Example" in hub.tcore_vits16.__doc__ and "trust_repo=True" in hub.tcore_vitb16.__doc__
+
+
+# ---------------------------------------------------------------------------- one repository-id rule
+
+@pytest.mark.parametrize("text, expected", [("org/name", True), ("yafeng19/T-CORE", True), ("./org", False),
+                                            ("/org/name", False), ("~/name", False), ("a/b/c", False),
+                                            ("hf-hub:org/name", False), ("name", False)])
+def test_one_repository_id_rule(text, expected):
+    from tcore.hub import is_repo_id
+
+    assert is_repo_id(text) is expected
+
+
+def test_an_existing_local_path_is_never_a_repository_id(tmp_path, monkeypatch):
+    from tcore.hub import fetch_folder, is_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "weights.pth").write_bytes(b"")
+    assert not is_repo_id("org/weights.pth")
+    with pytest.raises(FileNotFoundError, match="not a Hub repo id"):
+        fetch_folder("org/weights.pth")
+
+
+def test_imagenet_statistics_live_in_one_place():
+    from tcore.constants import IMAGENET_MEAN as mean, IMAGENET_STD as std
+    from training.augment import normalize
+
+    assert W.Preprocessing().mean == IMAGENET_MEAN == mean and W.Preprocessing().std == IMAGENET_STD == std
+    assert tcore.TCoReBackbone(embed_dim=64, depth=1, num_heads=2).mean == mean
+    white = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten()
+    assert torch.allclose(white, (1 - torch.tensor(mean)) / torch.tensor(std))

@@ -1,4 +1,4 @@
-"""Spatial and photometric augmentation (spec §1.5): random parameters, and the CPU (PIL) path.
+"""Spatial and photometric augmentation (docs/training-recipe.md §3): random parameters, and the CPU (PIL) path.
 
 The random choices of one sample are drawn first, into a `CropPlan` (crop boxes, flips, colour
 jitter order and factors, grey, blur sigma, solarize), from a numpy Generator that is a pure
@@ -24,16 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tcore.constants import IMAGENET_MEAN, IMAGENET_STD
 from training.config import AugmentConfig
 
 __all__ = [
     "PIPELINE_GLOBAL1", "PIPELINE_GLOBAL2", "PIPELINE_LOCAL", "BLUR_PROBS", "Photo", "CropPlan",
     "random_resized_crop_box", "center_box", "draw_photo", "draw_current_plan", "draw_aux_photo", "aux_plan",
-    "apply_plan_pil", "normalize", "IMAGENET_MEAN", "IMAGENET_STD",
+    "apply_plan_pil", "normalize",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PIPELINE_GLOBAL1, PIPELINE_GLOBAL2, PIPELINE_LOCAL = 0, 1, 2
 # blur probability per pipeline (global1, global2, local). The reference's GaussianBlur wrapper

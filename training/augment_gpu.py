@@ -1,4 +1,5 @@
-"""Batched augmentation on the training device: nvJPEG decode, crop-resize and colour ops.
+"""Batched augmentation on the training device: nvJPEG decode, crop-resize and colour ops
+(docs/training-recipe.md §3.3–§3.4).
 
 The same `CropPlan` parameters as the CPU path (`training.augment`), applied to whole batches:
 
@@ -17,14 +18,12 @@ nvJPEG's IDCT may also differ from libjpeg's by a level or two.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from tcore.precision import exact_fp32
 from training.augment import BLUR_KERNEL, SOLARIZE_THRESHOLD, normalize
-from training.masking import INDEX_KEYS
+from training.batch import Batch, EncodedBatch
 
 __all__ = ["resample_matrix", "resize_crops", "photometric", "decode_frames", "render_batch"]
 
@@ -246,45 +245,46 @@ def decode_frames(encoded: list[torch.Tensor], device: torch.device) -> torch.Te
     return out
 
 
-def _photo(batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    keys = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize")
-    return {k: batch[f"{prefix}_photo_{k}"].cpu() for k in keys}
+def _on_cpu(photo: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in photo.items()}
 
 
 def _select(photo: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[rows] for k, v in photo.items()}
 
 
-def render_batch(batch: dict[str, Any], device: torch.device, global_size: int, local_size: int,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """Turn a `ClipBatchDataset` item made for GPU augmentation into normalised model inputs.
+def render_batch(batch: EncodedBatch, device: torch.device, global_size: int, local_size: int,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False) -> Batch:
+    """Turn a `ClipBatchDataset` item made for GPU augmentation into the model's `Batch`.
 
     Returns:
-        dict: "globals" (2b, 3, G, G), "locals" (L*b, 3, l, l), "past"/"future" (n, 3, G, G)
-        normalised, and the mask index tensors, on `device` (the layout of the CPU path).
+        The `Batch` on `device`: "globals" (2b, 3, G, G), "locals" (L*b, 3, l, l), "past"/"future"
+        (n, 3, G, G) normalised to `dtype`, and the mask tensors (the layout of the CPU path).
     """
-    boxes = batch["current_boxes"].to(device, non_blocking=True)          # (b, 2+L, 4)
-    flips = batch["current_flips"].to(device, non_blocking=True)          # (b, 2+L)
+    boxes = batch.current_boxes.to(device, non_blocking=True)          # (b, 2+L, 4)
+    flips = batch.current_flips.to(device, non_blocking=True)          # (b, 2+L)
     b, k = flips.shape
-    current = decode_frames(batch["current_bytes"], device)
+    current = decode_frames(batch.current_bytes, device)
     glob = resize_crops(current, boxes[:, :2], global_size).transpose(0, 1).reshape(2 * b, 3, global_size, global_size)
     loc = resize_crops(current, boxes[:, 2:], local_size, flips[:, 2:]).transpose(0, 1)
     loc = loc.reshape((k - 2) * b, 3, local_size, local_size)  # crop-major
-    photo = _photo(batch, "current")  # rows: sample-major (j, crop)
+    photo = _on_cpu(batch.current_photo)  # rows: sample-major (j, crop)
     crop_major = torch.arange(b * k).view(b, k).t()  # (k, b): row of (crop i, sample j)
     glob = photometric(glob, _select(photo, crop_major[:2].reshape(-1)))
     loc = photometric(loc, _select(photo, crop_major[2:].reshape(-1)))
-    out = {"globals": normalize(glob, dtype, channels_last), "locals": normalize(loc, dtype, channels_last),
-           **{key: batch[key].to(device, non_blocking=True) for key in INDEX_KEYS}}
-    n = batch["aux_rows"].shape[0]
-    if n:
-        aux = decode_frames(batch["aux_bytes"], device)
-        aux_boxes = batch["aux_boxes"].to(device, non_blocking=True)[:, None]  # (m, 1, 4): one box per frame
-        aux = resize_crops(aux, aux_boxes, global_size)[:, 0]                 # (m, 3, G, G)
-        for name in ("past", "future"):
-            crops = aux[batch[f"{name}_frame"].to(device, non_blocking=True)]
-            out[name] = normalize(photometric(crops, _photo(batch, name)), dtype, channels_last)
+    glob, loc = normalize(glob, dtype, channels_last), normalize(loc, dtype, channels_last)
+    masks = {name: getattr(batch, name).to(device, non_blocking=True)
+             for name in ("masks", "aux_rows", "mask_index", "aux_mask_index", "mask_weight")}
+    views = {}
+    if batch.aux_rows.shape[0]:
+        aux = decode_frames(batch.aux_bytes, device)
+        aux_boxes = batch.aux_boxes.to(device, non_blocking=True)[:, None]  # (m, 1, 4): one box per frame
+        aux = resize_crops(aux, aux_boxes, global_size)[:, 0]              # (m, 3, G, G)
+        for name, frame, aux_photo in (("past", batch.past_frame, batch.past_photo),
+                                       ("future", batch.future_frame, batch.future_photo)):
+            crops = aux[frame.to(device, non_blocking=True)]
+            views[name] = normalize(photometric(crops, _on_cpu(aux_photo)), dtype, channels_last)
     else:
         empty = torch.empty(0, 3, global_size, global_size, device=device, dtype=dtype)
-        out["past"], out["future"] = empty, empty
-    return out
+        views["past"], views["future"] = empty, empty
+    return Batch(globals=glob, locals=loc, **views, **masks)

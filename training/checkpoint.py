@@ -1,15 +1,15 @@
-"""Training checkpoints (atomic, keep-last-N, `weights_only`-loadable) and the teacher export.
+"""Training checkpoints (atomic, keep-last-N, `weights_only`-loadable) and the teacher export
+(docs/training-recipe.md §10).
 
 A checkpoint is a plain dict of tensors and containers:
     format_version, step, student, teacher, optimizer, scaler, centers, config, rng
-written by rank 0 to `ckpt_<step>.pt.tmp`, flushed, then renamed to `ckpt_<step>.pt` with
-`os.replace`, so a crash during a save leaves the previous checkpoint as the latest complete one.
+written by rank 0 through `tcore.files.write_atomic` (to `ckpt_<step>.pt.tmp`, fsynced, then renamed
+to `ckpt_<step>.pt`), so a crash during a save leaves the previous checkpoint as the latest complete one.
 The models are saved unwrapped (no DDP `module.` nor compile `_orig_mod.` prefixes).
 """
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from torch import nn
 
 import tcore
 from tcore.checkpoint import to_official_state_dict
+from tcore.files import write_atomic
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "export_teacher",
            "unwrap"]
@@ -39,14 +40,6 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(folder: str | Path, state: dict[str, Any], step: int, keep_last: int) -> Path:
     """Write `state` as `<folder>/ckpt_<step>.pt` atomically, then keep only the last `keep_last`.
 
@@ -60,20 +53,18 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any], step: int, keep_l
         The checkpoint path.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_{step:08d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
+    write_atomic(path, lambda tmp: _torch_save(state, tmp), durable=True, temporary=f"{path}.tmp")
     for old in _checkpoints(folder)[:-max(keep_last, 1)]:
         old.unlink(missing_ok=True)
     for stale in folder.glob("ckpt_*.pt.tmp"):  # left by a crash during an earlier save
         stale.unlink(missing_ok=True)
     return path
+
+
+def _torch_save(obj: Any, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -135,9 +126,7 @@ def export_teacher(state: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     backbone.save_pretrained(out, config={"source": "tcore training", "step": int(state["step"])})
     official = {**{f"backbone.{k}": v for k, v in to_official_state_dict(backbone_state).items()},
                 **{k: v for k, v in teacher.items() if not k.startswith("backbone.")}}
-    pth = out / "teacher_checkpoint.pth"
-    tmp = pth.with_name(pth.name + ".tmp")
-    torch.save({"teacher": {k: v.float().contiguous() for k, v in official.items()}}, tmp)
-    os.replace(tmp, pth)
+    pth = write_atomic(out / "teacher_checkpoint.pth", lambda tmp: _torch_save(
+        {"teacher": {k: v.float().contiguous() for k, v in official.items()}}, tmp))
     _logger.info("exported the teacher of step %d to %s", state["step"], out)
     return out, pth

@@ -1,7 +1,7 @@
 """Training configuration: nested frozen dataclasses, a YAML file on top, dotted overrides last.
 
-Every field has the official recipe's value as its default (ViT-S/16 on Kinetics-400, spec
-`training-recipe.md`). A YAML file overrides some of them, and `key=value` arguments after it
+Every field has the official recipe's value as its default (ViT-S/16 on Kinetics-400,
+docs/training-recipe.md). A YAML file overrides some of them, and `key=value` arguments after it
 override both (`optim.base_lr=0.002 data.root=/data/k400`). Unknown keys and values of the wrong
 type are errors that name the key.
 

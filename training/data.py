@@ -1,4 +1,5 @@
-"""Frame-folder datasets, sandwich sampling and the batch stream (spec §1).
+"""Frame-folder datasets, sandwich sampling and the batch stream (docs/training-recipe.md §2;
+augmentation §3).
 
 Videos are folders of frame images (names sorted as strings, as the reference does). Two
 layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
@@ -17,23 +18,26 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan, normalize
+from tcore.files import write_text_atomic
+from tcore.io import IMAGE_SUFFIXES
+from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan
+from training.batch import Batch, EncodedBatch
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
-from training.masking import INDEX_KEYS, batch_masks, mask_indices
+from training.masking import batch_masks, mask_indices
 
 __all__ = [
     "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
     "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader",
-    "to_device_batch", "mask_rng", "sample_rng",
+    "to_device_batch", "mask_rng", "sample_rng", "Batch", "EncodedBatch",
 ]
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FRAME_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))  # tcore's frame files (`str.endswith` takes a tuple)
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
 
 
@@ -84,11 +88,7 @@ def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train"
 
 def write_manifest(path: str | Path, videos: list[str]) -> None:
     """One frame folder per line (relative to the frames root), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(v + "\n" for v in videos))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(v + "\n" for v in videos))
 
 
 def read_manifest(path: str | Path) -> list[str]:
@@ -107,7 +107,7 @@ def sample_frame_indices(num_frames: int, rng: np.random.Generator,
                          current_range: tuple[float, float] = (0.3, 0.7),
                          past_range: tuple[float, float] = (0.15, 0.25),
                          future_range: tuple[float, float] = (0.15, 0.25)) -> tuple[int, int, int]:
-    """Sandwich sampling (spec §1.4): (past, current, future) frame indices of a T-frame video.
+    """Sandwich sampling (docs/training-recipe.md §2.3): (past, current, future) frame indices of a T-frame video.
 
     Each bound is a fraction of T computed in floating point and truncated on its own; intervals
     are inclusive; only the future side is clamped to T-1. When the windows do not fit (T in
@@ -160,8 +160,7 @@ def mask_rng(seed: int, micro_batch: int) -> np.random.Generator:
 # ------------------------------------------------------------------------------ the batches
 
 def _stack_photos(photos: list[Photo]) -> dict[str, torch.Tensor]:
-    return {f"photo_{k}": torch.from_numpy(np.concatenate([getattr(p, k) for p in photos]))
-            for k in Photo.__dataclass_fields__}
+    return {k: torch.from_numpy(np.concatenate([getattr(p, k) for p in photos])) for k in Photo.__dataclass_fields__}
 
 
 def _row(photo: Photo, i: int) -> Photo:
@@ -171,12 +170,9 @@ def _row(photo: Photo, i: int) -> Photo:
 class ClipBatchDataset(Dataset):
     """Item g = global micro-batch g, fully built (crops, masks), for a DataLoader with batch_size=None.
 
-    Every item has "masks" (2b, N) bool and the index arrays of `training.masking.mask_indices`
-    ("aux_rows" (n,): the global rows with masked patches, "mask_index", "aux_mask_index",
-    "mask_weight" (M,)). CPU augmentation (`aug.device == "cpu"`) adds uint8 crops: "globals"
-    (2b, 3, G, G) crop-major (row i*b + j = crop i of sample j), "locals" (L*b, 3, l, l) crop-major,
-    "past" and "future" (n, 3, G, G): slot `r // b` of sample `r % b`'s past/future frame for each
-    aux row r. GPU augmentation adds the JPEG bytes and the plans instead (`training.augment_gpu`).
+    With CPU augmentation (`aug.device == "cpu"`) an item is a `training.batch.Batch` of uint8
+    crops rendered with PIL in the worker; with GPU augmentation an `EncodedBatch` (JPEG bytes and
+    crop plans, rendered on the device). Both carry the same masks and mask index arrays.
 
     Args:
         cfg: the run's config.
@@ -211,20 +207,18 @@ class ClipBatchDataset(Dataset):
         idx = sample_frame_indices(len(names), rng, d.current_range, d.past_offset_range, d.future_offset_range)
         return [folder / names[i] for i in idx], rng
 
-    def __getitem__(self, g: int) -> dict[str, Any]:
+    def __getitem__(self, g: int) -> Batch | EncodedBatch:
         m = self.mask
         masks = batch_masks(2 * self.batch_size, self.grid, mask_rng(self.seed, g), m.probability,
                             m.ratio_min_max, m.min_num_patches, m.min_aspect)
         index = mask_indices(masks)
-        batch = {"masks": torch.from_numpy(masks), **{k: torch.from_numpy(v) for k, v in index.items()}}
+        fields = {"masks": torch.from_numpy(masks), **{k: torch.from_numpy(v) for k, v in index.items()}}
         if self.aug.device == "gpu":
-            batch.update(self._encoded_batch(g, index["aux_rows"]))
-        else:
-            batch.update(self._rendered_batch(g, index["aux_rows"]))
-        return batch
+            return EncodedBatch(**fields, **self._encoded_crops(g, index["aux_rows"]))
+        return Batch(**fields, **self._rendered_crops(g, index["aux_rows"]))
 
-    def _rendered_batch(self, g: int, aux_rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """uint8 crops rendered with PIL in this worker."""
+    def _rendered_crops(self, g: int, aux_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """uint8 crops rendered with PIL in this worker: `Batch`'s crop fields."""
         b = self.batch_size
         n_local = self.aug.n_local_crops
         globals_ = [[None] * b for _ in range(2)]
@@ -255,8 +249,8 @@ class ClipBatchDataset(Dataset):
             "future": torch.stack([aux["future"][int(r)] for r in aux_rows]) if len(aux_rows) else empty,
         }
 
-    def _encoded_batch(self, g: int, aux_rows: np.ndarray) -> dict[str, Any]:
-        """JPEG bytes + plans for `training.augment_gpu.render_batch` (decoding happens on the GPU)."""
+    def _encoded_crops(self, g: int, aux_rows: np.ndarray) -> dict[str, object]:
+        """JPEG bytes + plans (decoding happens on the device): `EncodedBatch`'s crop fields."""
         b = self.batch_size
         current_bytes, boxes, flips, photos = [], [], [], []
         aux_bytes: list[torch.Tensor] = []
@@ -283,18 +277,18 @@ class ClipBatchDataset(Dataset):
         rows = [int(r) for r in aux_rows]
         past_photo = [_row(aux_photos[("past", r % b)], r // b) for r in rows]
         future_photo = [_row(aux_photos[("future", r % b)], r // b) for r in rows]
-        batch: dict[str, Any] = {
+        return {
             "current_bytes": current_bytes,
             "current_boxes": torch.from_numpy(np.stack(boxes)),  # (b, 2+L, 4)
             "current_flips": torch.from_numpy(np.stack(flips)),  # (b, 2+L)
+            "current_photo": _stack_photos(photos),
             "aux_bytes": aux_bytes,
             "aux_boxes": torch.tensor(aux_boxes, dtype=torch.int64).reshape(-1, 4),  # (m, 4)
             "past_frame": torch.tensor([aux_frame[("past", r % b)] for r in rows], dtype=torch.int64),
             "future_frame": torch.tensor([aux_frame[("future", r % b)] for r in rows], dtype=torch.int64),
+            "past_photo": _stack_photos(past_photo),
+            "future_photo": _stack_photos(future_photo),
         }
-        for prefix, group in (("current", photos), ("past", past_photo), ("future", future_photo)):
-            batch.update({f"{prefix}_{k}": v for k, v in _stack_photos(group).items()})
-        return batch
 
 
 def _open_rgb(path: Path):
@@ -355,18 +349,15 @@ def build_loader(dataset: ClipBatchDataset, sampler: StepSampler, cfg: DataConfi
                       worker_init_fn=_worker_init if workers > 0 else None)
 
 
-def to_device_batch(batch: dict[str, Any], device: torch.device, aug: AugmentConfig,
-                    channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """A loader item as model inputs on `device`: normalised float crops, masks, aux rows.
+def to_device_batch(item: Batch | EncodedBatch, device: torch.device, aug: AugmentConfig,
+                    channels_last: bool = False) -> Batch:
+    """A loader item as the model's `Batch` on `device`: ImageNet-normalised float crops, the masks.
 
-    CPU-augmented items are copied and normalised; GPU-augmented items are decoded and rendered
-    on the device (`training.augment_gpu.render_batch`).
+    A `Batch` of uint8 crops (CPU augmentation) is copied and normalised; an `EncodedBatch` (GPU
+    augmentation) is decoded and rendered on the device.
     """
-    if aug.device == "gpu":
+    if isinstance(item, EncodedBatch):
         from training.augment_gpu import render_batch
 
-        return render_batch(batch, device, aug.global_size, aug.local_size, channels_last=channels_last)
-    out = {k: batch[k].to(device, non_blocking=True) for k in INDEX_KEYS}
-    for key in ("globals", "locals", "past", "future"):
-        out[key] = normalize(batch[key].to(device, non_blocking=True), channels_last=channels_last)
-    return out
+        return render_batch(item, device, aug.global_size, aug.local_size, channels_last=channels_last)
+    return item.to(device).normalized(channels_last=channels_last)

@@ -1,4 +1,4 @@
-"""Export the teacher of a training checkpoint in the formats `tcore` loads.
+"""Export the teacher of a training checkpoint in the formats `tcore` loads (docs/training-recipe.md §10.3).
 
     python -m training.export runs/vits16_k400/checkpoints/ckpt_00374400.pt -o weights/vits16_k400
     python -c "import tcore; m = tcore.tcore_vits16(pretrained='weights/vits16_k400')"

@@ -1,4 +1,4 @@
-"""Loss terms of a T-CoRe step (spec §4 f), computed in float32 from low-precision logits.
+"""Loss terms of a T-CoRe step (docs/training-recipe.md §7), computed in float32 from low-precision logits.
 
 The soft-target cross-entropy `sum_k t_k * (-log_softmax(s / tau)_k)` is written as
 `sum(t) * logsumexp(s / tau) - <t, s> / tau` and evaluated in row chunks by a custom autograd
@@ -231,7 +231,7 @@ class LossTerms:
 
 def tcore_losses(student: dict[str, torch.Tensor], cls_targets: torch.Tensor, patch_targets: torch.Tensor,
                  mask_weight: torch.Tensor, cfg: LossConfig) -> LossTerms:
-    """All loss terms of one micro-batch (spec §4 f).
+    """All loss terms of one micro-batch (docs/training-recipe.md §7).
 
     Args:
         student: `Student.forward`'s dict (local/global/past/future logits, global CLS).

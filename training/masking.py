@@ -1,4 +1,4 @@
-"""iBOT block masking as the reference does it (spec §2).
+"""iBOT block masking as the reference does it (docs/training-recipe.md §4).
 
 `block_mask` masks exactly `k` patches of an h x w grid with random rectangles (the reference's
 loop never takes its "stuck" exit, so it always reaches the exact count). `batch_masks` masks a
@@ -11,10 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["INDEX_KEYS", "block_mask", "batch_masks", "mask_upper_bound", "mask_indices"]
-
-# the batch entries that come from the masks: the masks and the `mask_indices` arrays
-INDEX_KEYS = ("masks", "aux_rows", "mask_index", "aux_mask_index", "mask_weight")
+__all__ = ["block_mask", "batch_masks", "mask_upper_bound", "mask_indices"]
 
 _ATTEMPTS = 10  # rectangle tries per call of the inner step
 

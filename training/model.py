@@ -1,4 +1,4 @@
-"""Student, teacher, the shared DINO head and the Patch Matching Module (spec §3, §4 a-e).
+"""Student, teacher, the shared DINO head and the Patch Matching Module (docs/training-recipe.md §5, §6).
 
 Parameter names follow the official checkpoints: the backbone's are `tcore.TCoReBackbone`'s
 (timm's, with the official parameterisation: the class token's position embedding is its own
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tcore
+from training.batch import Batch
 from training.config import ModelConfig
 from training.losses import Centers, teacher_probs
 
@@ -165,30 +166,26 @@ class Student(nn.Module):
         self.dino_head = dino_head
         self.pmm = pmm
 
-    def forward(self, globals_: torch.Tensor, locals_: torch.Tensor, masks: torch.Tensor, aux_rows: torch.Tensor,
-                aux_mask_index: torch.Tensor, past: torch.Tensor, future: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The student side of a step (spec §4 b-e).
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The student side of a step (docs/training-recipe.md §6.2–§6.5).
 
         Args:
-            globals_: (2b, 3, G, G) current-frame global crops, crop-major.
-            locals_: (L*b, 3, l, l) local crops, crop-major.
-            masks: (2b, N) bool iBOT masks of the global crops.
-            aux_rows: (n,) the global rows with at least one masked patch.
-            aux_mask_index: (M,) the masked patches as flat positions in the stack of those n rows.
-            past, future: (n, 3, G, G) the auxiliary views paired with those rows.
+            batch: the micro-batch with normalised crops (`training.batch.Batch`); read are the
+                global crops (2b, 3, G, G) with their masks (2b, N), the local crops (L*b, 3, l, l),
+                the past and future views (n, 3, G, G) of the `aux_rows` (n,), and `aux_mask_index` (M,).
 
         Returns:
             "local_logits" (L*b, K), "global_logits" (2b, K), "past_logits" and "future_logits"
             (M, K) at the M masked patches (row-major over (row, patch)), "global_cls" (2b, D).
         """
-        with torch.no_grad():  # auxiliary features: the student in train mode, no gradient (spec §4 b)
-            aux = self.backbone(torch.cat([past, future]))["patches"].flatten(1, 2)  # (2n, N, D)
+        with torch.no_grad():  # auxiliary features: the student in train mode, no gradient (recipe §6.2)
+            aux = self.backbone(torch.cat([batch.past, batch.future]))["patches"].flatten(1, 2)  # (2n, N, D)
         aux_past, aux_future = aux.chunk(2)
-        cur = self.backbone(globals_, masks)
-        loc = self.backbone(locals_)
-        q = cur["patches"].flatten(1, 2)[aux_rows]  # (n, N, D): only masked crops are supervised
+        cur = self.backbone(batch.globals, batch.masks)
+        loc = self.backbone(batch.locals)
+        q = cur["patches"].flatten(1, 2)[batch.aux_rows]  # (n, N, D): only masked crops are supervised
         rec = self.pmm(torch.cat([aux_past, aux_future]), torch.cat([q, q]))  # (2n, N, D)
-        rec_past, rec_future = (r.flatten(0, 1)[aux_mask_index] for r in rec.chunk(2))  # (M, D) each
+        rec_past, rec_future = (r.flatten(0, 1)[batch.aux_mask_index] for r in rec.chunk(2))  # (M, D) each
         rows = [loc["cls"], cur["cls"], rec_past, rec_future]
         logits = self.dino_head(torch.cat(rows))  # one head call for every row (the reference makes two)
         local_logits, global_logits, past_logits, future_logits = logits.split([r.shape[0] for r in rows])
@@ -236,7 +233,7 @@ def update_teacher(teacher_params: list[torch.Tensor], student_params: list[torc
 @torch.no_grad()
 def teacher_targets(teacher: nn.ModuleDict, globals_: torch.Tensor, mask_index: torch.Tensor, centers: Centers,
                     temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher probabilities of a micro-batch (spec §4 a) and its contribution to the centres.
+    """Teacher probabilities of a micro-batch (docs/training-recipe.md §6.1) and its contribution to the centres.
 
     Args:
         teacher: the EMA teacher (eval mode).

@@ -1,4 +1,4 @@
-"""Parameter groups, AdamW and the schedules of the global step (spec §5).
+"""Parameter groups, AdamW and the schedules of the global step (docs/training-recipe.md §8).
 
 Schedules are arrays indexed by the optimizer step, as DINOv2's `CosineScheduler`: a linear
 warm-up (endpoint included) then a half cosine to the final value; past the end, the final value.
@@ -51,7 +51,7 @@ def scaled_lr(cfg: OptimConfig) -> float:
 
 
 def build_schedules(cfg: Config, epoch_length: int) -> Schedules:
-    """Every schedule of the run (spec §5.2) for `epochs * epoch_length` steps."""
+    """Every schedule of the run (docs/training-recipe.md §8.2) for `epochs * epoch_length` steps."""
     o, loss = cfg.optim, cfg.loss
     total = o.epochs * epoch_length
     warmup = o.warmup_epochs * epoch_length
@@ -72,12 +72,12 @@ def build_schedules(cfg: Config, epoch_length: int) -> Schedules:
     )
 
 
-# backbone parameters of layer 0: tcore's names, and the official `register_tokens` (the spec's rule)
+# backbone parameters of layer 0: tcore's names, and the official `register_tokens` (the recipe's rule, §8.3)
 _EMBEDDINGS = ("cls_token", "cls_pos_embed", "pos_embed", "reg_token", "register_tokens", "mask_token", "patch_embed")
 
 
 def param_multipliers(name: str, depth: int, cfg: OptimConfig, in_backbone: bool) -> tuple[float, float]:
-    """(lr multiplier, weight-decay multiplier) of one parameter (spec §5.3).
+    """(lr multiplier, weight-decay multiplier) of one parameter (docs/training-recipe.md §8.3).
 
     Backbone layer ids: the embeddings (cls_token, cls_pos_embed, pos_embed, reg_token, mask_token;
     `register_tokens` in the official names) and patch_embed.* -> 0, blocks.i.* -> i + 1, the rest

@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcore.files import write_text_atomic
 from training.data import scan_videos, write_manifest
 
 __all__ = ["VIDEO_EXTENSIONS", "select_frames", "extract_frames", "extract_all", "main"]
@@ -161,8 +162,7 @@ def extract_all(videos_dir: str | Path, frames_dir: str | Path, fps: float | Non
                              len(failures))
     report = dst / "failed.txt"
     if failures:
-        dst.mkdir(parents=True, exist_ok=True)
-        report.write_text("\n".join(failures) + "\n")
+        write_text_atomic(report, "\n".join(failures) + "\n")
     else:
         report.unlink(missing_ok=True)
     return done, skipped, failures

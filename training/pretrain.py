@@ -16,6 +16,11 @@ of samples, so one GPU with accumulation 4 trains on the same batches as 4 GPUs.
 One run per output folder: rank 0 holds `<output_dir>/tcore.lock` (tcore._lock.FolderLock) for the
 whole run, and a launch into a folder held by a live run stops with an error naming it. Every rank
 started by a launcher dies with it (training/lifecycle.py), so no rank outlives a killed torchrun.
+
+Reading order: the run's pieces (`TrainState`, `plan_steps`, `build_training`, `resume`, `save`),
+one training step (`forward_backward`, `optimizer_step`, `train_step`), the data, then `main` and
+`train`, whose loop is the whole run in a dozen lines. Logs and metrics: training/runlog.py; the
+micro-batch: training/batch.py.
 """
 from __future__ import annotations
 
@@ -32,10 +37,9 @@ if __name__ == "__main__":  # a rank dies with its launcher: armed first, before
 
 import argparse
 import contextlib
-import json
 import logging
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -43,19 +47,21 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tcore._lock import FolderLock, FolderLockedError
+from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, config_to_dict, load_config
-from training.data import (ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch,
-                           write_manifest)
-from training.dist import (DistInfo, all_reduce_mean, barrier, broadcast_from_main, cleanup_distributed,
-                           setup_distributed)
+from training.data import ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch, \
+    write_manifest
+from training.dist import DistInfo, barrier, broadcast_object, cleanup_distributed, setup_distributed
 from training.lifecycle import release_on_sigterm
 from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
-from training.model import (Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets,
-                            update_teacher)
+from training.model import Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets, \
+    update_teacher
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
+from training.runlog import RunLog
 
-__all__ = ["main", "train", "build_training", "forward_backward", "optimizer_step", "micro_seed"]
+__all__ = ["main", "train", "TrainState", "StepPlan", "build_training", "plan_steps", "resume", "train_step",
+           "forward_backward", "optimizer_step", "micro_seed", "save"]
 
 _logger = logging.getLogger("training")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,45 +74,79 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def micro_seed(seed: int, micro_batch: int) -> int:
-    """Torch seed of one micro-batch (drop path): a function of (seed, global micro-batch index)."""
-    return int(np.random.SeedSequence([seed, 4, micro_batch]).generate_state(1)[0])
+# ------------------------------------------------------------------------------- the run's pieces
 
+@dataclass
+class TrainState:
+    """Everything a step updates, and a checkpoint holds besides the config and the step.
 
-def forward_backward(model: torch.nn.Module, teacher: torch.nn.ModuleDict, centers: Centers, batch: dict,
-                     teacher_temp: float, cfg: Config, scale: float, scaler: torch.amp.GradScaler) -> LossTerms:
-    """Teacher targets, student forward, losses and backward of one micro-batch.
-
-    Args:
-        model: the Student, possibly DDP-wrapped (the caller handles no_sync).
-        batch: `to_device_batch` output.
-        scale: 1 / accumulation steps (the loss is averaged over micro-batches).
+    Attributes:
+        student: backbone + DINO head + PMM (gets the gradients; DDP wraps it, never this field).
+        teacher: EMA copy of the backbone and the head (eval mode, no gradients).
+        optimizer: AdamW over the student's parameter groups.
+        scaler: the gradient scaler (enabled with fp16 only).
+        centers: the DINO and iBOT softmax centres.
     """
-    device_type = batch["globals"].device.type
-    dtype = _DTYPES[cfg.train.precision]
-    with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-        cls_t, patch_t = teacher_targets(teacher, batch["globals"], batch["mask_index"], centers, teacher_temp)
-        out = model(batch["globals"], batch["locals"], batch["masks"], batch["aux_rows"], batch["aux_mask_index"],
-                    batch["past"], batch["future"])
-    terms = tcore_losses(out, cls_t, patch_t, batch["mask_weight"], cfg.loss)  # float32, outside autocast
-    scaler.scale(terms.total * scale).backward()
-    return terms
+
+    student: Student
+    teacher: torch.nn.ModuleDict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    centers: Centers
+
+    def __post_init__(self) -> None:
+        self.ema_pairs = teacher_pairs(self.student, self.teacher)  # (teacher, student) parameter lists
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "centers": self.centers.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.centers.load_state_dict(state["centers"])
 
 
-def optimizer_step(student: Student, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   clip: float) -> None:
-    """Unscale, clip each module's gradient norm separately (backbone, head, PMM), step, zero."""
-    scaler.unscale_(optimizer)
-    if clip > 0:
-        for module in (student.backbone, student.dino_head, student.pmm):
-            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+@dataclass(frozen=True)
+class StepPlan:
+    """How the global batch and the run are cut: every number here is printed at the start.
+
+    Attributes:
+        accum: micro-batches per rank and step (global batch = world x per-GPU batch x accum).
+        epoch_length: optimizer steps per epoch. total_steps: epochs x epoch_length (the schedules'
+        length). end_step: where this launch stops (train.stop_at_step, else total_steps).
+    """
+
+    accum: int
+    epoch_length: int
+    total_steps: int
+    end_step: int
 
 
-def build_training(cfg: Config, device: torch.device) -> tuple[Student, torch.nn.ModuleDict, torch.optim.Optimizer,
-                                                              torch.amp.GradScaler, Centers]:
+def plan_steps(cfg: Config, info: DistInfo, num_videos: int) -> StepPlan:
+    """Gradient accumulation and run length from the config, the world size and the data.
+
+    Raises:
+        ValueError: a global batch that the processes cannot split evenly, or too few videos.
+    """
+    o = cfg.optim
+    per_step = o.batch_size_per_gpu * info.world_size
+    if o.global_batch_size % per_step:
+        raise ValueError(f"optim.global_batch_size={o.global_batch_size} is not a multiple of "
+                         f"optim.batch_size_per_gpu={o.batch_size_per_gpu} x {info.world_size} processes")
+    epoch_length = num_videos // o.global_batch_size if o.epoch_length == "auto" else o.epoch_length
+    if epoch_length < 1:
+        raise ValueError(f"optim.epoch_length=auto: {num_videos} videos give no full global batch of "
+                         f"{o.global_batch_size}; lower optim.global_batch_size or set optim.epoch_length")
+    total = o.epochs * epoch_length
+    end = min(total, cfg.train.stop_at_step) if cfg.train.stop_at_step > 0 else total
+    return StepPlan(accum=o.global_batch_size // per_step, epoch_length=epoch_length, total_steps=total, end_step=end)
+
+
+def build_training(cfg: Config, device: torch.device) -> TrainState:
     """Precision flags, then student, EMA teacher, AdamW, grad scaler and centres, seeded by train.seed.
 
     With train.compile the models and loss kernels are compiled in place (state_dict names unchanged).
@@ -125,8 +165,116 @@ def build_training(cfg: Config, device: torch.device) -> tuple[Student, torch.nn
     if cfg.train.compile:
         compile_models(student, teacher)
         compile_loss_kernels()
-    return student, teacher, optimizer, scaler, centers
+    return TrainState(student, teacher, optimizer, scaler, centers)
 
+
+def resume(state: TrainState, cfg: Config, ckpt_dir: Path) -> int:
+    """Load the checkpoint train.resume names (auto: the latest in `ckpt_dir`; "": none) into `state`.
+
+    Returns:
+        The step to start from: the checkpoint's, or 0.
+
+    Raises:
+        ValueError: the checkpoint's model config differs from this run's.
+    """
+    path = latest_checkpoint(ckpt_dir) if cfg.train.resume == "auto" else cfg.train.resume or None
+    if path is None:
+        return 0
+    saved = load_checkpoint(path)
+    if saved["config"]["model"] != config_to_dict(cfg)["model"]:
+        raise ValueError(f"{path}: model config {saved['config']['model']} differs from this run's "
+                         f"{config_to_dict(cfg)['model']}")
+    state.load_state_dict(saved)
+    _logger.info("resumed from %s at step %d", path, int(saved["step"]))
+    return int(saved["step"])
+
+
+def save(state: TrainState, cfg: Config, ckpt_dir: Path, step: int, info: DistInfo,
+         lock: FolderLock | None) -> None:
+    """Rank 0 writes the checkpoint of `step` (atomically, keeping train.keep_last); every rank waits."""
+    if info.is_main:
+        lock.check()
+        rng = {"seed": cfg.train.seed,
+               "scheme": "all randomness derives from (seed, sample / micro-batch index); nothing else to restore"}
+        path = save_checkpoint(ckpt_dir, {"format_version": FORMAT_VERSION, "step": step, **state.state_dict(),
+                                          "config": config_to_dict(cfg), "rng": rng}, step, cfg.train.keep_last)
+        _logger.info("saved %s", path)
+    barrier(info)
+
+
+# ------------------------------------------------------------------------------- one training step
+
+def micro_seed(seed: int, micro_batch: int) -> int:
+    """Torch seed of one micro-batch (drop path): a function of (seed, global micro-batch index)."""
+    return int(np.random.SeedSequence([seed, 4, micro_batch]).generate_state(1)[0])
+
+
+def forward_backward(model: torch.nn.Module, teacher: torch.nn.ModuleDict, centers: Centers,
+                     batch: Batch | Mapping[str, torch.Tensor], teacher_temp: float, cfg: Config, scale: float,
+                     scaler: torch.amp.GradScaler) -> LossTerms:
+    """Teacher targets, student forward, losses and backward of one micro-batch.
+
+    Args:
+        model: the Student, possibly DDP-wrapped (the caller handles no_sync).
+        batch: the micro-batch on the device (`to_device_batch`); a mapping of `Batch`'s fields is
+            taken too.
+        scale: 1 / accumulation steps (the loss is averaged over micro-batches).
+    """
+    if not isinstance(batch, Batch):
+        batch = Batch(**batch)
+    dtype = _DTYPES[cfg.train.precision]
+    with torch.autocast(batch.globals.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        cls_t, patch_t = teacher_targets(teacher, batch.globals, batch.mask_index, centers, teacher_temp)
+        out = model(batch)
+    terms = tcore_losses(out, cls_t, patch_t, batch.mask_weight, cfg.loss)  # float32, outside autocast
+    scaler.scale(terms.total * scale).backward()
+    return terms
+
+
+def optimizer_step(student: Student, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip: float) -> None:
+    """Unscale, clip each module's gradient norm separately (backbone, head, PMM), step, zero."""
+    scaler.unscale_(optimizer)
+    if clip > 0:
+        for module in (student.backbone, student.dino_head, student.pmm):
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(model: torch.nn.Module, state: TrainState, next_batch: Callable[[], Batch], values: dict[str, float],
+               step: int, accum: int, cfg: Config, info: DistInfo) -> dict[str, torch.Tensor]:
+    """One optimizer step: `accum` micro-batches (gradients synchronised on the last one only), then
+    per-module clipping + AdamW, the EMA teacher and the centres.
+
+    Args:
+        model: `state.student`, or its DDP wrapper.
+        next_batch: the next micro-batch of this rank, on the device.
+        values: the schedules at `step` (lr, last_layer_lr, pmm_lr, weight_decay, momentum, teacher_temp).
+        step: the global step (seeds each micro-batch's drop path).
+
+    Returns:
+        The step's loss terms averaged over its micro-batches: device tensors, no sync.
+    """
+    apply_schedules(state.optimizer, values, cfg.optim.lr_groups)
+    terms: dict[str, torch.Tensor] = {}
+    for a in range(accum):
+        batch = next_batch()
+        torch.manual_seed(micro_seed(cfg.train.seed, (step * accum + a) * info.world_size + info.rank))
+        last = a == accum - 1
+        with model.no_sync() if info.distributed and not last else contextlib.nullcontext():
+            micro = forward_backward(model, state.teacher, state.centers, batch, values["teacher_temp"], cfg,
+                                     1 / accum, state.scaler)
+        for name, value in micro.as_dict().items():
+            terms[name] = terms.get(name, 0) + value.detach() / accum
+    optimizer_step(state.student, state.optimizer, state.scaler, cfg.optim.clip_grad)
+    update_teacher(*state.ema_pairs, values["momentum"])
+    state.centers.update(torch.distributed.all_reduce if info.distributed else None)
+    return terms
+
+
+# ------------------------------------------------------------------------------- data
 
 def _videos(cfg: Config, out_dir: Path, info: DistInfo) -> list[str]:
     """The manifest: data.manifest, else the run's own manifest.txt (written once, reused on resume)."""
@@ -139,40 +287,15 @@ def _videos(cfg: Config, out_dir: Path, info: DistInfo) -> list[str]:
     return read_manifest(path)
 
 
-def _setup_logging(info: DistInfo, out_dir: Path) -> list[logging.Handler]:
-    """Log lines of the `training` loggers to stdout (and log.txt on rank 0); the root logger is left alone."""
-    logger = logging.getLogger("training")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
-    logger.propagate = False
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if info.is_main:
-        handlers.append(logging.FileHandler(out_dir / "log.txt"))
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-    return handlers
+def _batches(cfg: Config, info: DistInfo, videos: list[str], plan: StepPlan, start: int) -> Callable[[], Batch]:
+    """This rank's micro-batches from step `start` on, each on the device: `next_batch()`."""
+    dataset = ClipBatchDataset(cfg, cfg.data.root, videos, cfg.optim.batch_size_per_gpu)
+    sampler = StepSampler(start, plan.end_step, plan.accum, info.rank, info.world_size)
+    items = iter(build_loader(dataset, sampler, cfg.data, pin_memory=info.device.type == "cuda"))
+    return lambda: to_device_batch(next(items), info.device, cfg.augment, cfg.train.channels_last)
 
 
-def _open_metrics(path: Path, start_step: int) -> Any:
-    """metrics.jsonl for appending, without the lines of steps after `start_step` (a resumed run redoes them)."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-        path.write_text("".join(line + "\n" for line in kept))
-    return open(path, "a")
-
-
-def _tensorboard(cfg: Config, out_dir: Path, info: DistInfo) -> Any:
-    if not (cfg.train.tensorboard and info.is_main):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: metrics.jsonl and the log still have everything
-        return None
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
+# ------------------------------------------------------------------------------- the run
 
 def _claim_output_dir(out_dir: Path, info: DistInfo) -> FolderLock | None:
     """Rank 0 locks `out_dir` (one run per output folder) before anything is written there; every
@@ -194,7 +317,7 @@ def _claim_output_dir(out_dir: Path, info: DistInfo) -> FolderLock | None:
             refusal = f"train.output_dir={out_dir}: {err}"
             print(f"training.pretrain: error: {refusal}", file=sys.stderr, flush=True)  # before the others exit
             lock = None
-    refusal = broadcast_from_main(refusal, info)
+    refusal = broadcast_object(refusal, info)
     if refusal is not None:
         raise FolderLockedError(refusal)
     if lock is not None:
@@ -225,131 +348,40 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -> None:
     """The run: data, model, resume, the loop, the export. Rank 0 holds `lock` and checks it
     before each write into `out_dir` (metrics, checkpoints, export)."""
-    handlers = _setup_logging(info, out_dir)
-    if lock is not None:
-        _logger.info("%s: held by this run (heartbeat every %g s)", lock.path, lock.heartbeat_every)
-    _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    device = info.device
-
-    # ---- data: the sample stream is global, split into micro-batches over ranks and accumulation
-    o = cfg.optim
-    per_step = o.batch_size_per_gpu * info.world_size
-    if o.global_batch_size % per_step:
-        raise ValueError(f"optim.global_batch_size={o.global_batch_size} is not a multiple of "
-                         f"optim.batch_size_per_gpu={o.batch_size_per_gpu} x {info.world_size} processes")
-    accum = o.global_batch_size // per_step
-    videos = _videos(cfg, out_dir, info)
-    epoch_length = len(videos) // o.global_batch_size if o.epoch_length == "auto" else o.epoch_length
-    if epoch_length < 1:
-        raise ValueError(f"optim.epoch_length=auto: {len(videos)} videos give no full global batch of "
-                         f"{o.global_batch_size}; lower optim.global_batch_size or set optim.epoch_length")
-    total_steps = o.epochs * epoch_length
-    schedules = build_schedules(cfg, epoch_length)
-    _logger.info("%d videos, %d processes x %d per micro-batch x %d accumulation = global batch %d; "
-                 "%d steps (%d epochs of %d), peak lr %.3g", len(videos), info.world_size, o.batch_size_per_gpu,
-                 accum, o.global_batch_size, total_steps, o.epochs, epoch_length, scaled_lr(o))
-
-    # ---- model, teacher, optimizer (same seed on every rank; DDP also broadcasts rank 0's weights)
-    student, teacher, optimizer, scaler, centers = build_training(cfg, device)
-    start_step = 0
-    ckpt_dir = out_dir / "checkpoints"
-    resume = latest_checkpoint(ckpt_dir) if cfg.train.resume == "auto" else cfg.train.resume or None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state["config"]["model"] != config_to_dict(cfg)["model"]:
-            raise ValueError(f"{resume}: model config {state['config']['model']} differs from this run's "
-                             f"{config_to_dict(cfg)['model']}")
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        centers.load_state_dict(state["centers"])
-        start_step = int(state["step"])
-        _logger.info("resumed from %s at step %d", resume, start_step)
-    model = DDP(student, device_ids=[info.local_rank] if device.type == "cuda" else None,
-                gradient_as_bucket_view=True) if info.distributed else student
-    t_params, s_params = teacher_pairs(student, teacher)
-
-    end_step = min(total_steps, cfg.train.stop_at_step) if cfg.train.stop_at_step > 0 else total_steps
-    dataset = ClipBatchDataset(cfg, cfg.data.root, videos, o.batch_size_per_gpu)
-    sampler = StepSampler(start_step, end_step, accum, info.rank, info.world_size)
-    batches = iter(build_loader(dataset, sampler, cfg.data, pin_memory=device.type == "cuda"))
-    writer = _tensorboard(cfg, out_dir, info)
-    metrics_file = _open_metrics(out_dir / "metrics.jsonl", start_step) if info.is_main else None
-
-    def checkpoint(step: int) -> None:
-        if info.is_main:
+    log = RunLog(cfg, info, out_dir, lock)
+    try:
+        if lock is not None:
+            _logger.info("%s: held by this run (heartbeat every %g s)", lock.path, lock.heartbeat_every)
+        _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        videos = _videos(cfg, out_dir, info)
+        plan = plan_steps(cfg, info, len(videos))
+        _logger.info("%d videos, %d processes x %d per micro-batch x %d accumulation = global batch %d; "
+                     "%d steps (%d epochs of %d), peak lr %.3g", len(videos), info.world_size,
+                     cfg.optim.batch_size_per_gpu, plan.accum, cfg.optim.global_batch_size, plan.total_steps,
+                     cfg.optim.epochs, plan.epoch_length, scaled_lr(cfg.optim))
+        state = build_training(cfg, info.device)  # same seed on every rank; DDP also broadcasts rank 0's weights
+        ckpt_dir = out_dir / "checkpoints"
+        start = resume(state, cfg, ckpt_dir)
+        model = DDP(state.student, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                    gradient_as_bucket_view=True) if info.distributed else state.student
+        schedules = build_schedules(cfg, plan.epoch_length)
+        next_batch = _batches(cfg, info, videos, plan, start)
+        log.start(start, plan.end_step, plan.total_steps)
+        for step in range(start, plan.end_step):
+            values = schedules.at(step)
+            log.add(train_step(model, state, next_batch, values, step, plan.accum, cfg, info))
+            done = step + 1
+            save_now = done == plan.end_step or (cfg.train.checkpoint_every > 0
+                                                 and done % cfg.train.checkpoint_every == 0)
+            if done % cfg.train.log_every == 0 or save_now:
+                log.write(done, values)
+            if save_now:
+                save(state, cfg, ckpt_dir, done, info, lock)
+        if info.is_main and plan.end_step == plan.total_steps and cfg.train.export_at_end:
             lock.check()
-            state = {"format_version": FORMAT_VERSION, "step": step, "student": student.state_dict(),
-                     "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "centers": centers.state_dict(), "config": config_to_dict(cfg),
-                     "rng": {"seed": cfg.train.seed, "scheme": "all randomness derives from (seed, sample / "
-                                                               "micro-batch index); nothing else to restore"}}
-            path = save_checkpoint(ckpt_dir, state, step, cfg.train.keep_last)
-            _logger.info("saved %s", path)
-        barrier(info)
-
-    # ---- the loop
-    log_sums: dict[str, torch.Tensor] = {}
-    t_log, steps_logged = time.perf_counter(), 0
-    for step in range(start_step, end_step):
-        values = schedules.at(step)
-        apply_schedules(optimizer, values, o.lr_groups)
-        for a in range(accum):
-            batch = to_device_batch(next(batches), device, cfg.augment, cfg.train.channels_last)
-            torch.manual_seed(micro_seed(cfg.train.seed, (step * accum + a) * info.world_size + info.rank))
-            last = a == accum - 1
-            with model.no_sync() if info.distributed and not last else contextlib.nullcontext():
-                terms = forward_backward(model, teacher, centers, batch, values["teacher_temp"], cfg, 1 / accum,
-                                         scaler)
-            for name, value in terms.as_dict().items():
-                log_sums[name] = log_sums.get(name, 0) + value.detach() / accum
-        optimizer_step(student, optimizer, scaler, o.clip_grad)
-        update_teacher(t_params, s_params, values["momentum"])
-        centers.update(torch.distributed.all_reduce if info.distributed else None)
-        steps_logged += 1
-        done = step + 1
-        save_now = done == end_step or (cfg.train.checkpoint_every > 0 and done % cfg.train.checkpoint_every == 0)
-        if done % cfg.train.log_every == 0 or save_now:
-            names = list(log_sums)
-            means = all_reduce_mean(torch.stack([log_sums[n] for n in names]) / steps_logged, info).tolist()  # sync
-            record = dict(zip(names, means))
-            if not np.isfinite(record["total"]):
-                raise FloatingPointError(f"step {done}: non-finite loss {record}; lower the lr or check the data")
-            elapsed = time.perf_counter() - t_log
-            record.update(step=done, lr=values["lr"], pmm_lr=values["pmm_lr"], wd=values["weight_decay"],
-                          momentum=values["momentum"], teacher_temp=values["teacher_temp"],
-                          samples_per_s=steps_logged * o.global_batch_size / elapsed)
-            if device.type == "cuda":
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-            if info.is_main:
-                lock.check()
-                eta = (end_step - done) * elapsed / steps_logged
-                _logger.info("step %d/%d  loss %.4f  (dino %.4f+%.4f koleo %.4f ibot %.4f/%.4f mse %.5f)  lr %.3g  "
-                             "wd %.3g  m %.5f  T %.4f  %.1f samples/s  eta %.1f h", done, total_steps, record["total"],
-                             record["dino_local"], record["dino_global"], record["koleo"], record["ibot_past"],
-                             record["ibot_future"], record["mse"], record["lr"], record["wd"], record["momentum"],
-                             record["teacher_temp"], record["samples_per_s"], eta / 3600)
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        if key != "step":
-                            writer.add_scalar(key, value, done)
-            log_sums, t_log, steps_logged = {}, time.perf_counter(), 0
-        if save_now:
-            checkpoint(done)
-
-    if info.is_main and end_step == total_steps and cfg.train.export_at_end:
-        lock.check()
-        export_teacher(load_checkpoint(latest_checkpoint(ckpt_dir)), out_dir / "export")
-    if metrics_file is not None:
-        metrics_file.close()
-    if writer is not None:
-        writer.close()
-    for handler in handlers:
-        logging.getLogger("training").removeHandler(handler)
-        handler.close()
+            export_teacher(load_checkpoint(latest_checkpoint(ckpt_dir)), out_dir / "export")
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Readers for the three benchmarks in their official layouts, and their ground truth.
+"""Readers for the three benchmarks in their official layouts, and their ground truth
+(docs/propagation-protocol.md §2; docs/evaluation.md).
 
 * DAVIS-2017 (semi-supervised VOS, val): ``<root>/JPEGImages/480p/<seq>/00000.jpg``,
   ``<root>/Annotations/480p/<seq>/00000.png`` (palette PNGs, 0 background, 1..K objects, 255 void)

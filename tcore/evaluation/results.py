@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +22,7 @@ import torch
 
 from .._lock import is_lock_file
 from .._version import __version__
+from ..files import write_text_atomic  # results are written through tcore's one atomic writer
 
 __all__ = [
     "COLUMNS",
@@ -81,7 +80,7 @@ def describe_model(model: Any) -> dict[str, Any]:
         "sha256" (file), "path" and "files" {name: sha256} (folder), "repo_id" (Hub), "name" (timm),
         "class" (module). A file whose sha256 equals a pinned registry entry also gets "release".
     """
-    from ..models import _looks_like_repo_id
+    from ..hub import is_repo_id
     from ..weights import default_tag, download, get_pretrained, list_tags, pinned_releases
 
     if model is None:
@@ -104,7 +103,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         return {"kind": "folder", "path": str(path.resolve()), "files": {p.name: _sha256(p) for p in files}}
-    if _looks_like_repo_id(text):
+    if is_repo_id(text):
         return {"kind": "hub", "repo_id": text}
     return {"kind": "timm", "name": text}
 
@@ -246,21 +245,7 @@ def _empty(folder: Path) -> None:
             path.unlink()
 
 
-# ------------------------------------------------------------------------------ atomic files
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+# ------------------------------------------------------------------------------ JSON files
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON values: tuples -> lists, numpy scalars/arrays -> Python, NaN/inf -> None."""

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -23,6 +22,7 @@ import torch
 from .._lock import FolderLock, FolderLockedError
 from .._outputs import check_output_folder, missing_folders, remove_if_empty
 from ..devices import resolve_device
+from ..distributed import DistInfo, all_gather_objects, broadcast_object, torchrun_env
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
 from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_davis, read_jhmdb, read_vip
@@ -62,17 +62,6 @@ def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.Pa
     return _READERS[benchmark](root, list_file)
 
 
-@dataclass(frozen=True)
-class _Dist:
-    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: Any = None  # a gloo process group for the small object exchanges
-    owns_default_group: bool = False
-
-
 def shard_videos(videos: Sequence[_T], rank: int, world_size: int) -> list[_T]:
     """The videos rank `rank` of `world_size` predicts: every world_size-th, from the rank-th.
 
@@ -89,38 +78,33 @@ def shard_videos(videos: Sequence[_T], rank: int, world_size: int) -> list[_T]:
     return list(videos[rank::world_size])
 
 
-def _init_distributed() -> _Dist:
-    """Join the torchrun job when there is one (WORLD_SIZE > 1), or the process group already set up."""
+def _init_distributed() -> tuple[DistInfo, bool]:
+    """Join the torchrun job when there is one (WORLD_SIZE > 1), or the process group already set up.
+
+    Returns:
+        (where this process sits, with a gloo group for the object exchanges when the default
+        group is someone else's; whether this call created the default group, to destroy it after).
+    """
     import torch.distributed as dist
 
     if not dist.is_available():
-        return _Dist()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return DistInfo(), False
+    _, local_rank, world = torchrun_env()
     if dist.is_initialized():
         if dist.get_world_size() == 1:
-            return _Dist()
+            return DistInfo(), False
         group = dist.new_group(backend="gloo", timeout=_GROUP_TIMEOUT)
-        return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, group)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Dist()
+        return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), group=group), False
+    if world <= 1:
+        return DistInfo(), False
     # Only small Python objects are exchanged (status, counts, the summary): gloo on the CPU is enough.
     dist.init_process_group(backend="gloo", timeout=_GROUP_TIMEOUT)
-    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, None, owns_default_group=True)
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size()), True
 
 
-def _all_gather(dist_info: _Dist, value: Any) -> list[Any]:
-    if dist_info.world == 1:
-        return [value]
-    import torch.distributed as dist
-
-    values: list[Any] = [None] * dist_info.world
-    dist.all_gather_object(values, value, group=dist_info.group)
-    return values
-
-
-def _raise_if_any_failed(dist_info: _Dist, error: BaseException | None) -> None:
+def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> None:
     """Collective: every rank raises when one failed (its own error, or a note naming the rank)."""
-    messages = _all_gather(dist_info, None if error is None else f"{type(error).__name__}: {error}")
+    messages = all_gather_objects(None if error is None else f"{type(error).__name__}: {error}", dist_info)
     if error is not None:
         raise error
     failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
@@ -129,22 +113,12 @@ def _raise_if_any_failed(dist_info: _Dist, error: BaseException | None) -> None:
         raise RuntimeError(f"evaluation failed on rank {rank}: {message}")
 
 
-def _broadcast(dist_info: _Dist, value: Any) -> Any:
-    if dist_info.world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=dist_info.group)
-    return box[0]
-
-
-def _pick_device(device: str | torch.device | None, dist_info: _Dist) -> torch.device:
+def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
     """The requested device; under torchrun each rank takes its local GPU."""
     from ..propagation.features import pick_device
 
     picked = pick_device(device)
-    if picked.type == "cuda" and picked.index is None and dist_info.world > 1:
+    if picked.type == "cuda" and picked.index is None and dist_info.distributed:
         picked = torch.device("cuda", dist_info.local_rank % torch.cuda.device_count())
     return picked
 
@@ -265,7 +239,7 @@ def evaluate(
     results = check_output_folder(Path(out_dir).expanduser() / benchmark, "out_dir")
     _check_outside(results, dataset.root)
     created = missing_folders(results)
-    dist_info = _init_distributed()
+    dist_info, owns_default_group = _init_distributed()
     lock = None
     try:
         lock = _claim_results_folder(results, dist_info)
@@ -276,13 +250,13 @@ def evaluate(
         if lock is not None:
             lock.release()
             remove_if_empty(created)  # a run that failed before writing leaves no empty folders behind
-        if dist_info.owns_default_group:
+        if owns_default_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
 
 
-def _claim_results_folder(results: Path, dist_info: _Dist) -> FolderLock | None:
+def _claim_results_folder(results: Path, dist_info: DistInfo) -> FolderLock | None:
     """Rank 0 locks the results folder (one evaluation per folder) before anything is written or
     loaded; every rank learns the outcome (a collective).
 
@@ -300,13 +274,13 @@ def _claim_results_folder(results: Path, dist_info: _Dist) -> FolderLock | None:
             lock.acquire()
         except FolderLockedError as err:
             lock, refusal = None, f"out_dir: {err}"
-    refusal = _broadcast(dist_info, refusal)
+    refusal = broadcast_object(refusal, dist_info)
     if refusal is not None:
         raise FolderLockedError(refusal)
     return lock
 
 
-def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | None, *, model: Any, overwrite: bool,
+def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None, *, model: Any, overwrite: bool,
          device: str | torch.device | None, batch_size: int, precision: str, size: tuple[int, int] | None,
          progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -334,14 +308,14 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | N
                         "paper's split; pass --list (list_file=) with the official %s_vallist.txt to reproduce it",
                         benchmark, len(dataset.videos), dataset.root, benchmark)
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
-    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world)
+    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world_size)
     todo = [v for v in mine if not bench.is_finished(results, v)]
     if len(todo) < len(mine):
         _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
                      benchmark, len(mine) - len(todo), len(mine), results)
     error = None
     try:
-        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world})" if dist_info.world > 1 else "")
+        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world_size})" if dist_info.distributed else "")
         with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
                   desc=desc, unit="video", dynamic_ncols=True) as bar:
             for video in todo:
@@ -351,7 +325,7 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | N
                 bar.update(1)
     except Exception as err:  # every rank must learn that one failed, or the others wait forever
         error = err
-    counts = _all_gather(dist_info, (len(mine) - len(todo), len(todo)))
+    counts = all_gather_objects((len(mine) - len(todo), len(todo)), dist_info)
     _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
 
     summary = None
@@ -378,14 +352,14 @@ def _run(dataset: Dataset, results: Path, dist_info: _Dist, lock: FolderLock | N
             "protocol": protocol,
             "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
             "notes": _notes(dataset, size, precision) + list(scored.notes),
-            "world_size": dist_info.world,
+            "world_size": dist_info.world_size,
             "out_dir": str(results),
             "manifest": json.loads((results / MANIFEST_NAME).read_text()),
             "files": [str(results / n) for n in (*scored.files, SUMMARY_NAME)],
         }
         write_json_atomic(results / SUMMARY_NAME, summary)
         summary = json.loads((results / SUMMARY_NAME).read_text())  # the JSON form: plain lists, NaN -> None
-    return _broadcast(dist_info, summary)
+    return broadcast_object(summary, dist_info)
 
 
 def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import write_atomic
 from ..metrics import davis_scores
 from .benchmarks import Benchmark, RunSettings, Scored, _missing_output, _naming, _partial, _publish
 from .datasets import Dataset, DatasetError, Video, frame_names, read_index_png
@@ -262,17 +263,16 @@ class _Vos(Benchmark):
 
     def _write_submission(self, dataset: Dataset, out: Path) -> Path:
         """The zip the evaluation server takes, written atomically; returns its path."""
-        path = out / SUBMISSION_NAME
-        tmp = out / f".{SUBMISSION_NAME}.tmp"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for video in dataset.videos:
-                for name in sorted(video.keep):
-                    png = self.output(out, video) / f"{name}.png"
-                    if not png.is_file():
-                        raise _missing_output(self.name, video, png)
-                    archive.write(png, f"{self.zip_prefix}{video.name}/{name}.png")
-        os.replace(tmp, path)
-        return path
+        def write(tmp: str) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for video in dataset.videos:
+                    for name in sorted(video.keep):
+                        png = self.output(out, video) / f"{name}.png"
+                        if not png.is_file():
+                            raise _missing_output(self.name, video, png)
+                        archive.write(png, f"{self.zip_prefix}{video.name}/{name}.png")
+
+        return write_atomic(out / SUBMISSION_NAME, write)
 
 
 VOS_BENCHMARKS: dict[str, Benchmark] = {"ytvos": _Vos("ytvos", "Annotations/"), "mose": _Vos("mose", "")}

@@ -1,45 +1,22 @@
-"""Helpers shared by the I/O modules: tensors without importing torch, and error descriptions."""
+"""Helpers shared by the I/O modules: paths, file order, and (from `tcore._arrays`, the one conversion
+module) tensors without importing torch and error descriptions."""
 from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .._arrays import as_numpy, describe, is_tensor
 
 __all__ = ["as_numpy", "describe", "is_path", "is_tensor", "natural_key"]
 
 _DIGITS = re.compile(r"(\d+)")
 
 
-def is_tensor(x: Any) -> bool:
-    """True when `x` is a torch tensor (never imports torch: a tensor implies torch is loaded)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def is_path(x: Any) -> bool:
     """True for `str` and `os.PathLike` sources."""
     return isinstance(x, (str, os.PathLike))
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    """A numpy view or copy of a numpy array or a torch tensor (detached, moved to the CPU)."""
-    if is_tensor(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def describe(x: Any) -> str:
-    """A short description of a value for error messages: type, shape and dtype when it has them."""
-    if isinstance(x, np.ndarray) or is_tensor(x):
-        kind = "tensor" if is_tensor(x) else "array"
-        return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
-    if is_path(x):
-        return f"path {str(x)!r}"
-    return f"{type(x).__name__}"
 
 
 def natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:

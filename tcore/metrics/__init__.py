@@ -1,4 +1,5 @@
-"""Benchmark metrics of the label-propagation protocol, equal to the official evaluation code.
+"""Benchmark metrics of the label-propagation protocol, equal to the official evaluation code
+(docs/propagation-protocol.md §9).
 
 * DAVIS-2017 (semi-supervised): region similarity J, boundary F-measure F, their mean, recall and
   decay, as the official ``davis2017-evaluation`` computes them (`davis_scores`, `davis_summary`,

@@ -1,19 +1,7 @@
-"""Input checks shared by the metrics."""
+"""Input checks shared by the metrics (arrays and tensors are converted by `tcore._arrays`)."""
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import numpy as np
-
-
-def _is_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
 
 
 def _check_ndim(x: np.ndarray, name: str, ndim: int, layout: str) -> None:

@@ -1,5 +1,5 @@
 """DAVIS-2017 semi-supervised metrics: region similarity J, boundary F-measure F, their mean,
-recall and decay, bit-identical to the official davis2017-evaluation code.
+recall and decay, bit-identical to the official davis2017-evaluation code (docs/propagation-protocol.md §9.1).
 
 The boundary dilation is an exact binary dilation by the official disk, computed from shifted ORs
 on a crop around each object; every count is an integer, so every score equals the official one.
@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import _check_int, _check_ndim, _check_same_shape, _to_numpy
+from .._arrays import as_numpy
+from ._common import _check_int, _check_ndim, _check_same_shape
 
 __all__ = ["DAVIS_BOUNDARY_FRACTION", "DAVIS_GLOBAL_COLUMNS", "DAVIS_VOID_ID", "davis_boundary_radius", "davis_scores",
            "davis_summary", "format_davis_csv"]
@@ -234,7 +235,7 @@ def davis_scores(gt: Any, pred: Any, *, device: Any = None) -> dict[str, Any]:
     Raises:
         ValueError: wrong shapes or dtypes, fewer than 3 frames, or predicted ids above K.
     """
-    gt, pred = _to_numpy(gt), _to_numpy(pred)
+    gt, pred = as_numpy(gt), as_numpy(pred)
     for x, name in ((gt, "gt"), (pred, "pred")):
         _check_ndim(x, name, 3, "(T, H, W): the frames of one sequence stacked")
         _check_int(x, name)

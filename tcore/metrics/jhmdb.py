@@ -1,5 +1,5 @@
 """JHMDB pose propagation: PCK@alpha per joint, pooled over frames and videos, mean over joints,
-as T-CoRe's eval_pck.py computes it."""
+as T-CoRe's eval_pck.py computes it (docs/propagation-protocol.md §9.2)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import _to_numpy
+from .._arrays import as_numpy
 
 __all__ = ["PCK_ALPHAS", "PCKAccumulator", "pck"]
 
@@ -64,7 +64,7 @@ class PCKAccumulator:
             ValueError: wrong shapes, a joint count that differs from earlier videos, or
                 gt_visible given with visibility="prediction".
         """
-        gt, pred = _to_numpy(gt).astype(np.float64), _to_numpy(pred).astype(np.float64)
+        gt, pred = as_numpy(gt).astype(np.float64), as_numpy(pred).astype(np.float64)
         if gt.ndim != 3 or gt.shape[-1] != 2:
             raise ValueError(f"gt must have shape (T, K, 2) with (x, y) last, got {tuple(gt.shape)}; "
                              f"transpose JHMDB's pos_img (2, K, T) with .transpose(2, 1, 0)")
@@ -89,7 +89,7 @@ class PCKAccumulator:
             return ~(pred[..., 0] < 0)
         if gt_visible is None:
             return np.ones(pred.shape[:2], bool)
-        visible = _to_numpy(gt_visible)
+        visible = as_numpy(gt_visible)
         if visible.shape != pred.shape[:2]:
             raise ValueError(f"gt_visible must have shape (T, K) = {pred.shape[:2]}, "
                              f"got {visible.shape}")

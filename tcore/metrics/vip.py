@@ -1,12 +1,13 @@
 """VIP part propagation: mean IoU over 20 classes from one global confusion matrix, as T-CoRe's
-eval_vip.py computes it."""
+eval_vip.py computes it (docs/propagation-protocol.md §9.3)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from ._common import _check_int, _check_same_shape, _to_numpy
+from .._arrays import as_numpy
+from ._common import _check_int, _check_same_shape
 
 __all__ = ["VIP_CLASSES", "MIoUAccumulator"]
 
@@ -52,7 +53,7 @@ class MIoUAccumulator:
             ValueError: wrong shapes or dtypes, or a predicted id outside [0, C) (the reference
                 exits on ids above 20 and miscounts an id of 20).
         """
-        gt, pred = _to_numpy(gt), _to_numpy(pred)
+        gt, pred = as_numpy(gt), as_numpy(pred)
         _check_int(gt, "gt", allow_negative=True)
         _check_int(pred, "pred")
         _check_same_shape(gt, pred)

@@ -1,6 +1,6 @@
 """The label-propagation engine: T-CoRe's semi-supervised protocol, exact and streaming.
 
-The protocol (spec `propagation-protocol.md` §5-§7). For a target frame t >= 1 and each of its
+The protocol (docs/propagation-protocol.md §5–§7). For a target frame t >= 1 and each of its
 h*w query cells, the keys are the cells of
 
 * frame 0, once, unrestricted;
@@ -14,7 +14,8 @@ keys of this multiset (duplicates count) get softmax weights, and the query's so
 weighted sum of their soft labels. Predictions are fed back as soft context labels; frame 0's
 output is its own labels.
 
-How it is computed here (same top-k multisets and weights, far less work; spec §13):
+How it is computed here (same top-k multisets and weights, far less work;
+docs/propagation-protocol.md §10: the argument in §10.3–§10.4, the numerics in §10.6):
 
 * Frame 0: one score block serves both the unrestricted copy and the restricted ones. Its top-K
   candidates are expanded by their multiplicity (1 + copies inside the radius, 1 outside), capped

@@ -1,4 +1,5 @@
-"""Frames -> L2-normalised patch features on the device, in batches, each frame once.
+"""Frames -> L2-normalised patch features on the device, in batches, each frame once
+(docs/propagation-protocol.md §3).
 
 Preprocessing is the paper's: uint8 RGB -> float in [0, 1] -> bilinear resize (half-pixel centres,
 no antialias; only when the size changes) -> ImageNet normalisation -> backbone -> final-normed

@@ -1,4 +1,5 @@
-"""Label conversions at the feature grid, exactly as the paper's evaluation does them.
+"""Label conversions at the feature grid, exactly as the paper's evaluation does them
+(docs/propagation-protocol.md §4 and §8).
 
 In: object ids -> OpenCV's nearest resize to the working size -> soft one-hot at the grid (each
 cell = the mean of the 2x2 centre pixels of its patch, i.e. OpenCV/torch bilinear downscaling by

@@ -1,4 +1,5 @@
-"""Protocol constants of the paper's three benchmarks, and the working size of a video.
+"""Protocol constants of the paper's three benchmarks, and the working size of a video
+(docs/propagation-protocol.md §2 and §3.2).
 
 A preset fixes everything the paper's numbers depend on besides the features: the frame size rule,
 the propagation hyper-parameters and how predictions are resized back to the original frames.
