@@ -28,3 +28,17 @@ def tiny_backbone():
 
     torch.manual_seed(0)
     return tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny T-CoRe ViT (dim 32, depth 1, 2 heads) as a save_pretrained folder: what
+    `--model PATH` and `model=` take. Shared by the whole session: tests only read it."""
+    import torch
+
+    import tcore
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(str(folder))
+    return folder

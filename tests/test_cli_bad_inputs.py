@@ -19,21 +19,11 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-import tcore
 from tcore._lock import LOCK_NAME, FolderLock
 from tcore.cli import main
 from tcore.io import DAVIS_PALETTE
 
 _NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random tiny T-CoRe ViT as a save_pretrained folder."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(str(folder))
-    return folder
 
 
 def _frames(folder: Path, size=(48, 64), n: int = 3, mode: str = "RGB") -> Path:

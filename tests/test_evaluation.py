@@ -109,15 +109,6 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random tiny T-CoRe ViT saved as a save_pretrained folder (what `--model PATH` takes)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
 def davis_root(tmp_path_factory) -> Path:
     return _write_davis(tmp_path_factory.mktemp("davis"))
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import tcore
@@ -71,14 +70,6 @@ def _write_mose(root: Path, *, full_gt: bool = False) -> Path:
             if t == 0 or full_gt:
                 _png(root / "valid" / "Annotations" / name / f"{t:05d}.png", masks[t])
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(str(folder))
-    return folder
 
 
 def _run(benchmark: str, root: Path, model: Path, out: Path, **kwargs) -> dict:

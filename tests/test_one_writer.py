@@ -17,24 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import tcore
 from tcore._lock import LOCK_NAME, FolderLock
 from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.io import DAVIS_PALETTE
 
 _TIMEOUT = 120  # seconds any process of these tests may take
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_model")
-    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(str(folder))
-    return folder
 
 
 def _palette_png(path: Path, ids: np.ndarray) -> None:
