@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcore._lock import LOCK_NAME, FolderLock
+from tcore._lock import LOCK_NAME, FolderLock, is_lock_file
 from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.io import DAVIS_PALETTE
@@ -59,8 +59,15 @@ def _wait_for(path: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def _listing(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+def _listing(folder: Path) -> dict[str, object]:
+    """Every file's size and modification time; the lock by its holder (its heartbeat rewrites it every 10 s)."""
+    def state(path: Path) -> object:
+        if path.name == LOCK_NAME:
+            return {k: v for k, v in json.loads(path.read_text()).items() if k != "heartbeat"}
+        return None if path.is_dir() else (path.stat().st_size, path.stat().st_mtime_ns)
+
+    return {str(p.relative_to(folder)): state(p) for p in sorted(folder.rglob("*"))
+            if p.name == LOCK_NAME or not is_lock_file(p.name)}  # not the heartbeat's passing temporary file
 
 
 # The first run, held before it predicts its first video until the test creates the file `go`.
