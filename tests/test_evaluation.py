@@ -440,8 +440,9 @@ def test_read_davis_on_the_shared_data_lists_the_val_sequences():
 @pytest.mark.slow
 def test_real_davis_with_dinov2_weights_gives_a_sensible_j_and_f(tmp_path, capsys):
     """car-shadow and dog, first 15 frames each (symlinked into the official layout to keep CI fast),
-    the davis preset (476x868 for patch 14), real DINOv2 ViT-S/14 weights. The full 40-frame run gives
-    J&F 0.807 (see docs/evaluation.md)."""
+    the davis preset (476x868 for patch 14), real DINOv2 ViT-S/14 weights: real objects are followed
+    far better than by copying the first mask (J&F 0.457 and 0.395 on these frames). The full
+    40-frame run gives J&F 0.807 (see docs/evaluation.md)."""
     data = shared_path("data", "davis")
     weights = shared_path("weights", "dinov2_vits14_imgfocus.safetensors")
     root = tmp_path / "davis"
@@ -461,7 +462,11 @@ def test_real_davis_with_dinov2_weights_gives_a_sensible_j_and_f(tmp_path, capsy
     print("\n" + out)
     assert summary["working_sizes"] == [[476, 868]]
     assert summary["scores"]["J&F-Mean"] >= 70.0
-    assert all(s["JF"][0] >= 0.65 for s in summary["details"]["per_sequence"].values())
+    for name, scores in summary["details"]["per_sequence"].items():
+        gt = np.stack([np.array(Image.open(p)) for p in sorted((root / "Annotations" / "480p" / name).glob("*.png"))])
+        copy = davis_scores(gt, np.repeat(gt[:1], len(gt), 0))["JF"][0]
+        print(f"{name}: J&F {scores['JF'][0]:.3f} (copying the first mask: {copy:.3f})")
+        assert scores["JF"][0] >= 0.65 and scores["JF"][0] >= copy + 0.3, name
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
-"""Propagation on real data with real features (DINOv2 ViT-S/14 from the shared test data): the paper's
-hyper-parameters follow real objects far better than copying the first mask. Skipped without
-the shared test data (failing instead in CI; see helpers.py)."""
+"""Propagation on real data with real features (DINOv2 ViT-S/14 from the shared test data): two
+objects through bmx-trees, an object that enters late, a video file with a soft mask, the demo.
+(J&F on real DAVIS sequences, against copying the first mask, is checked through `tcore eval` in
+test_evaluation.py.) Skipped without the shared test data (failing instead in CI; see helpers.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,6 @@ from helpers import shared_path
 from PIL import Image
 
 import tcore
-from tcore import metrics
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +28,6 @@ def _davis(seq: str) -> tuple:
     annotations = sorted((root / "Annotations" / "480p" / seq).glob("*.png"))
     gt = np.stack([np.array(Image.open(p)) for p in annotations])
     return frames, annotations, gt
-
-
-@pytest.mark.parametrize("seq", ["car-shadow", "dog"])
-def test_davis_sequence_beats_copying_the_first_mask_by_far(dinov2, seq):
-    frames, annotations, gt = _davis(seq)
-    masks = tcore.propagate_masks(frames, annotations[0], model=dinov2, progress=False)  # 476x854, top-7, r 20
-    ours = float(np.mean(metrics.davis_scores(gt, masks)["JF"]))
-    copy = float(np.mean(metrics.davis_scores(gt, np.repeat(gt[:1], len(gt), 0))["JF"]))
-    print(f"{seq}: J&F {ours:.3f} (copying the first mask: {copy:.3f})")
-    assert ours >= 0.70 and ours >= copy + 0.3
 
 
 @pytest.fixture(scope="module")
