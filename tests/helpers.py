@@ -7,6 +7,7 @@ never pass by skipping.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,10 @@ def golden_engine_cases():
         labels = torch.from_numpy(inputs.soft_labels(case["C"], case["h"], case["w"]))
         params = {key: case[key] for key in ("topk", "temperature", "radius", "n_context")}
         yield name, feats, labels, params, outputs[name]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,7 +12,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from PIL import Image
 import tcore
 from tcore.demo import make_demo_clip
 from tcore.pictures import FeaturePictures
+
+from helpers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -54,12 +55,6 @@ def _find_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny random model, the demo clip (small) as an mp4, its first mask, and bad uploads."""
@@ -80,7 +75,7 @@ def files(tmp_path_factory):
 def server(files):
     """`tcore app` on a free port of 127.0.0.1, with the tiny model selected."""
     _require("Gradio", _find_module("gradio"), 'pip install -e ".[test]"')
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "GRADIO_TEMP_DIR": str(files / "gradio")}
     log = open(files / "server.log", "w")

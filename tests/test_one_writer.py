@@ -24,6 +24,8 @@ from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.io import DAVIS_PALETTE
 
+from helpers import free_port
+
 _TIMEOUT = 120  # seconds any process of these tests may take
 
 
@@ -120,9 +122,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_under_torchrun_every_rank_stops_when_the_results_folder_is_in_use(davis_root, tiny_model, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "results"
     argv = ["eval", "davis", "--root", str(davis_root), "--model", str(tiny_model), "-o", str(out), "--size", "64",
             "96", "--device", "cpu", "--quiet"]
