@@ -46,6 +46,8 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .files import write_text_atomic
+
 __all__ = ["FolderLock", "FolderLockedError", "LockHolder", "LockLostError", "LOCK_NAME", "HEARTBEAT_EVERY_S",
            "STALE_AFTER_S", "is_lock_file"]
 
@@ -295,9 +297,7 @@ class FolderLock:
 
     def _write(self, me: LockHolder) -> None:
         """Replace the lock file's content by `me` atomically."""
-        tmp = self.path.with_name(f".{LOCK_NAME}.{me.token}.tmp")
-        tmp.write_text(json.dumps(asdict(me)))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(asdict(me)))  # its temporary file is one of is_lock_file's
 
     def _read(self) -> LockHolder | None:
         """The current holder; None if there is no lock file. A file still being created (empty or

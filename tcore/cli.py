@@ -79,7 +79,6 @@ def _propagate(args: argparse.Namespace) -> int:
     overlay = _overlay_file(args.overlay) if args.overlay else None
     _check_device(args.device)
     from ._outputs import staged_folder
-    from .files import write_atomic
     from .io import read_video
     from .propagation import iter_masks
 
@@ -89,22 +88,18 @@ def _propagate(args: argparse.Namespace) -> int:
                         device=args.device, batch_size=args.batch_size, precision=args.precision,
                         progress=not args.quiet)
     with staged_folder(out, "propagation") as staging:
-        if overlay is None:
-            n_written = _write_masks(stream, frames, staging, video, None)
-        else:  # the overlay appears whole or not at all; its temporary keeps the suffix that picks the codec
-            written: list[int] = []
-            write_atomic(overlay, lambda tmp: written.append(_write_masks(stream, frames, staging, video, Path(tmp))),
-                         temporary=overlay.with_name(f".{overlay.stem}.partial-{os.getpid()}{overlay.suffix}"))
-            n_written = written[0]
+        n_written = _write_masks(stream, frames, staging, video, overlay)
     print(f"wrote {n_written} masks to {out}" + (f" and {overlay}" if overlay else ""))
     return 0
 
 
 def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: Path | None) -> int:
-    """Write the stream's masks into `folder` (PNG writes overlap the propagation), and the overlay."""
+    """Write the stream's masks into `folder` (PNG writes overlap the propagation), and the overlay
+    (whole or not at all: its temporary file keeps the suffix that picks the codec)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from .files import write_atomic
     from .io import read_video, write_mask, write_overlay
 
     palette = stream.palette
@@ -121,7 +116,9 @@ def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: P
                 yield mask
 
         if overlay is not None:
-            write_overlay(overlay, read_video(video), masks(), palette=palette, fps=frames.fps or 10)
+            write_atomic(overlay, lambda tmp: write_overlay(tmp, read_video(video), masks(), palette=palette,
+                                                            fps=frames.fps or 10),
+                         temporary=overlay.with_name(f".{overlay.stem}.partial-{os.getpid()}{overlay.suffix}"))
         else:
             for _ in masks():
                 pass
