@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from tcore.evaluation.results import paper_scores
 from tcore.io import DAVIS_PALETTE
 from tcore.metrics import DAVIS_GLOBAL_COLUMNS, MIoUAccumulator, davis_scores
 
-from helpers import shared_path
+from helpers import free_port, shared_path
 
 SMALL = (64, 96)  # a working size that keeps the logic tests fast (not the paper's protocol)
 DAVIS_SEQUENCES = (("blobs", 5, 0), ("pair", 4, 1))
@@ -245,7 +244,11 @@ def test_results_inside_the_dataset_folder_are_refused(davis_root, tiny_model):
 
 @pytest.mark.parametrize("case", ["missing", "parent", "other_layout", "file"])
 def test_wrong_root_gives_one_clear_error_line(davis_root, jhmdb_root, tiny_model, tmp_path, capsys, case):
-    root = {"missing": tmp_path / "nothing", "parent": davis_root.parent, "other_layout": jhmdb_root,
+    # "parent": a folder holding the dataset (alone: pytest's shared base folder holds other tests' trees)
+    parent, dataset = tmp_path / "datasets", tmp_path / "datasets" / "DAVIS"
+    parent.mkdir()
+    dataset.symlink_to(davis_root, target_is_directory=True)
+    root = {"missing": tmp_path / "nothing", "parent": parent, "other_layout": jhmdb_root,
             "file": davis_root / "ImageSets" / "2017" / "val.txt"}[case]
     rc = main(["eval", "davis", "--root", str(root), "--model", str(tiny_model), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -254,7 +257,7 @@ def test_wrong_root_gives_one_clear_error_line(davis_root, jhmdb_root, tiny_mode
     assert str(root) in errors[0] and "https://davischallenge.org/davis2017/code.html" in errors[0]
     assert "JPEGImages/480p" in errors[0]
     if case == "parent":
-        assert f"Did you mean --root {davis_root}" in errors[0]
+        assert f"Did you mean --root {dataset}" in errors[0]
     if case == "other_layout":
         assert "no ImageSets/2017/val.txt" in errors[0]
     assert not (tmp_path / "out").exists()
@@ -377,12 +380,6 @@ def test_shard_videos_partitions_the_list_in_order():
         shard_videos(videos, 2, 2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_split_the_videos_and_return_the_single_process_summary(davis_root, tiny_model, tmp_path):
     script = textwrap.dedent("""
         import json, sys
@@ -391,7 +388,7 @@ def test_two_gloo_ranks_split_the_videos_and_return_the_single_process_summary(d
                                  device="cpu", progress=False)
         json.dump(summary, open(sys.argv[4], "w"))
     """)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
