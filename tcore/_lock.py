@@ -46,6 +46,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .errors import UserError
 from .files import write_text_atomic
 
 __all__ = ["FolderLock", "FolderLockedError", "LockHolder", "LockLostError", "LOCK_NAME", "HEARTBEAT_EVERY_S",
@@ -157,7 +158,7 @@ def _parse(text: str) -> LockHolder:
                       process=data.get("process"))
 
 
-class FolderLockedError(RuntimeError):
+class FolderLockedError(UserError, RuntimeError):
     """The folder is held by a live run (`holder`), or its lock file cannot be read (`holder` None)."""
 
     def __init__(self, message: str, holder: LockHolder | None = None):
@@ -165,7 +166,7 @@ class FolderLockedError(RuntimeError):
         self.holder = holder
 
 
-class LockLostError(RuntimeError):
+class LockLostError(UserError, RuntimeError):
     """Another run took the folder over from this holder (see `FolderLock.check`)."""
 
 

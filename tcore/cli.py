@@ -454,15 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_error(err: Exception) -> str | None:
     """The one line for an error a user can fix (bad input, a path, a busy folder, memory), or None
-    for anything else (a bug: its traceback is shown)."""
-    from ._lock import FolderLockedError, LockLostError
-    from .errors import CheckpointError, WeightsUnavailableError
+    for anything else (a bug: its traceback is shown). See tcore.errors for the rule."""
+    from .errors import user_error_message
 
-    if isinstance(err, (CheckpointError, WeightsUnavailableError, OSError, ValueError, TypeError, ImportError,
-                        FolderLockedError, LockLostError)):
-        return str(err)
-    if type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err):
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return (f"out of memory ({first}); use a smaller --size or --batch-size, or a device with more memory "
-                "(--device)")
-    return None
+    message = user_error_message(err, memory_fix="use a smaller --size or --batch-size, or a device with more "
+                                                 "memory (--device)")
+    if message is None and isinstance(err, (OSError, ValueError, TypeError, ImportError)):
+        return str(err)  # transitional: validators not yet raising tcore.errors.UserError (issue 19 removes this)
+    return message

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tcore.errors import InvalidInputError
+
 __all__ = [
     "ModelConfig", "DataConfig", "AugmentConfig", "MaskConfig", "LossConfig", "OptimConfig",
     "TrainConfig", "Config", "load_config", "config_from_dict", "config_to_dict", "ConfigError",
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """A config file or override that does not fit the schema."""
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidInputError
+
 __all__ = [
     "BENCHMARK_NAMES",
     "Dataset",
@@ -66,7 +68,7 @@ _LAYOUT_HELP = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInputError):
     """A dataset folder or list file that does not have the expected layout."""
 
 

@@ -22,6 +22,7 @@ import torch
 
 from .._lock import is_lock_file
 from .._version import __version__
+from ..errors import InvalidInputError
 from ..files import write_text_atomic  # results are written through tcore's one atomic writer
 
 __all__ = [
@@ -55,7 +56,7 @@ _PAPER_FIELDS = {"J&F-Mean": "davis_jf", "J-Mean": "davis_j", "F-Mean": "davis_f
                  "PCK@0.1": "jhmdb_pck01", "PCK@0.2": "jhmdb_pck02", "mIoU": "vip_miou"}
 
 
-class ManifestMismatchError(ValueError):
+class ManifestMismatchError(InvalidInputError):
     """The results folder holds outputs made by another model, protocol or tcore version."""
 
 

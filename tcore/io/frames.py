@@ -10,12 +10,13 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ._common import describe
 
 __all__ = ["FrameReadError", "VideoFrames"]
 
 
-class FrameReadError(ValueError):
+class FrameReadError(InvalidInputError):
     """A frame of a video could not be read, or differs in size from frame 0."""
 
 
