@@ -22,8 +22,10 @@ from typing import Any, Generic, Literal, TypeVar, Union, overload
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from ..precision import exact_fp32
 from .annotations import Annotations, MasksInput, read_annotations
+from .budget import check_working_size
 from .engine import Propagator
 from .features import FrameEncoder, pick_device
 from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
@@ -120,11 +122,13 @@ def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, 
 
     frames = read_video(video)
     if len(frames) < 2:
-        raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
+        raise InvalidInputError(f"video: propagation needs at least 2 frames, got {len(frames)}")
     device = pick_device(device)
     spec = get_preset(preset)
     backbone = load_backbone(model, device=device)
     work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
+    check_working_size(work, backbone, topk=spec.topk, n_context=spec.n_context, batch_size=batch_size,
+                       device=device)  # before any frame is decoded
     encoder = FrameEncoder(backbone, work, device, batch_size, precision)
     return _Setup(frames, encoder, spec, work, int(backbone.patch_size))
 
@@ -379,8 +383,9 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
             stretched: the paper's DAVIS protocol exactly), "jhmdb", "vip", or a `Preset` (e.g.
             `dataclasses.replace(tcore.PRESETS["davis"], topk=5)`) for other settings.
         size: (H, W) working size overriding the preset's size rule (floored to the patch size),
-            obeyed as given. Without it, a rule that gives more than `MAX_AUTO_TOKENS` (16384) patch
-            tokens per frame (an extreme aspect ratio) is an error that names a size that fits. Objects
+            obeyed as given when it can run (see `tcore.propagation.budget`: enough grid cells for the
+            top-k, and memory the device has). Without it, a rule that gives more than `MAX_AUTO_TOKENS`
+            (16384) patch tokens per frame (an extreme aspect ratio) is an error that names a size that fits. Objects
             that cover no cell of the feature grid where they are annotated are missing from the
             output: a warning (logger `tcore.propagation.api`) names them and a larger size.
         threshold: binarise grey or colour masks at this value (>= is object 1).
@@ -397,9 +402,13 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
         `Propagation` (masks, ids, palette, (T, C, h, w) float32 soft labels).
 
     Raises:
-        ValueError: a mask of another size, with no object, at a frame index out of range; a
+        InvalidInputError: a mask of another size, with no object, at a frame index out of range; a
             soft or anti-aliased mask; a video of fewer than 2 frames; an unreadable frame (named);
-            a working size above the token limit; a device that is not available.
+            a working size above the token limit, or whose feature grid has fewer cells than
+            the top-k; a device that is not available.
+        InsufficientMemoryError: a working size whose estimated memory exceeds the device's total
+            (named with the estimate and a size that fits), before any frame is decoded.
+        (Each is a `tcore.errors.UserError`; see `tcore.read_video` and `tcore.read_mask` for theirs.)
     """
     stream = _mask_items(video, masks, model=model, preset=preset, size=size, threshold=threshold, device=device,
                          batch_size=batch_size, precision=precision, progress=progress, soft=soft,
@@ -468,7 +477,7 @@ def propagate_keypoints(video: VideoInput, first_keypoints: np.ndarray, *, model
     """
     points = np.asarray(first_keypoints, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
-        raise ValueError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
+        raise InvalidInputError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
     setup = _setup(video, model, preset, size, device, batch_size, precision)
     h_img, w_img = setup.frames.size
     work, p = setup.work, setup.patch
