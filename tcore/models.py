@@ -22,7 +22,7 @@ from .backbone import Pretrained, TCoReBackbone, TimmViTBackbone
 from .checkpoint import (convert_state_dict, filter_pretrained_for_timm, find_architecture, load_checkpoint,
                          read_checkpoint)
 from .devices import resolve_device
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingFileError
 from .hub import CONFIG_NAME, fetch_folder, is_repo_id, read_config
 from .weights import default_tag, download, get_pretrained
 
@@ -76,8 +76,8 @@ def _build(arch: str, pretrained: bool | Pretrained | None, weights: str | None,
     if not path.exists() and is_repo_id(str(pretrained)):
         path = fetch_folder(str(pretrained))
     elif not path.exists():
-        raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
-                                f"'org/name' (release tags go to weights=, e.g. weights='in1k')")
+        raise MissingFileError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
+                               f"'org/name' (release tags go to weights=, e.g. weights='in1k')")
     model = create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch),
                                     pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     model.load_checkpoint(path)
@@ -207,7 +207,7 @@ def _from_folder(folder: Path, pos_interp: PosInterp | None, **kwargs: Any) -> B
         FileNotFoundError: a folder without config.json (the message lists the checkpoint files in it).
     """
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(_no_config_message(folder))
+        raise MissingFileError(_no_config_message(folder))
     architecture = read_config(folder).get("architecture")
     if architecture == "TCoReBackbone":
         return TCoReBackbone.from_pretrained(folder, **kwargs)
@@ -328,6 +328,6 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
     import timm
 
     if not text.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(text.partition(".")[0]):
-        raise FileNotFoundError(f"model={text!r}: no such file, and neither a tcore model "
-                                f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
+        raise MissingFileError(f"model={text!r}: no such file, and neither a tcore model "
+                               f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
     return _from_timm(text, checkpoint, pos_interp, **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .errors import CheckpointError, WeightsUnavailableError
+from .errors import CheckpointError, InvalidInputError, WeightsUnavailableError
 from .files import sha256sum
 
 __all__ = [
@@ -121,7 +121,7 @@ def list_tags(arch: str) -> list[str]:
 def default_tag(arch: str) -> str:
     """The tag `pretrained=True` loads when `weights=` is not given."""
     if arch not in _DEFAULT_TAGS:
-        raise ValueError(f"unknown model {arch!r}; released weights: {', '.join(list_models())}")
+        raise InvalidInputError(f"unknown model {arch!r}; released weights: {', '.join(list_models())}")
     return _DEFAULT_TAGS[arch]
 
 
@@ -133,13 +133,13 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     """
     arch, _, name_tag = name.partition(".")
     if tag is not None and name_tag and tag != name_tag:
-        raise ValueError(f"weights: {name!r} names tag {name_tag!r} but weights={tag!r} was given")
+        raise InvalidInputError(f"weights: {name!r} names tag {name_tag!r} but weights={tag!r} was given")
     if arch not in _PRETRAINED:
-        raise ValueError(f"unknown model {name!r}; released weights: {', '.join(list_models())}")
+        raise InvalidInputError(f"unknown model {name!r}; released weights: {', '.join(list_models())}")
     tag = tag or name_tag or default_tag(arch)
     if tag not in _PRETRAINED[arch]:
-        raise ValueError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
-                         f"(default {default_tag(arch)!r})")
+        raise InvalidInputError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
+                                f"(default {default_tag(arch)!r})")
     return _PRETRAINED[arch][tag]
 
 
