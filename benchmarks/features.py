@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 import tcore
-from tcore.propagation.features import pick_device
+from tcore.devices import resolve_device
 
 ARCHS = {"vits16": (tcore.tcore_vits16, dict(embed_dim=384, depth=12, num_heads=6)),
          "vitb16": (tcore.tcore_vitb16, dict(embed_dim=768, depth=12, num_heads=12))}
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed calls per cell (after one warm-up)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     print(f"device {device} | torch {torch.__version__} | input {args.size[0]}x{args.size[1]} | "
           f"threads {torch.get_num_threads()}")
     print("| model | batch | precision | tcore frames/s | timm frames/s | tcore / timm |")

@@ -385,8 +385,7 @@ def bench_pipeline(frames: int, arch: str, device: str, batch_size: int, unique:
     import tempfile
 
     from tcore.cli import main as cli
-    from tcore.propagation import api
-    from tcore.propagation.features import FrameEncoder
+    from tcore.propagation.encoder import _DECODE_WORKERS, FrameEncoder
     from tcore.propagation.labels import decode_ids
 
     dev = torch.device(device)
@@ -411,9 +410,9 @@ def bench_pipeline(frames: int, arch: str, device: str, batch_size: int, unique:
         decoded = list(frames_in)
         row("decode JPEG, 1 thread", time.perf_counter() - start, f"{jpeg_kb:.0f} kB/frame, 854x480")
         start = time.perf_counter()
-        for _ in frames_in.iter_threaded(api._DECODE_WORKERS):
+        for _ in frames_in.iter_threaded(_DECODE_WORKERS):
             pass
-        row(f"decode JPEG, {api._DECODE_WORKERS} threads", time.perf_counter() - start, "what the pipeline uses")
+        row(f"decode JPEG, {_DECODE_WORKERS} threads", time.perf_counter() - start, "what the pipeline uses")
         encoder = FrameEncoder(model, (480, 880), dev, batch_size)
         encoder(decoded[:batch_size])  # warm-up
         feats: list[torch.Tensor] = []

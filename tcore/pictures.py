@@ -10,8 +10,9 @@ One implementation for `tcore features` and the web app (`tcore app`):
   (before its top-k and temperature). Shown as a heat map over frame t, on a fixed scale
   (cosine 0 -> dark, 1 -> bright) so that frames can be compared.
 
-Features come from the propagation's `FrameEncoder` at the propagation's working size (the same
-preset and size rules), so the cells are the ones the engine matches.
+Features come from the propagation's encoder (`tcore.propagation.encoder.VideoEncoder`) at the
+propagation's working size (the same preset and size rules), so the cells are the ones the engine
+matches.
 
     >>> pictures = FeaturePictures("video.mp4", model="tcore_vits16")
     >>> rgb = pictures.pca_picture(5)                         # (H, W, 3) uint8
@@ -28,10 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .io import read_video, write_images
-from .models import load_backbone
-from .propagation.features import FrameEncoder, pick_device
-from .propagation.presets import get_preset, working_size
+from .io import write_images
+from .propagation.encoder import VideoEncoder
 
 __all__ = [
     "PCABasis",
@@ -193,12 +192,11 @@ class FeaturePictures:
     def __init__(self, video: Any, model: Any = None, preset: Any = None, size: tuple[int, int] | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8, precision: str = "fp32",
                  n_fit_frames: int = _N_FIT_FRAMES) -> None:
-        self.frames = read_video(video)
-        device = pick_device(device)
-        backbone = load_backbone(model, device=device)
-        work = working_size(tuple(self.frames.size), get_preset(preset), backbone.patch_size, size)
-        self.encoder = FrameEncoder(backbone, work, device, batch_size, precision)
-        self.patch_size = backbone.patch_size
+        opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device,
+                                   batch_size=batch_size, precision=precision)
+        self.frames = opened.frames
+        self.encoder = opened.encoder
+        self.patch_size = opened.patch_size
         self.n_fit_frames = n_fit_frames
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._basis: PCABasis | None = None

@@ -12,7 +12,7 @@ import tcore
 from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.pictures import FeaturePictures, affinity_map, fit_pca, heat_colours, pca_colours
-from tcore.propagation.features import FrameEncoder
+from tcore.propagation.encoder import FrameEncoder
 from tcore.propagation.presets import get_preset, working_size
 
 
@@ -82,6 +82,14 @@ def test_features_are_the_propagation_features_at_the_propagation_working_size(c
     pictures = FeaturePictures(clip, model=tiny, size=(64, 100), device="cpu")
     expected = FrameEncoder(tiny, (64, 96), torch.device("cpu"))([clip[2]])[0]
     torch.testing.assert_close(pictures.features(2), expected, rtol=0, atol=0)
+
+
+def test_pictures_open_the_video_as_the_propagation_does_preset_checked_before_the_model_loads(clip, monkeypatch):
+    import tcore.models
+
+    monkeypatch.setattr(tcore.models, "load_backbone", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match="preset='nope'"):
+        FeaturePictures(clip, preset="nope")
 
 
 def test_correspondence_map_peaks_at_the_clicked_point_in_frame_0(clip, tiny):

@@ -115,9 +115,7 @@ def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> No
 
 def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
     """The requested device; under torchrun each rank takes its local GPU."""
-    from ..propagation.features import pick_device
-
-    picked = pick_device(device)
+    picked = resolve_device(device)
     if picked.type == "cuda" and picked.index is None and dist_info.distributed:
         picked = torch.device("cuda", dist_info.local_rank % torch.cuda.device_count())
     return picked
