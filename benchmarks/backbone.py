@@ -6,8 +6,8 @@ same architecture as a stock one (4 registers, LayerScale, dynamic image size), 
 cost of what tcore adds on the way to `patch_tokens` (the class token's own position embedding, the
 (B, h, w, D) grid view, input checks). Target: ratio ~1.
 
-    python benchmarks/features.py                       # everything, on the best device
-    python benchmarks/features.py --models vits16 --batch 1 --precision fp32 --repeat 2   # quick CPU run
+    python benchmarks/backbone.py                       # everything, on the best device
+    python benchmarks/backbone.py --models vits16 --batch 1 --precision fp32 --repeat 2   # quick CPU run
 """
 from __future__ import annotations
 
