@@ -30,7 +30,7 @@ from ..pictures import FeaturePictures
 from .jobs import OBJECT_COLOURS, RANDOM_PREFIX, ModelCache, ids_from_layers, parse_size, propagate_to_files, \
     write_demo_clip
 
-__all__ = ["Page", "build_app", "launch_options"]
+__all__ = ["build_app", "launch_options"]
 
 MODEL_CHOICES = [
     ("T-CoRe ViT-S/16, Kinetics-400", "tcore_vits16"),
