@@ -36,11 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # tests/oracles.py
+from oracles import literal_propagation
 
-from oracles import literal_propagation  # noqa: E402
-
-import tcore  # noqa: E402
+import tcore
 
 Row = dict[str, object]
 
@@ -63,7 +61,7 @@ def first_labels(classes: int, h: int, w: int, seed: int, device: str) -> torch.
     return torch.softmax(3 * torch.randn(classes, h, w, generator=gen), dim=0).to(device)
 
 
-# --- the reference-style engine: the tests' oracle (tests/oracles.py), 100 queries at a time -----------
+# --- the reference-style engine: the tests' oracle (benchmarks/oracles.py), 100 queries at a time ------
 
 def reference_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7, temperature: float = 0.7,
                           radius: float = 20, n_context: int = 20) -> torch.Tensor:
