@@ -11,7 +11,7 @@ from PIL import Image
 import tcore
 from tcore.cli import main
 from tcore.demo import make_demo_clip
-from tcore.pictures import FeaturePictures, affinity_map, fit_pca, heat_colours, pca_colours
+from tcore.pictures import FeaturePictures, affinity_map, draw_heat_scale, fit_pca, heat_colours, pca_colours
 from tcore.propagation.encoder import FrameEncoder
 from tcore.propagation.presets import get_preset, working_size
 
@@ -133,6 +133,28 @@ def test_heat_colours_run_from_dark_to_bright_and_clip_outside_the_range():
     np.testing.assert_array_equal(rgb[0], rgb[1])
     np.testing.assert_array_equal(rgb[-1], rgb[-2])
     assert affinity_map(torch.tensor([1.0, 0.0]), torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])).tolist() == [[0.0, 1.0]]
+
+
+def test_heat_scale_is_a_labelled_bar_from_cosine_0_to_1_in_the_bottom_right_corner():
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    shown = draw_heat_scale(grey)
+    rows, cols = np.nonzero((shown != grey).any(-1))
+    assert rows.min() > 0.85 * 240 and cols.min() > 0.5 * 320  # one line, in the corner
+    dark, bright = (0, 0, 4), (252, 253, 191)  # heat_colours(0), heat_colours(1)
+    row = next(r for r in range(240) if (shown[r] == dark).all(-1).any())
+    start, stop = np.flatnonzero((shown[row] == dark).all(-1))[0], np.flatnonzero((shown[row] == bright).all(-1))[-1]
+    bar = shown[row, start:stop + 1].astype(int)
+    assert stop - start >= 24 and (np.diff(bar.sum(-1)) >= 0).all()  # dark (0) -> bright (1), left to right
+    white = (shown > 200).all(-1)  # white text (anti-aliased)
+    assert white[:, :start].any() and white[:, stop + 1:].any()  # the labels: "cosine 0" left, "1" right
+    small = np.zeros((30, 40, 3), np.uint8)
+    np.testing.assert_array_equal(draw_heat_scale(small), small)  # no room: unchanged
+
+
+def test_correspondence_pictures_carry_the_heat_scale(clip, tiny):
+    picture = FeaturePictures(clip, model=tiny, size=(64, 96)).correspondence_picture(1, (40, 30))
+    for end in ((0, 0, 4), (252, 253, 191)):  # the bar's ends: never produced by blending over a frame
+        assert (picture == end).all(-1).any()
 
 
 def test_tcore_features_writes_the_pca_and_the_point_videos(clip, tiny, tmp_path, capsys):

@@ -218,9 +218,9 @@ def _propagate_tab() -> dict[str, Any]:
 def _features_tab() -> dict[str, Any]:
     """The "Features" tab: frame t's PCA picture and the correspondence of a clicked point."""
     gr.Markdown("**Correspondence**: click a point of frame 0 to see its cosine affinity to every patch "
-                "of frame t, the score the propagation ranks (dark: 0 or less, bright: 1). **PCA**: the "
-                "first three principal components of frame t's patch features as RGB, fitted once on "
-                "frames spread over the video, so colours are stable over time.")
+                "of frame t, the score the propagation ranks (dark: 0 or less, bright: 1; the scale is in the "
+                "picture's corner). **PCA**: the first three principal components of frame t's patch features "
+                "as RGB, fitted once on frames spread over the video, so colours are stable over time.")
     with gr.Row():
         frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame t", scale=4, elem_id="frame-t")
         show = gr.Button("Show features", variant="primary", scale=1, elem_id="features-button")
