@@ -22,7 +22,8 @@ _EXAMPLES = {
     "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4   "
                  "(or a folder of masks named like the frames: tcore propagate frames/ annotations/ -o masks/)",
     "demo": "tcore demo --model path/to/checkpoint.pth",
-    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/ [--format timm]",
+    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/ [--format timm]   "
+               "(or: -o vits16.onnx --format onnx)",
     "inspect": "tcore inspect some_checkpoint.pth --json",
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
 }
@@ -308,10 +309,15 @@ def _check_device(device: str | None) -> None:
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
-    p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
-    p.add_argument("--format", default="tcore", choices=["tcore", "timm"],
+    p.add_argument("-o", "--output", required=True,
+                   help="folder to write config.json + model.safetensors (--format onnx: a file ending in .onnx)")
+    p.add_argument("--format", default="tcore", choices=["tcore", "timm", "onnx"],
                    help="tcore: TCoReBackbone.from_pretrained / tcore.load_backbone read it (default); "
-                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True)")
+                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True); "
+                        "onnx: one .onnx file, pixel_values (B,3,H,W) -> patch_tokens (B,H/p,W/p,D), cls_token "
+                        "(B,D), dynamic batch, height and width (extra [export])")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="--format onnx: fix the input size (multiples of the patch size; default: any size)")
     p.add_argument("--arch", default=None, choices=["tcore_vits16", "tcore_vitb16"],
                    help="tcore architecture (default: read from the checkpoint)")
     p.add_argument("--num-heads", type=int, default=None,
@@ -322,7 +328,12 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     _convert_args)
 def _convert(args: argparse.Namespace) -> int:
     source = _existing(args.checkpoint, "checkpoint")
-    _output_folder(args.output, "-o")
+    if args.format == "onnx":
+        from .export import check_onnx_output
+
+        check_onnx_output(args.output, "-o")  # the file name and the extra, before the model loads
+    else:
+        _output_folder(args.output, "-o")
     from .files import sha256sum
     from .models import load_backbone
 
@@ -331,6 +342,8 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         model = load_backbone(source, **({"num_heads": args.num_heads} if args.num_heads else {}))
     metadata = {"source": source.name, **({"source_sha256": sha256sum(source)} if source.is_file() else {})}
+    if args.format == "onnx":
+        return _write_onnx(model, args.output, args.size, metadata)
     if args.format == "timm":
         from .backbone import TCoReBackbone
         from .hub import export_for_timm
@@ -342,6 +355,20 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         model.save_pretrained(args.output, config=metadata)
     print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
+    return 0
+
+
+def _write_onnx(model: Any, output: str, size: list[int] | None, metadata: dict[str, str]) -> int:
+    """`tcore convert --format onnx` once the model is loaded: export, check, say what the file takes."""
+    from .export import check_export_size, export_onnx
+
+    p = int(model.patch_size)
+    fixed = check_export_size(size, p, "--size")
+    result = export_onnx(model, output, size=fixed, metadata=metadata)
+    sizes = f"any H, W multiples of {p}" if fixed is None else f"{fixed[0]}x{fixed[1]}"
+    print(f"wrote {result.path} (opset {result.opset}): pixel_values (B,3,H,W), {sizes} -> patch_tokens "
+          f"(B,H/{p},W/{p},{model.embed_dim}), cls_token (B,{model.embed_dim}); onnxruntime vs PyTorch at "
+          f"{'x'.join(map(str, result.check_shape))}: max |diff| {result.max_abs_error:.1e}")
     return 0
 
 
