@@ -232,8 +232,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
                         "(default: tcore_vits16, Kinetics-400)")
     p.add_argument("--list", dest="list_file", default=None,
-                   help="split list: the official jhmdb_vallist.txt / vip_vallist.txt (default: DAVIS "
-                        "ImageSets/2017/val.txt; JHMDB/VIP every clip found, which is not the paper's split)")
+                   help="another split: a list file, one video per line (default: the paper's split, shipped with "
+                        "tcore; DAVIS: the dataset's ImageSets/2017/val.txt when present)")
     p.add_argument("--split", default=None,
                    help="ytvos/mose: the split folder under --root (default: valid; train has ground truth)")
     p.add_argument("--overwrite", action="store_true",
