@@ -28,6 +28,8 @@ _EXAMPLES = {
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
 }
 
+_SIGPIPE_STATUS = 141  # 128 + SIGPIPE: the status of a Unix tool whose reader went away (as `yes | head`)
+
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
 
@@ -149,12 +151,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     result = run_demo(model=args.model, video=args.video, mask=args.mask, out_dir=args.output,
                       device=args.device, progress=not args.quiet, threshold=args.threshold)
-    if result.scores is not None:
-        s, c = result.scores, result.copy_scores
-        mean = lambda v: sum(v) / len(v)  # noqa: E731
-        print(f"{'':<24}{'J&F':>7}{'J':>7}{'F':>7}")
-        print(f"{'tcore propagation':<24}{mean(s['JF']):7.3f}{mean(s['J']):7.3f}{mean(s['F']):7.3f}")
-        print(f"{'copy the first mask':<24}{mean(c['JF']):7.3f}{mean(c['J']):7.3f}{mean(c['F']):7.3f}")
+    if result.scores is not None:  # percent with one decimal, as the paper and `tcore eval`
+        print(f"{'(percent)':<24}{'J&F':>7}{'J':>7}{'F':>7}")
+        for label, scores in (("tcore propagation", result.scores), ("copy the first mask", result.copy_scores)):
+            print(f"{label:<24}" + "".join(f"{100 * sum(scores[k]) / len(scores[k]):7.1f}" for k in ("JF", "J", "F")))
     print(f"wrote {result.mask_dir}/ and {result.overlay}")
     return 0
 
@@ -377,15 +377,22 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-@_command("inspect", "layout, keys, architecture and sha256 of a checkpoint")(_inspect_args)
+@_command("inspect", "what a checkpoint is, whether tcore.load_backbone loads it, its layout, keys, architecture "
+                     "and sha256")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
     path = _existing(args.checkpoint, "checkpoint")
     from .checkpoint import inspect_checkpoint
 
     report = inspect_checkpoint(path)
+    report = {"path": report.pop("path"), "what": report.pop("what"), "load_backbone": _load_backbone_verdict(path),
+              **report}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    name, strict = report.pop("matches"), report.pop("loads_strictly")
+    report["tcore_arch"] = f"{name} (loads strictly)" if name and strict else name or "none"
+    verdict = report["load_backbone"]
+    report["load_backbone"] = f"loads it: {verdict['as']}" if verdict["loads"] else f"fails: {verdict['error']}"
     width = max(len(k) for k in report)
     for key, value in report.items():
         if isinstance(value, dict):
@@ -394,6 +401,23 @@ def _inspect(args: argparse.Namespace) -> int:
             value = ", ".join(map(str, value))
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _load_backbone_verdict(path: Path) -> dict[str, Any]:
+    """Whether `tcore.load_backbone(path)` loads a file, and as what (it is tried: the honest answer)."""
+    from .errors import UserError
+    from .models import load_backbone
+
+    try:
+        model = load_backbone(path)
+    except UserError as err:
+        return {"loads": False, "error": str(err)}
+    if hasattr(model, "timm_name"):
+        what = (f"TimmViTBackbone, timm {model.timm_name} (patch {model.patch_size}, {model.num_register_tokens} "
+                f"registers, position resize {model.pos_interp!r})")
+    else:
+        what = f"{type(model).__name__}(" + ", ".join(f"{k}={v}" for k, v in model.arch.items()) + ")"
+    return {"loads": True, "as": what}
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:
@@ -430,11 +454,13 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(e) | {"name": e.name} for e in entries], indent=2))
         return 0
-    print(f"{'name':<20} {'data':<13} {'epochs':>6} {'DAVIS J&F':>9} {'VIP mIoU':>8} {'JHMDB PCK@.1':>12}  file")
+    print("the paper's numbers, percent: DAVIS-2017 val J&F, J, F; VIP mIoU; JHMDB PCK@0.1, PCK@0.2")
+    print(f"{'name':<18} {'data':<12} {'epochs':>6} {'J&F':>5} {'J':>5} {'F':>5} {'mIoU':>5} {'PCK@0.1':>7} "
+          f"{'PCK@0.2':>7}  file")
     for e in entries:
         s = e.scores
-        print(f"{e.name:<20} {e.data:<13} {e.epochs:>6} {s.davis_jf:>9.1f} {s.vip_miou:>8.1f} "
-              f"{s.jhmdb_pck01:>12.1f}  {e.repo_id}/{e.filename}")
+        print(f"{e.name:<18} {e.data:<12} {e.epochs:>6} {s.davis_jf:>5.1f} {s.davis_j:>5.1f} {s.davis_f:>5.1f} "
+              f"{s.vip_miou:>5.1f} {s.jhmdb_pck01:>7.1f} {s.jhmdb_pck02:>7.1f}  {e.repo_id}/{e.filename}")
     return 0
 
 
@@ -456,7 +482,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `tcore` command line; returns the exit status."""
+    """Run the `tcore` command line; returns the exit status.
+
+    A reader that goes away (`tcore models --json | head -1`) ends any command quietly with status
+    141 (128 + SIGPIPE), as Unix tools end.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return _SIGPIPE_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -467,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = _COMMANDS[args.command][1]
     try:
         return run(args)
+    except BrokenPipeError:  # the reader closed stdout: `main` ends quietly
+        raise
     except KeyboardInterrupt:
         _err("tcore: interrupted")
         return 130
