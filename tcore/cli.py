@@ -324,7 +324,8 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
                    help="attention heads, for sizes tcore does not know (weights do not record it)")
 
 
-@_command("convert", "official checkpoint -> a folder for tcore (or stock timm): model.safetensors + config.json")(
+@_command("convert", "official checkpoint -> a folder for tcore (or stock timm): model.safetensors + config.json; "
+                     "or one .onnx file (--format onnx)")(
     _convert_args)
 def _convert(args: argparse.Namespace) -> int:
     source = _existing(args.checkpoint, "checkpoint")
