@@ -26,6 +26,9 @@ _EXAMPLES = {
                "(or: -o vits16.onnx --format onnx)",
     "inspect": "tcore inspect some_checkpoint.pth --json",
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
+    "eval": "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/",
+    "features": "tcore features video.mp4 -o pca.mp4   (or: --point 320 200 -o match.gif)",
+    "app": "tcore app --port 7860",
 }
 
 _SIGPIPE_STATUS = 141  # 128 + SIGPIPE: the status of a Unix tool whose reader went away (as `yes | head`)
@@ -61,15 +64,18 @@ def _propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, preset: bool = True,
+                size_help: str = "working size (floored to the patch size)",
+                device_help: str = "cuda, mps or cpu (default: the best available)") -> None:
+    """--model, --preset (unless `preset` is False), --size, --device, --batch-size, --precision."""
     p.add_argument("--model", default=None,
                    help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
                         "(default: tcore_vits16, Kinetics-400)")
-    p.add_argument("--preset", default=None, choices=["davis", "jhmdb", "vip"],
-                   help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="working size (floored to the patch size)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    if preset:
+        p.add_argument("--preset", default=None, choices=["davis", "jhmdb", "vip"],
+                       help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help=size_help)
+    p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: faster on GPUs, not bit-exact (opt-in)")
@@ -161,10 +167,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ pictures and app
 
-_EXAMPLES["features"] = "tcore features video.mp4 -o pca.mp4   (or: --point 320 200 -o match.gif)"
-_EXAMPLES["app"] = "tcore app --port 7860"
-
-
 def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="frame folder or video file (mp4/webm/avi need the [video] extra)")
     p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or another video suffix) or OUT.gif")
@@ -218,9 +220,6 @@ def _app(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ evaluation
 
-_EXAMPLES["eval"] = "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/"
-
-
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", choices=["davis", "jhmdb", "vip", "ytvos", "mose"],
                    help="davis (DAVIS-2017 val, J&F), jhmdb (PCK) or vip (mIoU): the paper's preset of that name; "
@@ -228,9 +227,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="the dataset folder, in its official layout")
     p.add_argument("-o", "--output", default="tcore-eval",
                    help="results folder; outputs go to OUTPUT/BENCHMARK/, never into the dataset (default: tcore-eval)")
-    p.add_argument("--model", default=None,
-                   help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
-                        "(default: tcore_vits16, Kinetics-400)")
+    _model_args(p, preset=False,  # the benchmark's own preset
+                size_help="override the paper's working size (quick runs; not comparable with the paper)",
+                device_help="cuda, mps or cpu (default: the best available; under torchrun each rank its local GPU)")
     p.add_argument("--list", dest="list_file", default=None,
                    help="another split: a list file, one video per line (default: the paper's split, shipped with "
                         "tcore; DAVIS: the dataset's ImageSets/2017/val.txt when present)")
@@ -238,29 +237,22 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="ytvos/mose: the split folder under --root (default: valid; train has ground truth)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this benchmark's outputs in the results folder and start again (default: resume)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="override the paper's working size (quick runs; not comparable with the paper)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available; "
-                                                  "under torchrun each rank its local GPU)")
-    p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: faster on GPUs, not bit-exact (opt-in)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 @_command("eval", "run a benchmark (the paper's DAVIS-2017, JHMDB, VIP; YouTube-VOS; MOSE)")(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
-    import os
-
     _output_folder(args.output, "-o")
     _check_device(args.device)
+    from .distributed import torchrun_env
     from .evaluation import evaluate, format_table
 
     summary = evaluate(args.benchmark, args.root, model=args.model, out_dir=args.output, list_file=args.list_file,
                        split=args.split, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
                        precision=args.precision, size=tuple(args.size) if args.size else None,
                        progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    rank, _, _ = torchrun_env()
+    if rank != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_table(summary))
     if summary["n_resumed"]:

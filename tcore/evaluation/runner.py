@@ -115,9 +115,7 @@ def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> No
 
 def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
     """The requested device; under torchrun each rank takes its local GPU."""
-    from ..propagation.features import pick_device
-
-    picked = pick_device(device)
+    picked = resolve_device(device)
     if picked.type == "cuda" and picked.index is None and dist_info.distributed:
         picked = torch.device("cuda", dist_info.local_rank % torch.cuda.device_count())
     return picked
@@ -301,8 +299,7 @@ def _claim_results_folder(results: Path, dist_info: DistInfo) -> FolderLock | No
 def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None, *, model: Any, overwrite: bool,
          device: str | torch.device | None, batch_size: int, precision: str, size: tuple[int, int] | None,
          progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+    """`evaluate` once the arguments are checked and rank 0 holds the results folder."""
     from ..models import load_backbone
 
     benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
@@ -324,25 +321,7 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
     if is_main and benchmark in _PAPER_BENCHMARKS and not dataset.official_split:
         _logger.warning("%s: NOT the paper's split (%s)", benchmark, _split_note(dataset))
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
-    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world_size)
-    todo = [v for v in mine if not bench.is_finished(results, v)]
-    if len(todo) < len(mine):
-        _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
-                     benchmark, len(mine) - len(todo), len(mine), results)
-    error = None
-    try:
-        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world_size})" if dist_info.distributed else "")
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
-                  desc=desc, unit="video", dynamic_ncols=True) as bar:
-            for video in todo:
-                if lock is not None:
-                    lock.check()  # a run whose folder was taken over (a frozen node) stops writing
-                _predict(bench, video, backbone, results, settings)
-                bar.update(1)
-    except Exception as err:  # every rank must learn that one failed, or the others wait forever
-        error = err
-    counts = all_gather_objects((len(mine) - len(todo), len(todo)), dist_info)
-    _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
+    counts = _predict_shard(dataset, results, dist_info, lock, backbone, settings)
 
     summary = None
     if is_main:
@@ -377,6 +356,38 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
         write_json_atomic(results / SUMMARY_NAME, summary)
         summary = json.loads((results / SUMMARY_NAME).read_text())  # the JSON form: plain lists, NaN -> None
     return broadcast_object(summary, dist_info)
+
+
+def _predict_shard(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None,
+                   backbone: torch.nn.Module, settings: RunSettings) -> list[tuple[int, int]]:
+    """Predict this rank's unfinished videos; a collective (every rank raises when one failed).
+
+    Returns:
+        (videos resumed, videos predicted) of each rank, by rank.
+    """
+    from tqdm.auto import tqdm
+
+    benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
+    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world_size)
+    todo = [v for v in mine if not bench.is_finished(results, v)]
+    if len(todo) < len(mine):
+        _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
+                     benchmark, len(mine) - len(todo), len(mine), results)
+    error = None
+    try:
+        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world_size})" if dist_info.distributed else "")
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
+                  desc=desc, unit="video", dynamic_ncols=True) as bar:
+            for video in todo:
+                if lock is not None:
+                    lock.check()  # a run whose folder was taken over (a frozen node) stops writing
+                _predict(bench, video, backbone, results, settings)
+                bar.update(1)
+    except Exception as err:  # every rank must learn that one failed, or the others wait forever
+        error = err
+    counts = all_gather_objects((len(mine) - len(todo), len(todo)), dist_info)
+    _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
+    return counts
 
 
 def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:
