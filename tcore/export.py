@@ -30,7 +30,8 @@ from ._version import __version__
 from .architecture import FeatureAPI
 from .errors import InvalidInputError, InvalidTypeError, MissingDependencyError
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxExport", "check_export_size", "check_onnx_output", "export_onnx", "export_program"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxExport", "check_export_size", "check_onnx_output", "export_onnx",
+           "export_program"]
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("patch_tokens", "cls_token")
@@ -57,6 +58,11 @@ def _check_backbone(backbone: Any, argument: str) -> nn.Module:
         raise InvalidTypeError(f"{argument}: expected a tcore backbone (tcore.load_backbone(...) makes one from a "
                                f"name, a file or a timm ViT), got {type(backbone).__name__}")
     return backbone
+
+
+def _exported_module(backbone: nn.Module) -> _DenseFeatures:
+    """What is traced: a float32, CPU, eval-mode copy of the backbone (the caller's model is left as it is)."""
+    return _DenseFeatures(copy.deepcopy(backbone).float().cpu()).eval()
 
 
 def check_export_size(size: Any, patch_size: int, argument: str = "size") -> tuple[int, int] | None:
@@ -105,7 +111,8 @@ def export_program(backbone: nn.Module, *, size: tuple[int, int] | None = None) 
     """`torch.export` of a backbone's dense features (see the module docstring for inputs/outputs).
 
     Args:
-        backbone: a tcore backbone (`TCoReBackbone`, or any ViT from `tcore.load_backbone`), on the CPU.
+        backbone: a tcore backbone (`TCoReBackbone`, or any ViT from `tcore.load_backbone`); a
+            float32, CPU, eval-mode copy of it is exported (the model itself is left as it is).
         size: None for a dynamic height and width (multiples of the patch size, at least 2 patches
             each: torch.export specialises sizes 0 and 1), or a fixed (H, W) in pixels. The batch is
             dynamic either way.
@@ -121,7 +128,7 @@ def export_program(backbone: nn.Module, *, size: tuple[int, int] | None = None) 
     patch = int(backbone.patch_size)
     size = check_export_size(size, patch)
     _require_exporter()
-    module = _DenseFeatures(backbone).eval()
+    module = _exported_module(backbone)
     with torch.no_grad():
         return torch.export.export(module, (_trace_input(patch, size),),
                                    dynamic_shapes=_dynamic_shapes(patch, size), strict=False)
@@ -194,10 +201,12 @@ def export_onnx(backbone: nn.Module, path: str | os.PathLike, *, size: tuple[int
     The graph takes ``pixel_values`` and gives ``patch_tokens`` and ``cls_token`` (see the module
     docstring). It is exported with torch's dynamo exporter at torch's default opset and checked
     with onnxruntime against PyTorch at an input of another batch and size than the traced one, so
-    a graph that silently fixed a size would fail. The file is written atomically.
+    a graph that silently fixed a size would fail. The file is written atomically, and only when it
+    passes that check.
 
     Args:
-        backbone: a tcore backbone (`TCoReBackbone`, or any ViT from `tcore.load_backbone`).
+        backbone: a tcore backbone (`TCoReBackbone`, or any ViT from `tcore.load_backbone`); a
+            float32, CPU, eval-mode copy of it is exported (the model itself is left as it is).
         path: the file to write, ending in .onnx.
         size: None (dynamic height and width: any multiple of the patch size) or a fixed (H, W).
         metadata: extra string entries for the file's `metadata_props` (e.g. the source checkpoint);
@@ -216,27 +225,31 @@ def export_onnx(backbone: nn.Module, path: str | os.PathLike, *, size: tuple[int
     patch = int(backbone.patch_size)
     size = check_export_size(size, patch)
     target = check_onnx_output(path)
-    n_bytes = sum(p.numel() * p.element_size() for p in backbone.state_dict().values())
+    n_bytes = 4 * sum(t.numel() for t in backbone.state_dict().values())  # exported in float32
     if n_bytes > _MAX_ONNX_BYTES:
         raise InvalidInputError(f"backbone: {n_bytes / 2 ** 30:.1f} GiB of weights, more than one ONNX file holds "
                                 "(2 GiB); export a smaller backbone, or use export_program (torch.export)")
     from .files import write_atomic
 
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in backbone.state_dict().values()):
-        backbone = copy.deepcopy(backbone).float().cpu()  # the exported graph is float32; the caller's model stays
-    module = _DenseFeatures(backbone).eval()
+    module = _exported_module(backbone)
     with torch.no_grad():
         program = torch.onnx.export(module, (_trace_input(patch, size),), dynamo=True, verbose=False,
                                     input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                                     dynamic_shapes=_dynamic_shapes(patch, size))
     _name_output_axes(program)
     program.model.metadata_props.update(_metadata(backbone, metadata))
-    write_atomic(target, lambda tmp: program.save(tmp, external_data=False))
     check = (1, 3, *(size or (5 * patch, 2 * patch)))
-    error = _compare_with_onnxruntime(target, module, check)
-    if error > _CHECK_TOLERANCE:
-        raise RuntimeError(f"{target}: onnxruntime differs from PyTorch by {error:.2e} at {check} (more than "
-                           f"{_CHECK_TOLERANCE:g}); please report this with your torch and onnxscript versions")
+    error = float("nan")
+
+    def save_and_check(tmp: str) -> None:  # a file that fails the check never replaces `target`
+        nonlocal error
+        program.save(tmp, external_data=False)
+        error = _compare_with_onnxruntime(Path(tmp), module, check)
+        if not error <= _CHECK_TOLERANCE:
+            raise RuntimeError(f"{target}: onnxruntime differs from PyTorch by {error:.2e} at {check} (more than "
+                               f"{_CHECK_TOLERANCE:g}); please report this with your torch and onnxscript versions")
+
+    write_atomic(target, save_and_check)
     opset = next(v for domain, v in program.model.opset_imports.items() if domain == "")
     return OnnxExport(target, int(opset), size is None, check, error)
 
