@@ -365,17 +365,50 @@ def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) 
 
 # ------------------------------------------------------------------------------------ inspection
 
+def _pos_table(state: Mapping[str, torch.Tensor], registers: int) -> tuple[int | None, int]:
+    """(side of the square patch position grid, leading non-patch slots: 0, 1 for a class token, or 1 +
+    registers) of a converted state dict's `pos_embed`; (None, 0) without a square grid."""
+    if "pos_embed" not in state or state["pos_embed"].ndim != 3:
+        return None, 0
+    n = state["pos_embed"].shape[1]
+    for prefix in (0, 1, 1 + registers):
+        side = int(round(max(n - prefix, 0) ** 0.5))
+        if side and side * side == n - prefix:
+            return side, prefix
+    return None, 0
+
+
+def _what(found: Mapping[str, Any], layout: str, name: str | None, nesting: list[str], n_parameters: int,
+          prefix: int, head: int) -> str:
+    """One sentence: what a checkpoint holds (the layout, the ViT's shape and backbone parameters
+    (training heads dropped), a classifier head (`head` classes, 0 for none), the tcore architecture it is)."""
+    held = "a teacher checkpoint" if "teacher" in nesting else "a checkpoint" if nesting else "a state dict"
+    if not (found["patch_size"] and found["depth"] and found["pos_grid"]):
+        return f"{held} of {n_parameters / 1e6:.1f} M parameters, not a ViT backbone (no patch_embed, pos_embed, blocks)"
+    slot = {0: "", 1: " plus a class slot"}.get(prefix, " plus class and register slots")
+    regs = found["num_register_tokens"]
+    return (f"{held} of a ViT in {layout}: width {found['embed_dim']}, depth {found['depth']}, patch "
+            f"{found['patch_size']}, {regs or 'no'} register{'s' * (regs != 1)}, position table "
+            f"{found['pos_grid']}x{found['pos_grid']}{slot}, {n_parameters / 1e6:.1f} M parameters"
+            + (f", a {head}-class head" if head else "") + (f"; the T-CoRe architecture {name}" if name else ""))
+
+
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe a checkpoint nobody here has seen: layout, keys, architecture, sha256.
+    """Describe a checkpoint nobody here has seen: what it is, layout, keys, architecture, sha256.
+
+    Whether `tcore.load_backbone` loads the file is `tcore inspect`'s to say (it tries): this
+    module sits below the model constructors.
 
     Args:
         path: a `.pth` / `.safetensors` file, or a folder holding `model.safetensors`.
 
     Returns:
-        A JSON-serialisable dict: path, size_bytes, sha256, layout (how the state dict is nested),
-        top_level_keys, n_tensors, n_parameters, dtypes, key_prefixes (counts), first_keys,
-        dropped_keys, architecture (as found), matches (the tcore architecture it fits, if any),
-        loads_strictly (and error when it does not).
+        A JSON-serialisable dict: path, size_bytes, sha256, what (one sentence: the layout, the
+        ViT's shape, the T-CoRe architecture if it is one), layout (how the state dict is nested),
+        key_layout ("official DINOv2/T-CoRe", "tcore" or "timm"), top_level_keys, n_tensors,
+        n_parameters, dtypes, key_prefixes (counts), first_keys, dropped_keys, architecture (as
+        found; pos_grid also for tables with class or register slots), matches (the tcore
+        architecture it fits, if any), loads_strictly (into that architecture; error when not).
     """
     from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 
@@ -392,16 +425,18 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         nesting, tensors = _unwrap(raw, str(path))
     except CheckpointError as err:
-        report.update(layout="file", architecture=None, matches=None, loads_strictly=False, error=str(err))
+        report.update(what=f"not a state dict: {err}", layout="file", architecture=None, matches=None,
+                      loads_strictly=False, error=str(err))
         return report
     prefixes: dict[str, int] = {}
     for key in tensors:
         head = key.split(".")[0]
         prefixes[head] = prefixes.get(head, 0) + 1
+    n_parameters = int(sum(v.numel() for v in tensors.values()))
     report.update(
         layout=" -> ".join(["file"] + [f"[{k!r}]" for k in nesting]),
         n_tensors=len(tensors),
-        n_parameters=int(sum(v.numel() for v in tensors.values())),
+        n_parameters=n_parameters,
         dtypes=sorted({str(v.dtype).replace("torch.", "") for v in tensors.values()}),
         key_prefixes=prefixes,
         first_keys=list(tensors)[:12],
@@ -410,11 +445,20 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = convert_state_dict(raw, str(path))
     except CheckpointError as err:
-        report.update(architecture=None, matches=None, loads_strictly=False, error=str(err))
+        report.update(what=f"not a backbone state dict: {err}", architecture=None, matches=None,
+                      loads_strictly=False, error=str(err))
         return report
     found = find_architecture(state)
     name = next((n for n, a in ARCHITECTURES.items() if _expected_architecture(a) == found), None)
-    report.update(architecture=found, matches=name, loads_strictly=False)
+    grid, prefix = _pos_table(state, found["num_register_tokens"])
+    stripped = {_strip_prefixes(k): v for k, v in tensors.items()}
+    key_layout = ("official DINOv2/T-CoRe" if _is_official_layout(stripped) else
+                  "tcore" if "cls_pos_embed" in state else "timm")
+    described = {**found, "pos_grid": grid}
+    n_backbone = int(sum(v.numel() for v in state.values()))
+    head = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    report.update(what=_what(described, f"the {key_layout} layout", name, nesting, n_backbone, prefix, head),
+                  key_layout=key_layout, architecture=described, matches=name, loads_strictly=False)
     if name is not None:
         try:
             check_state_dict(TCoReViT(**ARCHITECTURES[name]), state, str(path))

@@ -275,7 +275,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
         summary: the dict `evaluate` returns.
 
     Returns:
-        Text lines (percent, one decimal), with notes when the run is not the paper's protocol.
+        Text lines (percent, one decimal). A run of DAVIS, JHMDB or VIP that is not the paper's
+        protocol (`summary["paper_protocol"]` False: another split, size or precision) says so on
+        the line under the header; the notes say why.
     """
     benchmark = summary["benchmark"]
     columns = COLUMNS[benchmark]
@@ -293,6 +295,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
         rows.append((f"paper: {summary['paper']['name']}", summary["paper"]["scores"]))
     width = max(len(label) for label, _ in rows) + 2
     lines = [header, " " * width + "".join(f"{c:>10}" for c in columns)]
+    if benchmark in _PAPER_BENCHMARKS and not summary.get("paper_protocol", True):
+        lines.insert(1, "NOT the paper's protocol (see the notes): these numbers do not compare with the paper's")
     for label, scores in rows:
         lines.append(f"{label:<{width}}" + "".join(_cell(scores.get(c)) for c in columns))
     lines += [f"note: {note}" for note in summary.get("notes", [])]

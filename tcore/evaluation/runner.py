@@ -156,10 +156,21 @@ def _working_sizes(dataset: Dataset, patch_size: int, size: tuple[int, int] | No
     return [list(s) for s in sorted(sizes)]
 
 
+def _split_note(dataset: Dataset) -> str:
+    """What a split that is not the paper's is, and how to get the paper's."""
+    from .datasets import paper_split
+
+    paper = paper_split(dataset.benchmark)
+    shared = len({v.name for v in dataset.videos} & set(paper))
+    return (f"split: {len(dataset.videos)} videos from {dataset.split}, {shared} of them among the paper's "
+            f"{len(paper)}: not the paper's split; without --list (list_file=) tcore uses the paper's")
+
+
 def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> list[str]:
     notes = []
     if not dataset.official_split:
-        notes.append(f"split: {dataset.split}; pass --list (list_file=) with the official list to reproduce the paper")
+        notes.append(_split_note(dataset) if dataset.benchmark in _PAPER_BENCHMARKS
+                     else f"split: {dataset.split} (not the benchmark's validation split)")
     if size is not None:
         notes.append("--size (size=) overrides the paper's working size: not comparable with the paper")
     if precision != "fp32":
@@ -168,6 +179,11 @@ def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> li
         notes.append(f"{dataset.benchmark}: the paper reports no number for it (T-CoRe evaluates DAVIS, JHMDB and "
                      "VIP); the protocol is the paper's DAVIS hyper-parameters at short side 480, aspect kept")
     return notes
+
+
+def _is_paper_protocol(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> bool:
+    """A run the paper's numbers compare with: its benchmark, its split (by content), its size, fp32."""
+    return dataset.benchmark in _PAPER_BENCHMARKS and dataset.official_split and size is None and precision == "fp32"
 
 
 def evaluate(
@@ -204,9 +220,9 @@ def evaluate(
             `tcore.evaluation.vos`).
         model: as `propagate_masks`'s `model=` (None: tcore_vits16, Kinetics-400); loaded once.
         out_dir: the results folder.
-        list_file: the split (DAVIS default ImageSets/2017/val.txt; JHMDB/VIP the official
-            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note;
-            YouTube-VOS / MOSE: a subset, one video name per line).
+        list_file: the split. Default: the paper's (DAVIS: the dataset's ImageSets/2017/val.txt,
+            else the paper's list; JHMDB, VIP: the paper's lists, shipped with tcore); a list that
+            is not the paper's set of videos is noted. YouTube-VOS / MOSE: a subset, one video name per line.
         split: YouTube-VOS / MOSE: the split folder ("valid" by default; "train" has ground truth).
         overwrite: delete this benchmark's outputs in `out_dir` and start again.
         device: None picks CUDA (each rank its local GPU), then MPS, then CPU.
@@ -221,7 +237,9 @@ def evaluate(
         released model's numbers from the registry, or None); "details" (DAVIS official fractions
         and per-sequence J/F, all PCK alphas per joint and per clip, VIP IoU per class and per
         video); "n_videos", "n_resumed", "n_predicted"; "model", "protocol", "manifest",
-        "working_sizes", "split", "official_split", "notes", "out_dir", "files".
+        "working_sizes", "split", "official_split" (the set of videos equals the paper's list),
+        "paper_protocol" (that split, the preset's size, fp32: comparable with the paper), "notes",
+        "out_dir", "files".
 
     Raises:
         MissingFileError: a missing dataset folder, list file or model.
@@ -309,10 +327,8 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
     backbone.to(torch_device)
 
     is_main = dist_info.rank == 0
-    if is_main and not dataset.official_split:
-        _logger.warning("%s: no list file given, so all %d videos found under %s are evaluated: this is NOT the "
-                        "paper's split; pass --list (list_file=) with the official %s_vallist.txt to reproduce it",
-                        benchmark, len(dataset.videos), dataset.root, benchmark)
+    if is_main and benchmark in _PAPER_BENCHMARKS and not dataset.official_split:
+        _logger.warning("%s: NOT the paper's split (%s)", benchmark, _split_note(dataset))
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
     counts = _predict_shard(dataset, results, dist_info, lock, backbone, settings)
 
@@ -336,6 +352,7 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
             "root": str(dataset.root),
             "split": dataset.split,
             "official_split": dataset.official_split,
+            "paper_protocol": _is_paper_protocol(dataset, size, precision),
             "model": info,
             "protocol": protocol,
             "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
