@@ -21,8 +21,8 @@ import tcore
 from tcore.checkpoint import to_official_state_dict
 from tcore.errors import CheckpointError
 
-TCORE_PREPROCESSING = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
-                       "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "center"}
+TCORE_PREPROCESSING = {"input_size": (3, 480, 880), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+                       "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "squash"}
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(mixin, "HfApi", FakeApi)
     model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)
     assert model.push_to_hub("someone/tcore-tiny").endswith("/commit/0")
-    assert json.loads(pushed["config.json"])["architecture"] == "TCoReBackbone"
+    assert json.loads(pushed["config.json"])["backbone"] == "TCoReBackbone"
     assert b'from_pretrained("someone/tcore-tiny")' in pushed["README.md"] and "model.safetensors" in pushed
 
 

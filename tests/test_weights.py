@@ -213,7 +213,8 @@ def test_pinned_sha256_mismatch_is_an_error(monkeypatch, tmp_path):
 def test_save_pretrained_then_from_pretrained_gives_identical_outputs(tiny_backbone, tmp_path):
     tiny_backbone.save_pretrained(tmp_path / "export", config={"source": "test"})
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert config["architecture"] == "TCoReBackbone" and config["pos_interp"] == "tcore"
+    assert config["backbone"] == "TCoReBackbone" and config["pos_interp"] == "tcore"
+    assert config["architecture"] == "tcore_vits16"  # timm's name: timm.create_model("local-dir:...") reads it too
     assert config["model_args"]["num_heads"] == 2 and config["source"] == "test"
     loaded = tcore.TCoReBackbone.from_pretrained(str(tmp_path / "export"))
     assert torch.equal(features(loaded), features(tiny_backbone))
