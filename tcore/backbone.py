@@ -19,7 +19,7 @@ from torch import nn
 
 from . import hub
 from .architecture import TCoReViT, TimmViT, takes_tcore_args
-from .checkpoint import check_state_dict, convert_state_dict, load_checkpoint
+from .checkpoint import CheckedStateDict, check_state_dict, convert_state_dict, load_checkpoint
 from .errors import CheckpointError
 from .weights import PAPER
 
@@ -175,9 +175,11 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
         `load_checkpoint(model, file)` and `create_model(..., checkpoint_path=file)` pass on):
         {"teacher": {"backbone.*", ...}}, official parameter names, wrapper prefixes. Strict loading
         is tcore's: a mismatch is a CheckpointError naming the keys (or the architecture)."""
-        state = convert_state_dict(state_dict, "state dict")
-        if strict:
-            check_state_dict(self, state, "state dict")
+        state = state_dict
+        if not isinstance(state_dict, CheckedStateDict):  # tcore's loaders have checked theirs
+            state = convert_state_dict(state_dict, "state dict")
+            if strict:
+                check_state_dict(self, state, "state dict")
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     @classmethod

@@ -30,6 +30,7 @@ __all__ = [
     "to_timm_state_dict",
     "find_architecture",
     "check_state_dict",
+    "CheckedStateDict",
     "load_checkpoint",
     "filter_pretrained_for_timm",
     "inspect_checkpoint",
@@ -329,13 +330,20 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
     """Refuse weights holding NaN or infinity (a diverged run, a damaged file), naming the tensors."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    # a sum is finite when no value is NaN or infinite (and is fast); an overflowing sum is checked element-wise
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.sum()))
+           and not bool(torch.isfinite(v).all())]
     if bad:
         first = state[bad[0]]
         count = int((~torch.isfinite(first)).sum())
         more = f" (and {len(bad) - 1} more tensors: {_listed(bad[1:])})" if len(bad) > 1 else ""
         raise CheckpointError(f"{source}: tensor {bad[0]!r} holds {count} NaN/inf value(s) of {first.numel()}{more}; "
                               "these weights come from a diverged run or a damaged file: load another checkpoint")
+
+
+class CheckedStateDict(dict):
+    """A converted state dict that `check_state_dict` accepted for the model it is loaded into: a
+    `load_state_dict` that converts and checks what it is given (`TCoReBackbone`'s) skips the work."""
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> None:
@@ -356,7 +364,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         source, raw = str(checkpoint), read_checkpoint(checkpoint)
     state = convert_state_dict(raw, source)
     check_state_dict(model, state, source)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(CheckedStateDict(state), strict=True)
 
 
 def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -372,7 +380,7 @@ def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) 
     state = convert_state_dict(state_dict, source)
     new_head = "head.weight" not in state and int(getattr(model, "num_classes", 0)) > 0
     check_state_dict(model, state, source, allow_missing=("head.",) if new_head else ())
-    return state
+    return CheckedStateDict(state)
 
 
 # ------------------------------------------------------------------------------------ inspection
