@@ -189,7 +189,7 @@ class FeatureAPI:
     def _check_masks(masks: torch.Tensor, b: int, n: int) -> None:
         if masks.dtype != torch.bool or tuple(masks.shape) != (b, n):
             raise InvalidInputError(f"masks: expected a bool tensor of shape ({b}, {n}), "
-                             f"got {masks.dtype} {tuple(masks.shape)}")
+                                    f"got {masks.dtype} {tuple(masks.shape)}")
 
     def forward_features_dict(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Final-normed tokens, split by kind.
@@ -462,12 +462,12 @@ class TimmViT(FeatureAPI, nn.Module):
         for attr in ("patch_embed", "blocks", "norm", "pos_embed"):
             if not hasattr(model, attr):
                 raise InvalidTypeError(f"model: expected a timm VisionTransformer, {type(model).__name__} "
-                                f"has no attribute {attr!r}")
+                                       f"has no attribute {attr!r}")
         if pos_interp not in _POS_INTERP_ANTIALIAS:
             raise InvalidInputError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
         if model.pos_embed is None:
             raise InvalidInputError("model: this timm ViT has no learned absolute position embedding "
-                             "(pos_embed is None); only such ViTs are supported")
+                                    "(pos_embed is None); only such ViTs are supported")
         if getattr(model, "cls_token", None) is None:
             raise InvalidInputError("model: this timm ViT has no class token; only ViTs with a CLS token are supported")
         self.model = model

@@ -310,8 +310,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
     p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
     p.add_argument("--format", default="tcore", choices=["tcore", "timm"],
-                   help="tcore: TCoReBackbone.from_pretrained / tcore.load_backbone read it (default); "
-                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True)")
+                   help="tcore (default): save_pretrained's folder, lossless; TCoReBackbone.from_pretrained, "
+                        "tcore.load_backbone and, after `import tcore`, timm.create_model('local-dir:OUTPUT', "
+                        "pretrained=True) read it. timm: for stock timm without tcore (a stock ViT; the class "
+                        "position folded into cls_token, no mask token); tcore.load_backbone reads it too")
     p.add_argument("--arch", default=None, choices=["tcore_vits16", "tcore_vitb16"],
                    help="tcore architecture (default: read from the checkpoint)")
     p.add_argument("--num-heads", type=int, default=None,
@@ -323,25 +325,30 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> int:
     source = _existing(args.checkpoint, "checkpoint")
     _output_folder(args.output, "-o")
+    from .errors import InvalidInputError
     from .files import sha256sum
     from .models import load_backbone
+    from .weights import pinned_releases
 
     if args.arch:
         model = load_backbone(args.arch, checkpoint=source)
     else:
         model = load_backbone(source, **({"num_heads": args.num_heads} if args.num_heads else {}))
-    metadata = {"source": source.name, **({"source_sha256": sha256sum(source)} if source.is_file() else {})}
+    digest = sha256sum(source) if source.is_file() else None
+    metadata = {"source": source.name, **({"source_sha256": digest} if digest else {})}
+    model.release = pinned_releases().get(digest)  # a released file: the model card says so (base_model, ...)
     if args.format == "timm":
         from .backbone import TCoReBackbone
         from .hub import export_for_timm
 
         if not isinstance(model, TCoReBackbone):
-            raise ValueError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
-                             "timm layouts are already timm's")
+            raise InvalidInputError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
+                                    "timm layouts are already timm's: use --format tcore")
         export_for_timm(model, args.output, **metadata)
     else:
         model.save_pretrained(args.output, config=metadata)
-    print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
+    out = Path(args.output)
+    print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'} and {out / 'README.md'} (a model card)")
     return 0
 
 

@@ -213,7 +213,8 @@ def _check_tcore_args(path: Path, args: Mapping[str, Any]) -> None:
     for key, value in args.items():
         if not _fits(value, hints[key]):
             expected = getattr(hints[key], "__name__", str(hints[key]))
-            raise CheckpointError(f"{path}: model_args.{key} is {value!r} ({type(value).__name__}); expected {expected}")
+            raise CheckpointError(f"{path}: model_args.{key} is {value!r} ({type(value).__name__}); "
+                                  f"expected {expected}")
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -248,7 +249,8 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     if config.get("pos_interp", "tcore") not in ("tcore", "dinov2"):
         raise CheckpointError(f"{path}: pos_interp is {config['pos_interp']!r}; expected 'tcore' or 'dinov2'")
     if not isinstance(config.get("pretrained_cfg", {}), dict):
-        raise CheckpointError(f"{path}: pretrained_cfg is a {type(config['pretrained_cfg']).__name__}; expected an object")
+        raise CheckpointError(f"{path}: pretrained_cfg is a {type(config['pretrained_cfg']).__name__}; "
+                              "expected an object")
     return config
 
 
@@ -337,7 +339,8 @@ def _use_snippet(config: Mapping[str, Any], where: str, on_hub: bool) -> str:
     """Python that runs as written: load the model, then dense features of a stand-in frame."""
     timm_name = f"hf-hub:{where}" if on_hub else f"local-dir:{where}"
     if config.get("backbone") is None:  # a stock timm export
-        return (f"import timm\nimport torch\n\nmodel = timm.create_model({json.dumps(timm_name)}, pretrained=True).eval()\n"
+        return ("import timm\nimport torch\n\n"
+                f"model = timm.create_model({json.dumps(timm_name)}, pretrained=True).eval()\n"
                 "x = torch.rand(1, 3, 480, 880)  # stand-in for a frame: RGB in [0, 1], sides multiples of 16\n"
                 "x = (x - torch.tensor(model.pretrained_cfg[\"mean\"]).view(3, 1, 1)) / "
                 "torch.tensor(model.pretrained_cfg[\"std\"]).view(3, 1, 1)\n"
@@ -375,9 +378,9 @@ def model_card(card_data: ModelCardData, config: Mapping[str, Any], where: str |
     if stock or config["backbone"] == "TCoReBackbone":
         head = f", a {config['num_classes']}-class head" if config.get("num_classes") else ""
         name = "" if stock else f"`{_architecture_name(args)}`: " if _architecture_name(args) else ""
+        registers = args.get("num_register_tokens", args.get("reg_tokens"))  # tcore's name, stock timm's
         what = (f"A T-CoRe backbone ({name}ViT with patch {args['patch_size']}, width {args['embed_dim']}, depth "
-                f"{args['depth']}, {args['num_heads']} heads, {args.get('num_register_tokens', args.get('reg_tokens'))} "
-                f"register tokens, LayerScale{head}).")
+                f"{args['depth']}, {args['num_heads']} heads, {registers} register tokens, LayerScale{head}).")
     else:
         what = f"A timm ViT (`{config['architecture']}`) behind tcore's feature API."
     if stock:

@@ -209,7 +209,7 @@ def _from_file(path: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backb
     if "cls_pos_embed" in state:  # official DINOv2 / T-CoRe layout (converted)
         if pos_interp not in (None, "tcore"):
             raise InvalidInputError(f"pos_interp={pos_interp!r}: {path} is a T-CoRe/DINOv2-layout checkpoint, whose "
-                             "position embeddings are resized by timm's rule (bicubic with antialias) only")
+                                    "position embeddings are resized by timm's rule (bicubic with antialias) only")
         args = _infer_vit_args(state, str(path), num_heads)
         grid = int(round(state["pos_embed"].shape[1] ** 0.5))
         regs = state["reg_token"].shape[1] if "reg_token" in state else 0
@@ -362,7 +362,7 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
     if isinstance(model, FeatureAPI):
         if checkpoint is not None or pos_interp is not None or kwargs:
             raise InvalidInputError("model: already a tcore backbone; checkpoint=, pos_interp= and other arguments "
-                             "do not apply")
+                                    "do not apply")
         return model
     if isinstance(model, nn.Module):
         regs = int(getattr(model, "num_reg_tokens", 0))
@@ -391,5 +391,5 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
 
     if not text.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(text.partition(".")[0]):
         raise MissingFileError(f"model={text!r}: no such file, and neither a tcore model "
-                                f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
+                               f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
     return _from_timm(text, checkpoint, pos_interp, **kwargs)

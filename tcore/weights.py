@@ -150,7 +150,7 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     tag = tag or name_tag or default_tag(arch)
     if tag not in _PRETRAINED[arch]:
         raise InvalidInputError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
-                         f"(default {default_tag(arch)!r})")
+                                f"(default {default_tag(arch)!r})")
     return _PRETRAINED[arch][tag]
 
 
@@ -279,7 +279,7 @@ def fetch_file(repo_id: str, filename: str, *, revision: str | None = None, cach
     unreachable = None if offline else hub_unreachable(repo_id, filename, revision, token)
     try:
         return Path(_hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
-                                     force_download=force_download and unreachable is None,
+                                     force_download=force_download,
                                      local_files_only=offline or unreachable is not None))
     except (OSError, ConnectionError, ValueError) as err:
         # huggingface_hub raises LocalEntryNotFoundError (a FileNotFoundError), OfflineModeIsEnabled

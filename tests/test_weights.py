@@ -202,6 +202,7 @@ def test_cached_release_loads_offline_through_hf_hub_download(monkeypatch, tmp_p
     monkeypatch.setattr(W, "_hf_hub_download", lambda *a, **k: real(*a, **{**k, "cache_dir": str(cache)}))
     loaded = tcore.tcore_vits16(pretrained=True, weights="in1k")
     assert torch.equal(loaded.pos_embed, src.pos_embed)
+    assert loaded.release == "tcore_vits16.in1k"  # what save_pretrained's model card names as its base model
 
 
 def test_pinned_sha256_mismatch_is_an_error(monkeypatch, tmp_path):
@@ -408,8 +409,10 @@ def _saved(tmp_path: Path, **config_changes) -> Path:
 @pytest.mark.parametrize("change, message", [
     (dict(model_args=None), r"model_args is missing; expected an object"),
     (dict(model_args=[32, 1, 2]), r"model_args is a list; expected an object"),
-    (dict(model_args={"embed_dim": "32", "depth": 1, "num_heads": 2}), r"model_args\.embed_dim is '32' \(str\); expected int"),
-    (dict(model_args={"embed_dim": 32, "depth": 1.5, "num_heads": 2}), r"model_args\.depth is 1\.5 \(float\); expected int"),
+    (dict(model_args={"embed_dim": "32", "depth": 1, "num_heads": 2}),
+     r"model_args\.embed_dim is '32' \(str\); expected int"),
+    (dict(model_args={"embed_dim": 32, "depth": 1.5, "num_heads": 2}),
+     r"model_args\.depth is 1\.5 \(float\); expected int"),
     (dict(model_args={"embed_dim": 32, "depth": 1, "num_heads": 2, "embd_dim": 8}), r"unknown key\(s\) \['embd_dim'\]"),
     (dict(backbone="Something"), r"'backbone' is 'Something'"),
     (dict(format_version="3"), r"format_version is '3'; expected an int"),
