@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .architecture import ARCHITECTURES, TCoReViT
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingFileError
 from .files import sha256sum
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "to_timm_state_dict",
     "find_architecture",
     "check_state_dict",
+    "CheckedStateDict",
     "load_checkpoint",
     "filter_pretrained_for_timm",
     "inspect_checkpoint",
@@ -60,7 +61,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file; a save_pretrained folder holds "
                               f"config.json and model.safetensors")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise MissingFileError(f"checkpoint {path}: no such file")
     kind = _file_kind(path)
     if kind == "safetensors" or path.suffix == ".safetensors":
         return _read_safetensors(path)
@@ -281,9 +282,9 @@ def _mismatch_hint(model_name: str, expected: Mapping[str, Any], found: Mapping[
 def _model_name(model: nn.Module) -> str:
     if not isinstance(model, TCoReViT):
         return type(model).__name__
-    arch = {k: v for k, v in model.arch.items() if k != "num_classes"}
+    arch = model.args.as_kwargs()
     for name, args in ARCHITECTURES.items():
-        if args == arch:
+        if all(arch[k] == v for k, v in args.items()):
             return name
     return "TCoReViT(" + ", ".join(f"{k}={v}" for k, v in arch.items()) + ")"
 
@@ -305,7 +306,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     Raises:
         CheckpointError: the message names the file and, for a T-CoRe backbone, the expected and
         the found architecture (with the constructor that fits); else the missing, unexpected and
-        mis-shaped keys.
+        mis-shaped keys; or the tensors that hold NaN or infinity.
     """
     if isinstance(model, TCoReViT):
         expected = _expected_architecture(model.arch)
@@ -324,6 +325,25 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(f"{source}: tensor shapes differ from {_model_name(model)}: {wrong[:10]}")
+    _check_finite(state, source)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run, a damaged file), naming the tensors."""
+    # a sum is finite when no value is NaN or infinite (and is fast); an overflowing sum is checked element-wise
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.sum()))
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = state[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        more = f" (and {len(bad) - 1} more tensors: {_listed(bad[1:])})" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: tensor {bad[0]!r} holds {count} NaN/inf value(s) of {first.numel()}{more}; "
+                              "these weights come from a diverged run or a damaged file: load another checkpoint")
+
+
+class CheckedStateDict(dict):
+    """A converted state dict that `check_state_dict` accepted for the model it is loaded into: a
+    `load_state_dict` that converts and checks what it is given (`TCoReBackbone`'s) skips the work."""
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> None:
@@ -344,7 +364,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         source, raw = str(checkpoint), read_checkpoint(checkpoint)
     state = convert_state_dict(raw, source)
     check_state_dict(model, state, source)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(CheckedStateDict(state), strict=True)
 
 
 def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -360,7 +380,7 @@ def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) 
     state = convert_state_dict(state_dict, source)
     new_head = "head.weight" not in state and int(getattr(model, "num_classes", 0)) > 0
     check_state_dict(model, state, source, allow_missing=("head.",) if new_head else ())
-    return state
+    return CheckedStateDict(state)
 
 
 # ------------------------------------------------------------------------------------ inspection

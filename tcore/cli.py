@@ -329,8 +329,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="folder to write config.json + model.safetensors (--format onnx: a file ending in .onnx)")
     p.add_argument("--format", default="tcore", choices=["tcore", "timm", "onnx"],
-                   help="tcore: TCoReBackbone.from_pretrained / tcore.load_backbone read it (default); "
-                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True); "
+                   help="tcore (default): save_pretrained's folder, lossless; TCoReBackbone.from_pretrained, "
+                        "tcore.load_backbone and, after `import tcore`, timm.create_model('local-dir:OUTPUT', "
+                        "pretrained=True) read it. timm: for stock timm without tcore (a stock ViT; the class "
+                        "position folded into cls_token, no mask token); tcore.load_backbone reads it too. "
                         "onnx: one .onnx file, pixel_values (B,3,H,W) -> patch_tokens (B,H/p,W/p,D), cls_token "
                         "(B,D), dynamic batch, height and width (extra [export])")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -352,27 +354,32 @@ def _convert(args: argparse.Namespace) -> int:
         check_onnx_output(args.output, "-o")  # the file name and the extra, before the model loads
     else:
         _output_folder(args.output, "-o")
+    from .errors import InvalidInputError
     from .files import sha256sum
     from .models import load_backbone
+    from .weights import pinned_releases
 
     if args.arch:
         model = load_backbone(args.arch, checkpoint=source)
     else:
         model = load_backbone(source, **({"num_heads": args.num_heads} if args.num_heads else {}))
-    metadata = {"source": source.name, **({"source_sha256": sha256sum(source)} if source.is_file() else {})}
+    digest = sha256sum(source) if source.is_file() else None
+    metadata = {"source": source.name, **({"source_sha256": digest} if digest else {})}
     if args.format == "onnx":
         return _write_onnx(model, args.output, args.size, metadata)
+    model.release = pinned_releases().get(digest)  # a released file: the model card says so (base_model, ...)
     if args.format == "timm":
         from .backbone import TCoReBackbone
         from .hub import export_for_timm
 
         if not isinstance(model, TCoReBackbone):
             raise InvalidInputError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
-                                    "timm layouts are already timm's")
+                                    "timm layouts are already timm's: use --format tcore")
         export_for_timm(model, args.output, **metadata)
     else:
         model.save_pretrained(args.output, config=metadata)
-    print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
+    out = Path(args.output)
+    print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'} and {out / 'README.md'} (a model card)")
     return 0
 
 

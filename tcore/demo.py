@@ -117,11 +117,13 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
     """
     from . import metrics
     from .io import write_masks, write_overlay
+    from .models import load_backbone
     from .propagation import iter_masks
 
     if (video is None) != (mask is None):
         raise InvalidInputError("video and mask (command line: --video and --mask): give both (your own data) or "
                                 "neither (the built-in clip)")
+    model = load_backbone(model)  # before the clip is made: weights that cannot be had are said at once
     gt = None
     if video is None:
         video, gt = make_demo_clip()

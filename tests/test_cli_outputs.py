@@ -43,8 +43,9 @@ def test_inspect_says_what_a_tcore_checkpoint_is_and_that_load_backbone_loads_it
     report = _inspect(shared_path("golden", "vit_tiny_official.pth"), capsys)
     assert report["what"].startswith("a teacher checkpoint of a ViT in the official DINOv2/T-CoRe layout: width 64, "
                                      "depth 2, patch 16, 4 registers, position table 14x14")
-    assert report["load_backbone"] == {"loads": True, "as": "TCoReBackbone(embed_dim=64, depth=2, num_heads=2, "
-                                       "patch_size=16, num_register_tokens=4, mlp_ratio=4.0, img_size=224)"}
+    assert report["load_backbone"]["loads"] is True
+    assert report["load_backbone"]["as"].startswith("TCoReBackbone(embed_dim=64, depth=2, num_heads=2, patch_size=16, "
+                                                    "num_register_tokens=4, mlp_ratio=4.0, img_size=224")
     assert report["matches"] == "_tcore_vit_tiny" and report["loads_strictly"]
 
 
