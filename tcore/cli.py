@@ -116,7 +116,8 @@ def _propagate(args: argparse.Namespace) -> int:
                             size=tuple(args.size) if args.size else None, threshold=args.threshold,
                             device=args.device, batch_size=args.batch_size, precision=args.precision,
                             progress=not args.quiet)
-        n_written = _write_masks(stream, frames, staging, video, overlay)
+        with contextlib.closing(stream):  # a run that stops early (a failed write) stops its decoding thread too
+            n_written = _write_masks(stream, frames, staging, video, overlay)
     print(f"wrote {n_written} masks to {out}" + (f" and {overlay}" if overlay else ""))
     return 0
 

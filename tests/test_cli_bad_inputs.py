@@ -11,6 +11,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -326,4 +327,5 @@ def test_a_full_disk_stops_the_run_at_once_naming_the_file(tiny_model, tmp_path,
     assert err.startswith(f"tcore: error: could not write '{tmp_path / 'out' / '.partial' / '00000.png'}': No space "
                           "left on device (errno 28); free some space there")
     assert len(decoded) < 20, decoded  # stopped as the write failed (prefetch reads a few ahead), not at the end
+    assert "tcore-prefetch" not in [t.name for t in threading.enumerate()]  # and its decoding thread is gone
     assert not (tmp_path / "out").exists()
