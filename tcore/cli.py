@@ -1,20 +1,28 @@
 """The `tcore` command line (also `python -m tcore`).
 
 Each subcommand is a thin function over one public function. Results go to stdout; progress,
-warnings and errors go to stderr. Known errors print `tcore: error: ...` and exit 1; `--debug`
-shows the traceback.
+warnings and errors go to stderr. A user's mistake (a `tcore.errors.UserError`, or running out of
+memory) prints one `tcore: error: ...` line and exits 1; anything else is a bug and keeps its
+traceback; `--debug` always shows it. Ctrl-C (SIGINT) and SIGTERM (a scheduler, `docker stop`)
+stop a run alike: partial outputs are removed, one line is printed, and the exit status is 130 or
+143. The environment variable `TCORE_MAX_IMAGE_PIXELS` raises PIL's decompression-bomb limit
+(`PIL.Image.MAX_IMAGE_PIXELS`) for images that are genuinely that large.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ._version import __version__
+from .errors import InvalidInputError, MissingFileError, user_error_message
 
 __all__ = ["main"]
 
@@ -76,9 +84,20 @@ def _model_args(p: argparse.ArgumentParser, preset: bool = True,
                        help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help=size_help)
     p.add_argument("--device", default=None, help=device_help)
-    p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="frames per backbone call")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: faster on GPUs, not bit-exact (opt-in)")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 @_command("propagate", "propagate masks (first frame, or any frames) through a video")(_propagate_args)
@@ -91,21 +110,23 @@ def _propagate(args: argparse.Namespace) -> int:
     from .io import read_video
     from .propagation import iter_masks
 
-    frames = read_video(video)
-    stream = iter_masks(frames, masks, model=args.model, preset=args.preset,
-                        size=tuple(args.size) if args.size else None, threshold=args.threshold,
-                        device=args.device, batch_size=args.batch_size, precision=args.precision,
-                        progress=not args.quiet)
-    with staged_folder(out, "propagation") as staging:
-        n_written = _write_masks(stream, frames, staging, video, overlay)
+    with staged_folder(out, "propagation") as staging:  # claimed before the model loads: a busy -o stops at once
+        frames = read_video(video)
+        stream = iter_masks(frames, masks, model=args.model, preset=args.preset,
+                            size=tuple(args.size) if args.size else None, threshold=args.threshold,
+                            device=args.device, batch_size=args.batch_size, precision=args.precision,
+                            progress=not args.quiet)
+        with contextlib.closing(stream):  # a run that stops early (a failed write) stops its decoding thread too
+            n_written = _write_masks(stream, frames, staging, video, overlay)
     print(f"wrote {n_written} masks to {out}" + (f" and {overlay}" if overlay else ""))
     return 0
 
 
 def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: Path | None) -> int:
     """Write the stream's masks into `folder` (PNG writes overlap the propagation), and the overlay
-    (whole or not at all: its temporary file keeps the suffix that picks the codec)."""
-    import threading
+    (whole or not at all: its temporary file keeps the suffix that picks the codec). A write that
+    fails (a full disk) stops the run at the next mask, naming the file."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .files import write_atomic
@@ -114,10 +135,15 @@ def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: P
     palette = stream.palette
     pending = threading.BoundedSemaphore(16)  # PNG writes overlap propagation, at most 16 in flight
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = []
+        futures: deque = deque()
+        n_written = 0
 
         def masks():
+            nonlocal n_written
             for t, mask in stream:
+                while futures and futures[0].done():  # a failed write is raised here, not after the run
+                    futures.popleft().result()
+                    n_written += 1
                 pending.acquire()
                 future = pool.submit(write_mask, folder / f"{frames.names[t]}.png", mask, palette)
                 future.add_done_callback(lambda _: pending.release())
@@ -133,7 +159,7 @@ def _write_masks(stream: Any, frames: Any, folder: Path, video: Path, overlay: P
                 pass
         for future in futures:
             future.result()
-    return len(futures)
+    return n_written + len(futures)
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -267,7 +293,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _existing(path: str, what: str) -> Path:
     """`path` as a Path, or the one-line error for a missing file (before any model is loaded)."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"{what} {path}: no such file or folder")
+        raise MissingFileError(f"{what} {path}: no such file or folder")
     return Path(path)
 
 
@@ -278,8 +304,8 @@ def _output_folder(path: str, argument: str, inputs: dict[str, Path] | None = No
     folder = check_output_folder(path, argument)
     for what, source in (inputs or {}).items():
         if source.is_dir() and folder.resolve() == source.resolve():
-            raise ValueError(f"{argument} {path!r}: {what} folder itself; outputs named like its files would "
-                             "replace them: pick another folder")
+            raise InvalidInputError(f"{argument} {path!r}: {what} folder itself; outputs named like its files would "
+                                    "replace them: pick another folder")
     return folder
 
 
@@ -507,28 +533,66 @@ def _main(argv: Sequence[str] | None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     run = _COMMANDS[args.command][1]
     try:
-        return run(args)
+        _apply_image_limit()
+        with _sigterm_as_interrupt():
+            return run(args)
     except BrokenPipeError:  # the reader closed stdout: `main` ends quietly
         raise
+    except _Terminated:
+        _err("tcore: terminated (SIGTERM); partial outputs were removed")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _err("tcore: interrupted")
-        return 130
+        return 128 + signal.SIGINT
     except Exception as err:
-        message = _user_error(err)
-        if message is None or args.debug:
+        message = user_error_message(err, memory_fix="use a smaller --size or --batch-size, or a device with more "
+                                                     "memory (--device)")
+        if message is None or args.debug:  # a bug (not the user's to fix): its traceback
             raise
         _err(f"tcore: error: {message}")
         _err("(run with --debug for the traceback)")
         return 1
 
 
-def _user_error(err: Exception) -> str | None:
-    """The one line for an error a user can fix (bad input, a path, a busy folder, memory), or None
-    for anything else (a bug: its traceback is shown). See tcore.errors for the rule."""
-    from .errors import user_error_message
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is, so that every `finally` removes its partial files."""
 
-    message = user_error_message(err, memory_fix="use a smaller --size or --batch-size, or a device with more "
-                                                 "memory (--device)")
-    if message is None and isinstance(err, (OSError, ValueError, TypeError, ImportError)):
-        return str(err)  # transitional: validators not yet raising tcore.errors.UserError (issue 19 removes this)
-    return message
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `_Terminated` (a second one kills at once); restored after.
+
+    Only the main thread can set signal handlers; elsewhere (an app worker) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # cleaning up: a second SIGTERM is not waited for
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _apply_image_limit() -> None:
+    """`TCORE_MAX_IMAGE_PIXELS=N` sets PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`)."""
+    from .io._images import MAX_PIXELS_ENV
+
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if text is None:
+        return
+    try:
+        limit = int(text.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InvalidInputError(f"environment variable {MAX_PIXELS_ENV}={text!r}: expected a number of pixels, "
+                                f"e.g. {MAX_PIXELS_ENV}=1000000000 (PIL's default is 89478485)")
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limit

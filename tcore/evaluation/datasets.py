@@ -33,9 +33,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingDependencyError, MissingFileError
+from ..io._images import read_image
 
 __all__ = [
     "BENCHMARK_NAMES",
@@ -131,7 +131,7 @@ def _check_root(root: str | os.PathLike, benchmark: str, marker: tuple[str, ...]
     path = Path(root).expanduser()
     if not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "no such folder"
-        raise FileNotFoundError(f"root {str(path)!r}: {what}; expected {_LAYOUT_HELP[benchmark]}")
+        raise MissingFileError(f"root {str(path)!r}: {what}; expected {_LAYOUT_HELP[benchmark]}")
     if not path.joinpath(*marker).exists():
         raise DatasetError(f"root {str(path)!r}: no {'/'.join(marker)}; expected {_LAYOUT_HELP[benchmark]}"
                            + _suggest_subfolder(path, marker))
@@ -174,7 +174,7 @@ def _read_list(list_file: str | os.PathLike, anchors: tuple[tuple[str, ...], ...
     """Video ids from a list file (see the module docstring for the accepted lines)."""
     path = Path(list_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"list file {str(path)!r}: no such file")
+        raise MissingFileError(f"list file {str(path)!r}: no such file")
     ids: list[str] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -391,15 +391,13 @@ def read_index_png(path: Path) -> np.ndarray:
     """(H, W) uint8 ids of a label PNG: palette indices ("P") or grey values ("L").
 
     Raises:
-        DatasetError: an unreadable file, or a colour image whose channels differ.
+        DatasetError: an unreadable file (or one above PIL's decompression-bomb limit), or a colour
+            image whose channels differ.
     """
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
-                raise DatasetError(f"{path}: label image of mode {image.mode!r}; expected palette or grey ids")
-            ids = np.asarray(image)
-    except (OSError, SyntaxError, EOFError) as err:
-        raise DatasetError(f"{path}: unreadable label image ({err})") from err
+    image = read_image(path, f"label image {path}", DatasetError)  # upright, as frames are read
+    if image.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
+        raise DatasetError(f"{path}: label image of mode {image.mode!r}; expected palette or grey ids")
+    ids = np.asarray(image)
     if ids.ndim == 3:  # grey ids saved as RGB: all channels equal
         if not (ids[..., :3] == ids[..., :1]).all():
             raise DatasetError(f"{path}: a colour label image; expected palette indices or grey class ids")
@@ -431,7 +429,8 @@ def jhmdb_ground_truth(video: Video) -> np.ndarray:
     try:
         from scipy.io import loadmat
     except ImportError as err:
-        raise ImportError('reading JHMDB joint_positions.mat needs scipy: pip install "tcore[eval]"') from err
+        raise MissingDependencyError(
+            'reading JHMDB joint_positions.mat needs scipy: pip install "tcore[eval]"') from err
     try:
         contents = loadmat(str(video.labels))
     except (OSError, ValueError, TypeError) as err:

@@ -23,7 +23,7 @@ import torch
 from .._lock import is_lock_file
 from .._version import __version__
 from ..errors import InvalidInputError
-from ..files import sha256sum, write_text_atomic  # results are written through tcore's one atomic writer
+from ..files import sha256sum, write_text_atomic, writing  # results are written through tcore's one atomic writer
 
 __all__ = [
     "COLUMNS",
@@ -197,15 +197,16 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
 
     Raises:
         ManifestMismatchError: another run's outputs and not `overwrite`.
-        ValueError: a non-empty folder that is not a tcore results folder, or a path that is a file.
+        InvalidInputError: a non-empty folder that is not a tcore results folder, or a path that is a file.
+        FileAccessError: the folder cannot be made (a full disk, no permission).
     """
     manifest_path = folder / MANIFEST_NAME
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"out_dir: {folder} is a file; give a folder for the results")
+        raise InvalidInputError(f"out_dir: {folder} is a file; give a folder for the results")
     if folder.is_dir() and _contents(folder):
         if not manifest_path.is_file():
-            raise ValueError(f"out_dir: {folder} is not empty and holds no {MANIFEST_NAME}, so it is not a tcore "
-                             f"results folder; pick a new or empty folder with -o (out_dir=)")
+            raise InvalidInputError(f"out_dir: {folder} is not empty and holds no {MANIFEST_NAME}, so it is not a "
+                                    f"tcore results folder; pick a new or empty folder with -o (out_dir=)")
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as err:
@@ -221,7 +222,8 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
         else:
             shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
             return
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(manifest_path, manifest)
 
 

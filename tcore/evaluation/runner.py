@@ -22,6 +22,7 @@ import torch
 from .._lock import FolderLock, FolderLockedError
 from .._outputs import check_output_folder, missing_folders, remove_if_empty
 from ..devices import resolve_device
+from ..errors import InvalidInputError, UserError
 from ..distributed import DistInfo, all_gather_objects, broadcast_object, torchrun_env
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
@@ -50,15 +51,15 @@ def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.Pa
         split: YouTube-VOS / MOSE only: the split folder ("valid" by default).
 
     Raises:
-        ValueError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
+        InvalidInputError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
     """
     if benchmark in ("ytvos", "mose"):
         return (read_ytvos if benchmark == "ytvos" else read_mose)(root, list_file, split or "valid")
     if benchmark not in _READERS:
-        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+        raise InvalidInputError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
     if split is not None:
-        raise ValueError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
-                         f"split as a list file (--list)")
+        raise InvalidInputError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
+                                f"split as a list file (--list)")
     return _READERS[benchmark](root, list_file)
 
 
@@ -74,7 +75,7 @@ def shard_videos(videos: Sequence[_T], rank: int, world_size: int) -> list[_T]:
         `videos[rank::world_size]`; the shards of all ranks partition `videos`.
     """
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
+        raise InvalidInputError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
     return list(videos[rank::world_size])
 
 
@@ -102,15 +103,21 @@ def _init_distributed() -> tuple[DistInfo, bool]:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size()), True
 
 
+class _OtherRankFailed(UserError, RuntimeError):
+    """Another rank stopped on the user's mistake (its message follows the rank)."""
+
+
 def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> None:
-    """Collective: every rank raises when one failed (its own error, or a note naming the rank)."""
-    messages = all_gather_objects(None if error is None else f"{type(error).__name__}: {error}", dist_info)
+    """Collective: every rank raises when one failed (its own error, or a note naming the rank:
+    one line when that rank's error is the user's to fix, a bug otherwise)."""
+    report = None if error is None else (isinstance(error, UserError), f"{type(error).__name__}: {error}")
+    reports = all_gather_objects(report, dist_info)
     if error is not None:
         raise error
-    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
     if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"evaluation failed on rank {rank}: {message}")
+        rank, (users, message) = failed[0]
+        raise (_OtherRankFailed if users else RuntimeError)(f"evaluation failed on rank {rank}: {message}")
 
 
 def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
@@ -125,8 +132,8 @@ def _check_outside(results: Path, root: Path) -> None:
     """Results are never written into the dataset folder."""
     out, data = results.expanduser().resolve(), root.resolve()
     if out == data or data in out.parents:
-        raise ValueError(f"out_dir: {results} is inside the dataset folder {root}; results are never written into "
-                         f"the dataset: pick a folder outside it with -o (out_dir=)")
+        raise InvalidInputError(f"out_dir: {results} is inside the dataset folder {root}; results are never written "
+                                f"into the dataset: pick a folder outside it with -o (out_dir=)")
 
 
 def _protocol(benchmark: str, size: tuple[int, int] | None, precision: str) -> dict[str, Any]:
@@ -235,21 +242,23 @@ def evaluate(
         "out_dir", "files".
 
     Raises:
-        FileNotFoundError: a missing dataset folder, list file or model.
+        MissingFileError: a missing dataset folder, list file or model.
         DatasetError: a dataset that does not have the official layout.
         ManifestMismatchError: `out_dir` holds another run's outputs (pass overwrite=True).
         FolderLockedError: another live evaluation writes into ``<out_dir>/<benchmark>/`` (one run per
-            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`).
-        ValueError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
+            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`), checked before the
+            model is loaded.
+        InvalidInputError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
             video the propagation refuses (the message names it).
-        PermissionError: `out_dir` is not writable.
+        FileAccessError: `out_dir` is not writable, or a write fails (a full disk: names the file).
+        (Each is a `tcore.errors.UserError`; anything else is a bug.)
     """
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+        raise InvalidInputError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+        raise InvalidInputError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     if size is not None and (len(size) != 2 or min(size) < 1):
-        raise ValueError(f"size={size!r}: expected (H, W) in pixels")
+        raise InvalidInputError(f"size={size!r}: expected (H, W) in pixels")
     resolve_device(device)  # a device this machine lacks is named before anything is read
     dataset = read_dataset(benchmark, root, list_file, split)
     results = check_output_folder(Path(out_dir).expanduser() / benchmark, "out_dir")
@@ -312,7 +321,7 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
     if dist_info.rank == 0:
         try:
             prepare_results_folder(results, manifest, overwrite)
-        except (ValueError, OSError) as err:
+        except Exception as err:  # every rank must learn that rank 0 failed, or the others wait forever
             error = err
     _raise_if_any_failed(dist_info, error)
     backbone.to(torch_device)
@@ -391,12 +400,10 @@ def _predict_shard(dataset: Dataset, results: Path, dist_info: DistInfo, lock: F
 
 
 def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:
-    """Predict one video; errors name the video."""
+    """Predict one video; a user's error names the video (same class), anything else is a bug."""
     try:
         bench.predict(video, backbone, results, settings)
     except DatasetError:  # already names the video
         raise
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{bench.name} video {video.name!r}: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{bench.name} video {video.name!r}: {err}") from err
+    except UserError as err:
+        raise type(err)(f"{bench.name} video {video.name!r}: {err}") from err
