@@ -13,7 +13,6 @@ import torch
 from helpers import bomb_png
 from PIL import ExifTags, Image
 
-import tcore
 from tcore.errors import FileAccessError, InvalidInputError, InvalidTypeError
 from tcore.files import write_atomic
 from tcore.io import DAVIS_PALETTE, FrameReadError, read_mask, read_video, write_masks
