@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from tcore._lock import LOCK_NAME, FolderLock
+from tcore.locks import LOCK_NAME, FolderLock
 from tcore.cli import main
 from tcore.io import DAVIS_PALETTE
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcore._lock import LOCK_NAME, LockHolder
+from tcore.locks import LOCK_NAME, LockHolder
 from training.checkpoint import load_checkpoint
 from training.synthetic import make_frame_folders
 

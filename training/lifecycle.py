@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tcore._lock import FolderLock
+    from tcore.locks import FolderLock
 
 __all__ = ["die_with_launcher", "release_on_sigterm"]
 
