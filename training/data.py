@@ -3,8 +3,10 @@ augmentation §3).
 
 Videos are folders of frame images (names sorted as strings, as the reference does). Two
 layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
-(any folder of frame folders, found recursively). The list of videos is a manifest: one folder
-per line, relative to the root; it is written once per run and reused on resume.
+(any folder of frame folders, found recursively). Hidden and temporary folders (a name starting
+with "." or ending in ".partial", e.g. a video `training.prepare` was writing when it was killed)
+are never videos. The list of videos is a manifest: one folder per line, relative to the root; it
+is written once per run and reused on resume.
 
 The sample stream is global and the same for any number of GPUs: position q (0, 1, 2, ...) is
 video `perm_p[q % N]` with `p = q // N` and `perm_p` a permutation seeded by (seed, p). Step t
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tcore.errors import InvalidInputError, MissingFileError
 from tcore.files import write_text_atomic
 from tcore.io import IMAGE_SUFFIXES
 from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan
@@ -34,7 +37,7 @@ from training.masking import batch_masks, mask_indices
 __all__ = [
     "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
     "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader",
-    "to_device_batch", "mask_rng", "sample_rng", "Batch", "EncodedBatch",
+    "to_device_batch", "mask_rng", "sample_rng", "is_hidden", "Batch", "EncodedBatch",
 ]
 
 FRAME_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))  # tcore's frame files (`str.endswith` takes a tuple)
@@ -42,6 +45,11 @@ _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random strea
 
 
 # ---------------------------------------------------------------------------------- the index
+
+def is_hidden(name: str) -> bool:
+    """True for a hidden or temporary folder name ('.x', 'x.partial'): never a video, never a class."""
+    return name.startswith(".") or name.endswith(".partial")
+
 
 def list_frames(video_dir: str | Path) -> list[str]:
     """Frame file names of one video folder, sorted as strings (the reference's order)."""
@@ -57,32 +65,34 @@ def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train"
             `root` that directly holds frame images).
         split: the sub-folder of the "kinetics" layout.
 
+    Hidden and temporary folders (`is_hidden`) and everything below them are skipped.
+
     Raises:
-        FileNotFoundError: missing root/split, or no frame folder found.
+        MissingFileError: missing root/split, or no frame folder found.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r}: no such folder")
+        raise MissingFileError(f"data.root={root}: no such folder")
     videos: list[str] = []
     if layout == "kinetics":
         base = root / split
         if not base.is_dir():
-            raise FileNotFoundError(f"data.root={str(root)!r}: no '{split}' folder; the kinetics layout is "
-                                    f"<root>/{split}/<class>/<video>/<frames> (or use data.layout=folders)")
-        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir()):
-            for vid in sorted(e.name for e in os.scandir(base / cls) if e.is_dir()):
+            raise MissingFileError(f"data.root={root}: no '{split}' folder; the kinetics layout is "
+                                   f"<root>/{split}/<class>/<video>/<frames> (or use data.layout=folders)")
+        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir() and not is_hidden(e.name)):
+            for vid in sorted(e.name for e in os.scandir(base / cls) if e.is_dir() and not is_hidden(e.name)):
                 videos.append(f"{split}/{cls}/{vid}")
     elif layout == "folders":
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
+            dirnames[:] = sorted(n for n in dirnames if not is_hidden(n))
             if any(n.lower().endswith(FRAME_EXTENSIONS) for n in filenames):
                 videos.append(Path(dirpath).relative_to(root).as_posix())
         videos.sort()
     else:
-        raise ValueError(f"data.layout={layout!r}: expected 'kinetics' or 'folders'")
+        raise InvalidInputError(f"data.layout={layout!r}: expected 'kinetics' or 'folders'")
     if not videos:
-        raise FileNotFoundError(f"data.root={str(root)!r}: no video frame folders found (layout={layout}); "
-                                "extract frames first: python -m training.prepare frames VIDEOS OUT")
+        raise MissingFileError(f"data.root={root}: no video frame folders found (data.layout={layout}); extract "
+                               "frames first: python -m training.prepare frames VIDEOS FRAMES")
     return videos
 
 
@@ -92,12 +102,17 @@ def write_manifest(path: str | Path, videos: list[str]) -> None:
 
 
 def read_manifest(path: str | Path) -> list[str]:
+    """The frame folders a manifest lists (relative to the frames root).
+
+    Raises:
+        MissingFileError: no such file. InvalidInputError: the file lists no video.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.manifest={str(path)!r}: no such file")
+        raise MissingFileError(f"data.manifest={path}: no such file")
     videos = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not videos:
-        raise ValueError(f"data.manifest={str(path)!r}: the file lists no video")
+        raise InvalidInputError(f"data.manifest={path}: the file lists no video")
     return videos
 
 
@@ -201,7 +216,8 @@ class ClipBatchDataset(Dataset):
         folder = self.root / self.videos[self.stream.video(position)]
         names = list_frames(folder)
         if not names:
-            raise FileNotFoundError(f"{folder}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
+            raise MissingFileError(f"{folder}: no frame images ({', '.join(FRAME_EXTENSIONS)}); find such folders "
+                                   f"before a run with: python -m training.prepare check {self.root}")
         rng = sample_rng(self.seed, position)
         d = self.data
         idx = sample_frame_indices(len(names), rng, d.current_range, d.past_offset_range, d.future_offset_range)
@@ -298,7 +314,8 @@ def _open_rgb(path: Path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except OSError as err:
-        raise OSError(f"{path}: cannot read this frame ({err})") from err
+        raise InvalidInputError(f"{path}: cannot read this frame ({err}); find such frames before a run with: "
+                                "python -m training.prepare check FRAMES") from err
 
 
 def _read_encoded(path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -307,8 +324,8 @@ def _read_encoded(path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
 
     data = path.read_bytes()
     if not data.startswith(b"\xff\xd8"):
-        raise ValueError(f"{path}: augment.device=gpu decodes JPEG frames only (nvJPEG); "
-                         "use augment.device=cpu for other formats")
+        raise InvalidInputError(f"{path}: augment.device=gpu decodes JPEG frames only (nvJPEG); "
+                                "use augment.device=cpu for other formats")
     with Image.open(io.BytesIO(data)) as image:
         size = image.size
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), size

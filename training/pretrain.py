@@ -362,8 +362,10 @@ def _report(err: BaseException, debug: bool) -> None:
     message = user_error_message(err, memory_fix=_MEMORY_FIX)
     if message is None or debug:
         traceback.print_exception(err)
-    else:
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:  # re-raised from a DataLoader worker
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "...InvalidInputError: <message>"
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
