@@ -1,12 +1,6 @@
-"""Frame-folder datasets, sandwich sampling and the batch stream (docs/training-recipe.md §2;
-augmentation §3).
-
-Videos are folders of frame images (names sorted as strings, as the reference does). Two
-layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
-(any folder of frame folders, found recursively). Hidden and temporary folders (a name starting
-with "." or ending in ".partial", e.g. a video `training.prepare` was writing when it was killed)
-are never videos. The list of videos is a manifest: one folder per line, relative to the root; it
-is written once per run and reused on resume.
+"""The batch stream (docs/training-recipe.md §2; augmentation §3): which video, frames, crops and
+masks each micro-batch holds. The videos (frame folders, manifests) and sandwich sampling are in
+`training.videos`.
 
 The sample stream is global and the same for any number of GPUs: position q (0, 1, 2, ...) is
 video `perm_p[q % N]` with `p = q // N` and `perm_p` a permutation seeded by (seed, p). Step t
@@ -18,7 +12,6 @@ DataLoader workers hold no state worth saving and a resumed run sees exactly the
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -27,122 +20,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tcore.errors import InvalidInputError, MissingFileError
-from tcore.files import write_text_atomic
-from tcore.io import IMAGE_SUFFIXES
 from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan
 from training.batch import Batch, EncodedBatch
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
 from training.masking import batch_masks, mask_indices
+from training.videos import FRAME_EXTENSIONS, list_frames, sample_frame_indices
 
-__all__ = [
-    "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
-    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader",
-    "to_device_batch", "mask_rng", "sample_rng", "is_hidden", "Batch", "EncodedBatch",
-]
+__all__ = ["SampleStream", "ClipBatchDataset", "StepSampler", "build_loader", "to_device_batch", "mask_rng",
+           "sample_rng", "Batch", "EncodedBatch"]
 
-FRAME_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))  # tcore's frame files (`str.endswith` takes a tuple)
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
-
-
-# ---------------------------------------------------------------------------------- the index
-
-def is_hidden(name: str) -> bool:
-    """True for a hidden or temporary folder name ('.x', 'x.partial'): never a video, never a class."""
-    return name.startswith(".") or name.endswith(".partial")
-
-
-def list_frames(video_dir: str | Path) -> list[str]:
-    """Frame file names of one video folder, sorted as strings (the reference's order)."""
-    return sorted(n for n in os.listdir(video_dir) if n.lower().endswith(FRAME_EXTENSIONS))
-
-
-def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train") -> list[str]:
-    """Frame folders under `root`, relative to it, sorted.
-
-    Args:
-        root: frames root.
-        layout: "kinetics" (`<root>/<split>/<class>/<video>/`) or "folders" (every folder below
-            `root` that directly holds frame images).
-        split: the sub-folder of the "kinetics" layout.
-
-    Hidden and temporary folders (`is_hidden`) and everything below them are skipped.
-
-    Raises:
-        MissingFileError: missing root/split, or no frame folder found.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(f"data.root={root}: no such folder")
-    videos: list[str] = []
-    if layout == "kinetics":
-        base = root / split
-        if not base.is_dir():
-            raise MissingFileError(f"data.root={root}: no '{split}' folder; the kinetics layout is "
-                                   f"<root>/{split}/<class>/<video>/<frames> (or use data.layout=folders)")
-        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir() and not is_hidden(e.name)):
-            for vid in sorted(e.name for e in os.scandir(base / cls) if e.is_dir() and not is_hidden(e.name)):
-                videos.append(f"{split}/{cls}/{vid}")
-    elif layout == "folders":
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(n for n in dirnames if not is_hidden(n))
-            if any(n.lower().endswith(FRAME_EXTENSIONS) for n in filenames):
-                videos.append(Path(dirpath).relative_to(root).as_posix())
-        videos.sort()
-    else:
-        raise InvalidInputError(f"data.layout={layout!r}: expected 'kinetics' or 'folders'")
-    if not videos:
-        raise MissingFileError(f"data.root={root}: no video frame folders found (data.layout={layout}); extract "
-                               "frames first: python -m training.prepare frames VIDEOS FRAMES")
-    return videos
-
-
-def write_manifest(path: str | Path, videos: list[str]) -> None:
-    """One frame folder per line (relative to the frames root), written atomically."""
-    write_text_atomic(path, "".join(v + "\n" for v in videos))
-
-
-def read_manifest(path: str | Path) -> list[str]:
-    """The frame folders a manifest lists (relative to the frames root).
-
-    Raises:
-        MissingFileError: no such file. InvalidInputError: the file lists no video.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"data.manifest={path}: no such file")
-    videos = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not videos:
-        raise InvalidInputError(f"data.manifest={path}: the file lists no video")
-    return videos
-
-
-# ------------------------------------------------------------------------- temporal sampling
-
-def sample_frame_indices(num_frames: int, rng: np.random.Generator,
-                         current_range: tuple[float, float] = (0.3, 0.7),
-                         past_range: tuple[float, float] = (0.15, 0.25),
-                         future_range: tuple[float, float] = (0.15, 0.25)) -> tuple[int, int, int]:
-    """Sandwich sampling (docs/training-recipe.md §2.3): (past, current, future) frame indices of a T-frame video.
-
-    Each bound is a fraction of T computed in floating point and truncated on its own; intervals
-    are inclusive; only the future side is clamped to T-1. When the windows do not fit (T in
-    {1, 2, 3, 7} with the defaults), one random frame is used three times.
-
-    Raises:
-        ValueError: num_frames < 1.
-    """
-    t = num_frames
-    if t < 1:
-        raise ValueError(f"num_frames={t}: a video needs at least one frame")
-    cs, ce = int(current_range[0] * t), int(current_range[1] * t)
-    if cs < ce:
-        c = int(rng.integers(cs, ce))  # randint(cs, ce - 1)
-        ps, pe = c - int(past_range[1] * t), c - int(past_range[0] * t)
-        fs, fe = c + int(future_range[0] * t), c + int(future_range[1] * t)
-        if ps < pe <= c <= fs < fe:
-            return int(rng.integers(ps, pe + 1)), c, int(rng.integers(fs, min(fe, t - 1) + 1))
-    f = int(rng.integers(0, t))
-    return f, f, f
 
 
 class SampleStream:

@@ -61,8 +61,8 @@ from tcore.locks import FolderLock
 from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, ConfigError, check_world_size, config_to_dict, load_config
-from training.data import ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch, \
-    write_manifest
+from training.data import ClipBatchDataset, StepSampler, build_loader, to_device_batch
+from training.videos import read_manifest, scan_videos, write_manifest
 from training.dist import DistInfo, JobStopped, agree, barrier, broadcast_object, cleanup_distributed, pick_device, \
     setup_distributed
 from training.lifecycle import release_on_sigterm
