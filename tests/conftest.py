@@ -20,6 +20,18 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for an in-process training run: the tiny config's kernels are too small to
+    share, and on a busy 2-core machine two OpenMP threads that wait for each other cost seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_backbone():
     """A random tiny T-CoRe ViT (dim 64, depth 2, 2 heads, 4 registers, patch 16)."""
     import torch

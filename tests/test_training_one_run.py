@@ -156,7 +156,7 @@ def test_a_second_launch_into_a_folder_in_use_stops_with_one_clear_error(first_r
     rc, output = first_run["second"]
     print(f"refused launch: {first_run['second_s']:.1f} s from start to exit")
     assert rc != 0
-    errors = [line for line in output.splitlines() if line.startswith("training.pretrain: error:")]
+    errors = [line for line in output.splitlines() if line.startswith("training: error:")]
     assert len(errors) == 1, output[-3000:]  # from rank 0 only
     assert (f"is in use by another training run: pid {first_run['rank0']} on host {socket.gethostname()}, "
             f"started 20") in errors[0]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tcore.locks import FolderLock
 
-__all__ = ["die_with_launcher", "release_on_sigterm"]
+__all__ = ["die_with_parent", "die_with_launcher", "release_on_sigterm"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -67,10 +67,25 @@ def die_with_launcher(poll_every: float = 1.0) -> str | None:
         poll_every: seconds between parent checks of the fallback thread.
 
     Returns:
-        "prctl" (Linux: the kernel delivers the signal), "watch" (a thread polls the parent pid),
-        or None when not started by a launcher or on Windows.
+        As `die_with_parent`; None when not started by a launcher.
     """
-    if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
+    if "LOCAL_RANK" not in os.environ:
+        return None
+    return die_with_parent(poll_every)
+
+
+def die_with_parent(poll_every: float = 1.0) -> str | None:
+    """Make this process die (SIGKILL) as soon as its parent exits: a rank with its launcher, a
+    worker process with the command that started it (`training.prepare`'s decoders).
+
+    Args:
+        poll_every: seconds between parent checks of the fallback thread.
+
+    Returns:
+        "prctl" (Linux: the kernel delivers the signal), "watch" (a thread polls the parent pid),
+        or None on Windows.
+    """
+    if sys.platform == "win32":
         return None
     launcher = os.getppid()
     if _set_parent_death_signal(signal.SIGKILL):

@@ -23,7 +23,8 @@ No single file stops the run; the summary counts each outcome, and the exit code
 video failed. FRAMES_DIR is held by one run at a time (`tcore.locks.FolderLock`), so a run killed
 at any moment and started again ends with the same frames folder, byte for byte, as an
 uninterrupted one: finished videos are skipped, the interrupted one is redone, failed ones are
-tried again. Hidden and `.partial` folders are never videos (`training.videos.scan_videos`).
+tried again; its decoding processes die with it (`training.lifecycle.die_with_parent`), so none
+goes on writing. Hidden and `.partial` folders are never videos (`training.videos.scan_videos`).
 
 `check` lists what would spoil a long run: folders with too few frames for sandwich sampling with
 the config's windows (or fewer than --min-frames), and frames that do not decode.
@@ -48,6 +49,7 @@ from tcore.errors import InvalidInputError, MissingFileError, user_error_message
 from tcore.files import write_text_atomic
 from tcore.locks import FolderLock
 from training.config import DataConfig, load_config
+from training.lifecycle import die_with_parent
 from training.videos import list_frames, sandwich_fits, scan_videos, write_manifest
 
 __all__ = ["VIDEO_EXTENSIONS", "FAILED_NAME", "VideoError", "Prepared", "select_frames", "too_few_decoded",
@@ -230,7 +232,7 @@ def _crashed(job: _Job) -> tuple[str, int, str]:
 
 def _alone(job: _Job) -> tuple[str, int, str]:
     """One job in a process of its own: a crash fails this video only."""
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    with ProcessPoolExecutor(max_workers=1, initializer=die_with_parent) as pool:
         try:
             return pool.submit(_job, job).result()
         except BrokenProcessPool:
@@ -242,7 +244,7 @@ def _results(jobs: list[_Job], workers: int) -> Iterator[tuple[str, int, str]]:
     were in flight are redone each in a process of its own, and the rest in a new pool."""
     todo = jobs
     while todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
             futures: list[Future] = [pool.submit(_job, job) for job in todo]
             for i, future in enumerate(futures):
                 try:
@@ -345,7 +347,7 @@ def check_frames(frames_dir: str | Path, layout: str = "kinetics", split: str = 
         elif not sandwich_fits(count, data.current_range, data.past_offset_range, data.future_offset_range):
             problems.append(f"{root / video}: {count} frames, too few for sandwich sampling with these windows "
                             "(every sample would be one frame three times)")
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=die_with_parent) as pool:
         for bad in pool.map(_undecodable, [str(root / v) for v in videos], chunksize=16):
             problems.extend(bad)
     return len(videos), problems
