@@ -127,3 +127,45 @@ def test_under_torchrun_one_rank_prints_the_error_and_every_rank_exits_by_itself
     # stopped by torchrun's SIGTERM while waiting in a collective (rank 0 may be, once rank 1 is gone)
     codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", output))
     assert codes["1"] == "1", output[-3000:]
+
+
+def test_a_full_disk_during_a_save_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(
+        frames, tmp_path, capsys, monkeypatch, one_torch_thread):
+    import errno
+
+    import training.checkpoint
+
+    out = tmp_path / "run"
+    save = training.checkpoint._torch_save
+    assert main([*TINY, f"data.root={frames}", f"train.output_dir={out}", "train.checkpoint_every=1"]) == 0
+
+    def full(obj, path):
+        save(obj, path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training.checkpoint, "_torch_save", full)
+    capsys.readouterr()
+    assert main([*TINY, f"data.root={frames}", f"train.output_dir={out}", "train.checkpoint_every=1",
+                 "train.stop_at_step=2"]) == 1
+    first, second = out / "checkpoints" / "ckpt_00000001.pt", out / "checkpoints" / "ckpt_00000002.pt"
+    assert capsys.readouterr().err == (
+        f"training: error: checkpoint {second}: cannot be written (No space left on device); free space under "
+        "train.output_dir (or lower train.keep_last) and relaunch: the run resumes from the last checkpoint\n")
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name]  # no half file left
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(frames, tmp_path, capsys, monkeypatch, one_torch_thread):
+    import training.pretrain
+
+    step = training.pretrain.train_step
+
+    def diverging(*args, **kwargs):
+        terms = step(*args, **kwargs)
+        terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(training.pretrain, "train_step", diverging)
+    assert main([*TINY, f"data.root={frames}", f"train.output_dir={tmp_path}"]) == 1
+    assert re.fullmatch(r"training: error: step 1: the loss is not finite \(dino_local [\d.]+, .*, total nan\); lower "
+                        r"optim.base_lr or check the data \(python -m training.prepare check FRAMES\)\n",
+                        capsys.readouterr().err)
