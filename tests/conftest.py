@@ -19,10 +19,22 @@ def _no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def tiny_frames(tmp_path_factory) -> Path:
+    """Eight synthetic videos as JPEG frame folders (layout "folders", 40x56 pixels, 3 to 30 frames):
+    the tiny training config's data. Shared by the whole session: tests only read it."""
+    from training.synthetic import make_frame_folders
+
+    root = tmp_path_factory.mktemp("tiny_frames")
+    make_frame_folders(root, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
+    return root
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread for an in-process training run: the tiny config's kernels are too small to
-    share, and on a busy 2-core machine two OpenMP threads that wait for each other cost seconds."""
+    """One torch thread for the in-process training runs of a module: the tiny config's kernels are
+    too small to share, and on a busy 2-core machine two OpenMP threads that wait for each other
+    cost seconds."""
     import torch
 
     threads = torch.get_num_threads()

@@ -20,15 +20,9 @@ from training.pretrain import main
 from training.synthetic import make_frame_folders
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--config", "training/configs/tiny.yaml", "optim.epochs=1", "train.stop_at_step=1",
         "train.export_at_end=false", "train.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    make_frame_folders(root, [8, 7, 12, 6, 9, 9, 10, 8], size=(40, 56), layout="folders")
-    return root
 
 
 def _error_lines(text: str) -> list[str]:
@@ -46,9 +40,10 @@ def _error_lines(text: str) -> list[str]:
     ("train.resume=/nonexistent/ckpt.pt", "train.resume=/nonexistent/ckpt.pt: no such checkpoint file "
                                           "(train.resume=auto takes the newest of the run's own)"),
 ])
-def test_a_config_mistake_is_one_line_before_anything_starts(override, message, frames, tmp_path, capsys):
+def test_a_config_mistake_is_one_line_before_anything_starts(override, message, tiny_frames, tmp_path,
+                                                               capsys):
     out = tmp_path / "run"
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={out}", override]) == 1
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={out}", override]) == 1
     captured = capsys.readouterr()
     assert captured.err == f"training: error: {message}\n" and captured.out == ""
     assert not out.exists()  # no lock, no log: nothing started
@@ -63,26 +58,27 @@ def test_a_data_root_without_videos_is_one_line(tmp_path, capsys):
                    "(data.layout=folders); extract frames first: python -m training.prepare frames VIDEOS FRAMES\n")
 
 
-def test_on_ranks_but_0_a_config_mistake_prints_nothing(frames, tmp_path, capsys, monkeypatch):
+def test_on_ranks_but_0_a_config_mistake_prints_nothing(tiny_frames, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={tmp_path}", "optim.epochs=-1"]) == 1
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path}", "optim.epochs=-1"]) == 1
     assert capsys.readouterr().err == ""
 
 
-def test_debug_shows_the_traceback_of_a_users_mistake_too(frames, tmp_path, capsys):
-    assert main(["--debug", *TINY, f"data.root={frames}", f"train.output_dir={tmp_path}", "optim.epochs=-1"]) == 1
+def test_debug_shows_the_traceback_of_a_users_mistake_too(tiny_frames, tmp_path, capsys):
+    assert main(["--debug", *TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path}",
+                 "optim.epochs=-1"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ConfigError: optim.epochs=-1: must be >= 1" in err
 
 
-def test_a_bug_keeps_its_traceback(frames, tmp_path, capsys, monkeypatch):
+def test_a_bug_keeps_its_traceback(tiny_frames, tmp_path, capsys, monkeypatch):
     def broken_scan(*args, **kwargs):
         raise ZeroDivisionError("a bug in the scan")
 
     monkeypatch.setattr("training.pretrain.scan_videos", broken_scan)  # a step every rank agrees on
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={tmp_path / 'a'}"]) == 1
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path / 'a'}"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ZeroDivisionError: a bug in the scan" in err
     assert not _error_lines(err)
@@ -93,7 +89,7 @@ def test_a_bug_keeps_its_traceback(frames, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("training.pretrain.build_training", broken_build)  # a step of each rank alone
     with pytest.raises(ZeroDivisionError, match="a bug in the model"):
-        main([*TINY, f"data.root={frames}", f"train.output_dir={tmp_path / 'b'}"])
+        main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path / 'b'}"])
 
 
 def test_a_frame_that_does_not_decode_in_a_loader_worker_is_one_line_naming_it(tmp_path, capsys):
@@ -123,21 +119,21 @@ def test_under_torchrun_one_rank_prints_the_error_and_every_rank_exits_by_itself
                                     "(data.layout=folders); extract frames first: python -m training.prepare "
                                     "frames VIDEOS FRAMES"]
     assert f'File "{REPO / "training"}' not in output  # no rank printed a traceback
-    # torchrun's summary: rank 1 (which had nothing to report) ended by itself with exit code 1, not
-    # stopped by torchrun's SIGTERM while waiting in a collective (rank 0 may be, once rank 1 is gone)
+    # torchrun's summary: each rank ended by itself with exit code 1, none was stopped by torchrun's
+    # SIGTERM while it waited in a collective
     codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", output))
-    assert codes["1"] == "1", output[-3000:]
+    assert codes == {"0": "1", "1": "1"}, output[-3000:]
 
 
 def test_a_full_disk_during_a_save_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(
-        frames, tmp_path, capsys, monkeypatch, one_torch_thread):
+        tiny_frames, tmp_path, capsys, monkeypatch):
     import errno
 
     import training.checkpoint
 
     out = tmp_path / "run"
     save = training.checkpoint._torch_save
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={out}", "train.checkpoint_every=1"]) == 0
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={out}", "train.checkpoint_every=1"]) == 0
 
     def full(obj, path):
         save(obj, path)
@@ -145,7 +141,7 @@ def test_a_full_disk_during_a_save_stops_the_run_with_one_line_and_keeps_the_las
 
     monkeypatch.setattr(training.checkpoint, "_torch_save", full)
     capsys.readouterr()
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={out}", "train.checkpoint_every=1",
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={out}", "train.checkpoint_every=1",
                  "train.stop_at_step=2"]) == 1
     first, second = out / "checkpoints" / "ckpt_00000001.pt", out / "checkpoints" / "ckpt_00000002.pt"
     assert capsys.readouterr().err == (
@@ -154,7 +150,7 @@ def test_a_full_disk_during_a_save_stops_the_run_with_one_line_and_keeps_the_las
     assert sorted(p.name for p in first.parent.iterdir()) == [first.name]  # no half file left
 
 
-def test_a_non_finite_loss_stops_the_run_with_one_line(frames, tmp_path, capsys, monkeypatch, one_torch_thread):
+def test_a_non_finite_loss_stops_the_run_with_one_line(tiny_frames, tmp_path, capsys, monkeypatch):
     import training.pretrain
 
     step = training.pretrain.train_step
@@ -165,7 +161,7 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(frames, tmp_path, capsys,
         return terms
 
     monkeypatch.setattr(training.pretrain, "train_step", diverging)
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={tmp_path}"]) == 1
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path}"]) == 1
     assert re.fullmatch(r"training: error: step 1: the loss is not finite \(dino_local [\d.]+, .*, total nan\); lower "
                         r"optim.base_lr or check the data \(python -m training.prepare check FRAMES\)\n",
                         capsys.readouterr().err)

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, free_port
+from helpers import REPO, descendants, free_port, process_alive, process_parent
 
 from training.checkpoint import load_checkpoint
-from training.synthetic import make_frame_folders
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")]
@@ -52,35 +51,6 @@ def _nodes(frames: Path, out: Path, stop: int, logs: Path) -> list[subprocess.Po
                    _training(frames, out, stop), logs / f"{out.name}-node{node}.log") for node in (0, 1)]
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
-            except (OSError, IndexError):
-                continue
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-
-
 def _metrics(run: Path) -> list[dict]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
@@ -92,9 +62,8 @@ def _log(logs: Path, name: str) -> str:
     return "\n".join(p.read_text()[-2000:] for p in sorted(logs.glob(f"{name}*.log")))
 
 
-def test_two_nodes_equal_one_node_and_survive_a_lost_node(tmp_path):
-    frames = tmp_path / "frames"
-    make_frame_folders(frames, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
+def test_two_nodes_equal_one_node_and_survive_a_lost_node(tiny_frames, tmp_path):
+    frames = tiny_frames
     one, two = tmp_path / "one", tmp_path / "two"
     reference = _start(["--standalone", "--nproc-per-node", "2"], _training(frames, one, STEPS), tmp_path / "one.log")
     nodes = _nodes(frames, two, 0, tmp_path)  # would train for 90 steps
@@ -106,9 +75,9 @@ def test_two_nodes_equal_one_node_and_survive_a_lost_node(tmp_path):
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.02)
         rank0 = json.loads((two / "tcore.lock").read_text())["pid"]
-        survivor = next(p for p in nodes if p.pid == _parent(rank0))
+        survivor = next(p for p in nodes if p.pid == process_parent(rank0))
         victim = next(p for p in nodes if p is not survivor)
-        ranks = _descendants(victim.pid) | _descendants(survivor.pid)
+        ranks = descendants(victim.pid) | descendants(survivor.pid)
         victim.kill()  # SIGKILL: a lost node
         killed_at = time.monotonic()
         survivor.wait(timeout=120)
@@ -117,9 +86,9 @@ def test_two_nodes_equal_one_node_and_survive_a_lost_node(tmp_path):
         print(f"the other node's launcher exited {survivor_s:.1f} s after the kill")
         assert survivor.returncode != 0 and survivor_s < 60
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in ranks if _alive(pid)], "processes outlived the lost node"
+        assert not [pid for pid in ranks if process_alive(pid)], "processes outlived the lost node"
         assert not (two / "tcore.lock").exists()  # rank 0 stopped with an error and released the folder
         assert reference.wait(timeout=300) == 0, _log(tmp_path, "one")
     finally:

@@ -110,12 +110,12 @@ def _broken_videos(folder: Path) -> dict[str, str]:
     if os.geteuid() != 0:  # root reads any file
         unreadable = make_video(folder / "unreadable.mp4", num_frames=6, size=(32, 32))
         unreadable.chmod(0)
-        reasons["unreadable.mp4"] = r"not a video file FFmpeg can read \(Permission denied\)|cannot be read .*"
+        reasons["unreadable.mp4"] = r"cannot be read \(Permission denied\)"
     else:
         slow = _noise_video(folder / "slow.mp4", 60, 32).read_bytes()  # the index at the end is lost
         (folder / "slow.mp4").unlink()
         (folder / "cut_before_index.mp4").write_bytes(slow[: len(slow) // 3])
-        reasons["cut_before_index.mp4"] = r"not a video file FFmpeg can read \(Invalid data found when processing input\)"
+        reasons["cut_before_index.mp4"] = reasons["garbage.mp4"]
     return reasons
 
 
@@ -131,7 +131,8 @@ def tree(tmp_path_factory):
         path.chmod(0o755 if path.is_dir() else 0o644)  # let pytest clean up
 
 
-def test_every_video_ends_done_already_done_or_failed_with_its_reason(tree, tmp_path, capsys):
+def test_every_video_ends_done_already_done_or_failed_with_its_reason(tree, tmp_path, capsys,
+                                                                   one_torch_thread):
     videos, reasons = tree
     frames = tmp_path / "frames"
     assert main(["frames", str(videos), str(frames), "--num-frames", "4", "--workers", "2"]) == 1

@@ -16,25 +16,19 @@ import torch
 
 from training.checkpoint import load_checkpoint, newest_good_checkpoint
 from training.pretrain import main
-from training.synthetic import make_frame_folders
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--config", "training/configs/tiny.yaml", "optim.epochs=1", "train.checkpoint_every=1", "train.keep_last=3",
         "train.export_at_end=false", "train.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    make_frame_folders(root, [8, 7, 12, 6, 9, 9, 10, 8], size=(40, 56), layout="folders")
-    return root
-
-
-@pytest.fixture(scope="module")
-def runs(frames, tmp_path_factory):
+def runs(tiny_frames, tmp_path_factory, one_torch_thread):
     """A run stopped after 2 of 3 steps (checkpoints 1 and 2), and the same run straight to 3."""
     base = tmp_path_factory.mktemp("runs")
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={base / 'stopped'}", "train.stop_at_step=2"]) == 0
-    assert main([*TINY, f"data.root={frames}", f"train.output_dir={base / 'straight'}"]) == 0
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={base / 'stopped'}",
+                 "train.stop_at_step=2"]) == 0
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={base / 'straight'}"]) == 0
     return base
 
 
@@ -58,12 +52,12 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
-        runs, frames, tmp_path, capsys):
+        runs, tiny_frames, tmp_path, capsys):
     run = _copy(runs, tmp_path)
     newest = run / "checkpoints" / "ckpt_00000002.pt"
     cut = newest.read_bytes()[: newest.stat().st_size // 3]  # an interrupted copy, a full disk
     newest.write_bytes(cut)
-    assert _relaunch(frames, run) == 0
+    assert _relaunch(tiny_frames, run) == 0
     out = capsys.readouterr()
     log = (run / "log.txt").read_text()
     assert (f"checkpoint {newest}: not a complete checkpoint file (cut short, e.g. by a full disk or an "
@@ -99,21 +93,22 @@ def test_checkpoints_that_fail_their_checks_are_set_aside_too(runs, tmp_path, ca
     assert not any("weights_only=False" in r for r in reasons)
 
 
-def test_only_broken_checkpoints_stop_the_run_with_their_names(runs, frames, tmp_path, capsys):
+def test_only_broken_checkpoints_stop_the_run_with_their_names(runs, tiny_frames, tmp_path, capsys):
     run = _copy(runs, tmp_path)
     for ckpt in (run / "checkpoints").iterdir():
         ckpt.write_bytes(b"garbage")
-    assert _relaunch(frames, run) == 1
+    assert _relaunch(tiny_frames, run) == 1
     assert capsys.readouterr().err == (
         f"training: error: train.resume=auto: {run / 'checkpoints'} holds no usable checkpoint, only "
         "ckpt_00000001.pt.broken, ckpt_00000002.pt.broken (the log says why each is broken); to start this run "
         "again from step 0, set train.resume=\"\"\n")
 
 
-def test_a_config_that_changes_the_training_refuses_to_resume_one_line_per_key(runs, frames, tmp_path, capsys):
+def test_a_config_that_changes_the_training_refuses_to_resume_one_line_per_key(runs, tiny_frames, tmp_path,
+                                                                              capsys):
     run = _copy(runs, tmp_path)
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert _relaunch(frames, run, "optim.base_lr=0.004", "augment.global_scale=[0.5, 1.0]",
+    assert _relaunch(tiny_frames, run, "optim.base_lr=0.004", "augment.global_scale=[0.5, 1.0]",
                      "model.drop_path_rate=0.2", "train.log_every=2") == 1
     assert capsys.readouterr().err == (
         f"training: error: train.resume: {run / 'checkpoints' / 'ckpt_00000002.pt'} was trained with another "
@@ -126,9 +121,9 @@ def test_a_config_that_changes_the_training_refuses_to_resume_one_line_per_key(r
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before and _steps(run) == [1, 2]
 
 
-def test_named_changes_are_accepted_and_logged_and_bookkeeping_never_blocks(runs, frames, tmp_path):
+def test_named_changes_are_accepted_and_logged_and_bookkeeping_never_blocks(runs, tiny_frames, tmp_path):
     run = _copy(runs, tmp_path)
-    assert _relaunch(frames, run, "optim.base_lr=0.004", "train.resume_changes=optim.base_lr",
+    assert _relaunch(tiny_frames, run, "optim.base_lr=0.004", "train.resume_changes=optim.base_lr",
                      "train.keep_last=5", "data.num_workers=0", "train.log_every=3") == 0
     log = (run / "log.txt").read_text()
     assert "resuming with a changed optim.base_lr: 0.002 -> 0.004 (accepted by train.resume_changes)" in log

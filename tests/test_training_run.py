@@ -23,16 +23,8 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from training.config import load_config
 from training.export import main as export_main
 from training.optim import build_schedules
-from training.synthetic import make_frame_folders
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    make_frame_folders(root, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
-    return root
 
 
 def _env() -> dict[str, str]:
@@ -51,9 +43,10 @@ def _metrics(run: Path) -> list[dict]:
     return lines
 
 
-def test_single_process_run_ema_teacher_and_export(frames, tmp_path):
+def test_single_process_run_ema_teacher_and_export(tiny_frames, tmp_path):
     run = tmp_path / "run"
-    _run([sys.executable, "training/pretrain.py", "--config", "training/configs/tiny.yaml", f"data.root={frames}",
+    _run([sys.executable, "training/pretrain.py", "--config", "training/configs/tiny.yaml",
+          f"data.root={tiny_frames}",
           f"train.output_dir={run}", "optim.epochs=1", "train.checkpoint_every=1", "train.keep_last=5",
           "augment.device=gpu"])  # the batched augmentation path, on CPU tensors
     metrics = _metrics(run)

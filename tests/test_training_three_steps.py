@@ -94,11 +94,6 @@ BATCHES_SHA256 = {12: "e1263e47dc9281fc99aeba9f13453c9235db08f7ee19c1e7165489dc1
                   13: "1e669f4ae95766881ab9ea2afafa6ec8bfeeda2fc88616dea77589240174541c"}
 
 
-def make_frames(root: Path) -> Path:
-    make_frame_folders(root, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
-    return root
-
-
 def three_steps(frames: Path, out: Path, *overrides: str) -> list[tuple[float, ...]]:
     """The loss terms (KEYS) of each of the three steps of the tiny config (one epoch), LayerScale 0.1."""
     assert main(["--config", "training/configs/tiny.yaml", f"data.root={frames}", f"train.output_dir={out}",
@@ -116,11 +111,6 @@ def mismatches(got: list[tuple[float, ...]], recorded: list[tuple[float, ...]]) 
             for key, g, r in zip(KEYS, got_terms, rec_terms) if abs(g - r) > REL * abs(r) + ABS]
 
 
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    return make_frames(tmp_path_factory.mktemp("frames"))
-
-
 def _pillow() -> int:
     major = int(PIL.__version__.split(".")[0])
     if major not in BATCHES_SHA256:
@@ -128,9 +118,9 @@ def _pillow() -> int:
     return major
 
 
-def test_the_first_micro_batches_are_pinned_bit_for_bit(frames):
-    cfg = load_config("training/configs/tiny.yaml", [f"data.root={frames}"])
-    dataset = ClipBatchDataset(cfg, frames, scan_videos(frames, "folders"), cfg.optim.batch_size_per_gpu)
+def test_the_first_micro_batches_are_pinned_bit_for_bit(tiny_frames):
+    cfg = load_config("training/configs/tiny.yaml", [f"data.root={tiny_frames}"])
+    dataset = ClipBatchDataset(cfg, tiny_frames, scan_videos(tiny_frames, "folders"), cfg.optim.batch_size_per_gpu)
     digest = hashlib.sha256()
     for g in (0, 1):
         batch = dataset[g]
@@ -140,9 +130,9 @@ def test_the_first_micro_batches_are_pinned_bit_for_bit(frames):
 
 
 @pytest.mark.parametrize("augment", ["cpu", "gpu"])
-def test_three_tiny_steps_give_the_recorded_losses(augment, frames, tmp_path, one_torch_thread):
+def test_three_tiny_steps_give_the_recorded_losses(augment, tiny_frames, tmp_path, one_torch_thread):
     recording = "gpu" if augment == "gpu" else {12: "cpu", 13: "cpu, Pillow 13"}[_pillow()]
-    got = three_steps(frames, tmp_path / "run", f"augment.device={augment}")
+    got = three_steps(tiny_frames, tmp_path / "run", f"augment.device={augment}")
     assert mismatches(got, RECORDED[recording]) == [], got
 
 
@@ -190,7 +180,8 @@ def _check_knobs() -> int:
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp())
-    frames_dir = make_frames(work / "frames")
+    frames_dir = work / "frames"  # the tiny_frames fixture of conftest.py
+    make_frame_folders(frames_dir, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
     recorded = RECORDED["cpu" if int(PIL.__version__.split(".")[0]) < 13 else "cpu, Pillow 13"]
     failed = 0
     knobs = [(name, overrides, None) for name, overrides in KNOBS.items()]

@@ -46,6 +46,7 @@ if __name__ == "__main__":  # a rank dies with its launcher: armed first, before
 import argparse
 import contextlib
 import logging
+import signal
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -62,7 +63,6 @@ from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, ConfigError, check_world_size, config_to_dict, load_config
 from training.data import ClipBatchDataset, StepSampler, build_loader, to_device_batch
-from training.videos import read_manifest, scan_videos, write_manifest
 from training.dist import DistInfo, JobStopped, agree, barrier, broadcast_object, cleanup_distributed, pick_device, \
     setup_distributed
 from training.lifecycle import release_on_sigterm
@@ -72,6 +72,7 @@ from training.model import Student, build_student, build_teacher, compile_models
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
 from training.resume import choose_checkpoint
 from training.runlog import RunLog
+from training.videos import read_manifest, scan_videos, write_manifest
 
 __all__ = ["main", "train", "check_launch", "TrainState", "StepPlan", "build_training", "plan_steps", "resume",
            "train_step", "forward_backward", "optimizer_step", "micro_seed", "save"]
@@ -450,4 +451,7 @@ def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code:  # every rank stops on an error it knows of: the exit finishes even if the launcher's SIGTERM comes
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # now (torchrun sends it once any rank has exited)
+    sys.exit(code)
