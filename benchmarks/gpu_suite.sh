@@ -20,7 +20,7 @@
 #   step_s      train_step ViT-S/16, 64/GPU, bf16, + bf16-vs-fp32 loss parity                       (100)
 #   step_b      train_step ViT-B/16, 32/GPU, bf16                                                   (70)
 #   e2e_gpu     train_e2e ViT-S/16, batched GPU augmentation, 15 workers                            (100)
-#   features    backbone throughput, tcore vs timm                                                  (50)
+#   backbone    backbone throughput, tcore vs timm                                                  (50)
 #   loader_gpu  train_e2e data pipeline alone, batched GPU augmentation, 15 workers                 (60)
 #   loader_cpu  train_e2e data pipeline alone, PIL augmentation in 15 workers                       (60)
 #   metrics     DAVIS J&F metrics on CUDA                                                           (40)
@@ -42,7 +42,7 @@ mkdir -p "$DEST"
 REPORT="$DEST/gpu_suite.md"
 : > "$REPORT"
 BUDGET=${SUITE_BUDGET:-480}
-DEFAULT_PARTS="cuda_tests engine pipeline step_s step_b e2e_gpu loader_gpu features loader_cpu metrics step_s_compile"
+DEFAULT_PARTS="cuda_tests engine pipeline step_s step_b e2e_gpu loader_gpu backbone loader_cpu metrics step_s_compile"
 [ -n "$TINY" ] && DEFAULT_PARTS="step_s step_b e2e_gpu loader_cpu step_s_compile"
 PARTS=${PARTS:-$DEFAULT_PARTS}
 
@@ -81,7 +81,7 @@ for part in $PARTS; do
     step_b) run step_b 70 $PY benchmarks/train_step.py --arch vitb16 $TINY --json "$DEST/step_b.json" ;;
     e2e_gpu) run e2e_gpu 100 $PY benchmarks/train_e2e.py --augment gpu --workers 15 --part e2e $TINY \
                --json "$DEST/e2e_gpu.json" ;;
-    features) run features 50 $PY benchmarks/features.py --device cuda --repeat 5 ;;
+    backbone) run backbone 50 $PY benchmarks/backbone.py --device cuda --repeat 5 ;;
     loader_gpu) run loader_gpu 60 $PY benchmarks/train_e2e.py --augment gpu --workers 15 --part loader $TINY \
                   --json "$DEST/loader_gpu.json" ;;
     loader_cpu) run loader_cpu 60 $PY benchmarks/train_e2e.py --augment cpu --workers 15 --part loader $TINY \

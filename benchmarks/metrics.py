@@ -8,7 +8,7 @@ each boundary map, then counts), on a DAVIS-val-sized synthetic run, and a check
 The synthetic sequences are 67 frames long (the DAVIS-2017 val average) with moving blob objects
 (unions of rotating ellipses); the prediction is the ground truth with each ellipse jittered by a
 few pixels, and an object occasionally dropped. The direct implementation is the tests' oracle
-(`tests/oracles.py`: it dilates with OpenCV when it is installed, as the official code, else with a
+(`benchmarks/oracles.py`: it dilates with OpenCV when it is installed, as the official code, else with a
 numpy disk dilation).
 """
 from __future__ import annotations
@@ -17,18 +17,14 @@ import argparse
 import datetime
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracles: tests/oracles.py
+from oracles import cv2, official_davis_per_frame
 
-from oracles import cv2, official_davis_per_frame  # noqa: E402
-
-from tcore.metrics import davis_scores  # noqa: E402
+from tcore.metrics import davis_scores
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,11 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # tests/oracles.py
+from oracles import literal_propagation
 
-from oracles import literal_propagation  # noqa: E402
-
-import tcore  # noqa: E402
+import tcore
 
 Row = dict[str, object]
 
@@ -63,7 +61,7 @@ def first_labels(classes: int, h: int, w: int, seed: int, device: str) -> torch.
     return torch.softmax(3 * torch.randn(classes, h, w, generator=gen), dim=0).to(device)
 
 
-# --- the reference-style engine: the tests' oracle (tests/oracles.py), 100 queries at a time -----------
+# --- the reference-style engine: the tests' oracle (benchmarks/oracles.py), 100 queries at a time ------
 
 def reference_propagation(features: torch.Tensor, labels: torch.Tensor, topk: int = 7, temperature: float = 0.7,
                           radius: float = 20, n_context: int = 20) -> torch.Tensor:
@@ -385,8 +383,7 @@ def bench_pipeline(frames: int, arch: str, device: str, batch_size: int, unique:
     import tempfile
 
     from tcore.cli import main as cli
-    from tcore.propagation import api
-    from tcore.propagation.features import FrameEncoder
+    from tcore.propagation.encoder import _DECODE_WORKERS, FrameEncoder
     from tcore.propagation.labels import decode_ids
 
     dev = torch.device(device)
@@ -411,9 +408,9 @@ def bench_pipeline(frames: int, arch: str, device: str, batch_size: int, unique:
         decoded = list(frames_in)
         row("decode JPEG, 1 thread", time.perf_counter() - start, f"{jpeg_kb:.0f} kB/frame, 854x480")
         start = time.perf_counter()
-        for _ in frames_in.iter_threaded(api._DECODE_WORKERS):
+        for _ in frames_in.iter_threaded(_DECODE_WORKERS):
             pass
-        row(f"decode JPEG, {api._DECODE_WORKERS} threads", time.perf_counter() - start, "what the pipeline uses")
+        row(f"decode JPEG, {_DECODE_WORKERS} threads", time.perf_counter() - start, "what the pipeline uses")
         encoder = FrameEncoder(model, (480, 880), dev, batch_size)
         encoder(decoded[:batch_size])  # warm-up
         feats: list[torch.Tensor] = []

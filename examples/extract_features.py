@@ -12,7 +12,8 @@ from PIL import Image
 
 import tcore
 from tcore.pictures import fit_pca, pca_colours
-from tcore.propagation.features import FrameEncoder, pick_device
+from tcore.devices import resolve_device
+from tcore.propagation.encoder import FrameEncoder
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs=2, default=(480, 880), metavar=("H", "W"))
     args = p.parse_args()
 
-    device = pick_device()
+    device = resolve_device()
     model = tcore.load_backbone(args.model, device=device)
     frame = np.asarray(Image.open(args.image).convert("RGB"))
     size = tuple(s // model.patch_size * model.patch_size for s in args.size)

@@ -22,10 +22,16 @@ _EXAMPLES = {
     "propagate": "tcore propagate frames/ 00000.png -o masks/ --overlay overlay.mp4   "
                  "(or a folder of masks named like the frames: tcore propagate frames/ annotations/ -o masks/)",
     "demo": "tcore demo --model path/to/checkpoint.pth",
-    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/ [--format timm]",
+    "convert": "tcore convert vits16_400ep_K400.pth -o tcore-vits16-k400/ [--format timm]   "
+               "(or: -o vits16.onnx --format onnx)",
     "inspect": "tcore inspect some_checkpoint.pth --json",
     "download": "tcore download tcore_vits16.k400 tcore_vitb16",
+    "eval": "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/",
+    "features": "tcore features video.mp4 -o pca.mp4   (or: --point 320 200 -o match.gif)",
+    "app": "tcore app --port 7860",
 }
+
+_SIGPIPE_STATUS = 141  # 128 + SIGPIPE: the status of a Unix tool whose reader went away (as `yes | head`)
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -58,15 +64,18 @@ def _propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, preset: bool = True,
+                size_help: str = "working size (floored to the patch size)",
+                device_help: str = "cuda, mps or cpu (default: the best available)") -> None:
+    """--model, --preset (unless `preset` is False), --size, --device, --batch-size, --precision."""
     p.add_argument("--model", default=None,
                    help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
                         "(default: tcore_vits16, Kinetics-400)")
-    p.add_argument("--preset", default=None, choices=["davis", "jhmdb", "vip"],
-                   help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="working size (floored to the patch size)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    if preset:
+        p.add_argument("--preset", default=None, choices=["davis", "jhmdb", "vip"],
+                       help="the paper's exact protocol (default: its hyper-parameters, aspect kept, short side 480)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help=size_help)
+    p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: faster on GPUs, not bit-exact (opt-in)")
@@ -148,21 +157,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     result = run_demo(model=args.model, video=args.video, mask=args.mask, out_dir=args.output,
                       device=args.device, progress=not args.quiet, threshold=args.threshold)
-    if result.scores is not None:
-        s, c = result.scores, result.copy_scores
-        mean = lambda v: sum(v) / len(v)  # noqa: E731
-        print(f"{'':<24}{'J&F':>7}{'J':>7}{'F':>7}")
-        print(f"{'tcore propagation':<24}{mean(s['JF']):7.3f}{mean(s['J']):7.3f}{mean(s['F']):7.3f}")
-        print(f"{'copy the first mask':<24}{mean(c['JF']):7.3f}{mean(c['J']):7.3f}{mean(c['F']):7.3f}")
+    if result.scores is not None:  # percent with one decimal, as the paper and `tcore eval`
+        print(f"{'(percent)':<24}{'J&F':>7}{'J':>7}{'F':>7}")
+        for label, scores in (("tcore propagation", result.scores), ("copy the first mask", result.copy_scores)):
+            print(f"{label:<24}" + "".join(f"{100 * sum(scores[k]) / len(scores[k]):7.1f}" for k in ("JF", "J", "F")))
     print(f"wrote {result.mask_dir}/ and {result.overlay}")
     return 0
 
 
 # ------------------------------------------------------------------------------ pictures and app
-
-_EXAMPLES["features"] = "tcore features video.mp4 -o pca.mp4   (or: --point 320 200 -o match.gif)"
-_EXAMPLES["app"] = "tcore app --port 7860"
-
 
 def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="frame folder or video file (mp4/webm/avi need the [video] extra)")
@@ -217,9 +220,6 @@ def _app(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ evaluation
 
-_EXAMPLES["eval"] = "tcore eval davis --root data/DAVIS --model tcore_vits16 -o results/"
-
-
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", choices=["davis", "jhmdb", "vip", "ytvos", "mose"],
                    help="davis (DAVIS-2017 val, J&F), jhmdb (PCK) or vip (mIoU): the paper's preset of that name; "
@@ -227,39 +227,32 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="the dataset folder, in its official layout")
     p.add_argument("-o", "--output", default="tcore-eval",
                    help="results folder; outputs go to OUTPUT/BENCHMARK/, never into the dataset (default: tcore-eval)")
-    p.add_argument("--model", default=None,
-                   help="tcore_vits16[.in1k] | tcore_vitb16 | checkpoint path | save_pretrained folder | org/repo "
-                        "(default: tcore_vits16, Kinetics-400)")
+    _model_args(p, preset=False,  # the benchmark's own preset
+                size_help="override the paper's working size (quick runs; not comparable with the paper)",
+                device_help="cuda, mps or cpu (default: the best available; under torchrun each rank its local GPU)")
     p.add_argument("--list", dest="list_file", default=None,
-                   help="split list: the official jhmdb_vallist.txt / vip_vallist.txt (default: DAVIS "
-                        "ImageSets/2017/val.txt; JHMDB/VIP every clip found, which is not the paper's split)")
+                   help="another split: a list file, one video per line (default: the paper's split, shipped with "
+                        "tcore; DAVIS: the dataset's ImageSets/2017/val.txt when present)")
     p.add_argument("--split", default=None,
                    help="ytvos/mose: the split folder under --root (default: valid; train has ground truth)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this benchmark's outputs in the results folder and start again (default: resume)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="override the paper's working size (quick runs; not comparable with the paper)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available; "
-                                                  "under torchrun each rank its local GPU)")
-    p.add_argument("--batch-size", type=int, default=8, help="frames per backbone call")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: faster on GPUs, not bit-exact (opt-in)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 @_command("eval", "run a benchmark (the paper's DAVIS-2017, JHMDB, VIP; YouTube-VOS; MOSE)")(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
-    import os
-
     _output_folder(args.output, "-o")
     _check_device(args.device)
+    from .distributed import torchrun_env
     from .evaluation import evaluate, format_table
 
     summary = evaluate(args.benchmark, args.root, model=args.model, out_dir=args.output, list_file=args.list_file,
                        split=args.split, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
                        precision=args.precision, size=tuple(args.size) if args.size else None,
                        progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    rank, _, _ = torchrun_env()
+    if rank != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_table(summary))
     if summary["n_resumed"]:
@@ -308,40 +301,74 @@ def _check_device(device: str | None) -> None:
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="official .pth (or .safetensors / any known layout)")
-    p.add_argument("-o", "--output", required=True, help="folder to write config.json + model.safetensors")
-    p.add_argument("--format", default="tcore", choices=["tcore", "timm"],
-                   help="tcore: TCoReBackbone.from_pretrained / tcore.load_backbone read it (default); "
-                        "timm: stock timm reads it, timm.create_model('local-dir:OUTPUT', pretrained=True)")
+    p.add_argument("-o", "--output", required=True,
+                   help="folder to write config.json + model.safetensors (--format onnx: a file ending in .onnx)")
+    p.add_argument("--format", default="tcore", choices=["tcore", "timm", "onnx"],
+                   help="tcore (default): save_pretrained's folder, lossless; TCoReBackbone.from_pretrained, "
+                        "tcore.load_backbone and, after `import tcore`, timm.create_model('local-dir:OUTPUT', "
+                        "pretrained=True) read it. timm: for stock timm without tcore (a stock ViT; the class "
+                        "position folded into cls_token, no mask token); tcore.load_backbone reads it too. "
+                        "onnx: one .onnx file, pixel_values (B,3,H,W) -> patch_tokens (B,H/p,W/p,D), cls_token "
+                        "(B,D), dynamic batch, height and width (extra [export])")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="--format onnx: fix the input size (multiples of the patch size; default: any size)")
     p.add_argument("--arch", default=None, choices=["tcore_vits16", "tcore_vitb16"],
                    help="tcore architecture (default: read from the checkpoint)")
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads, for sizes tcore does not know (weights do not record it)")
 
 
-@_command("convert", "official checkpoint -> a folder for tcore (or stock timm): model.safetensors + config.json")(
+@_command("convert", "official checkpoint -> a folder for tcore (or stock timm): model.safetensors + config.json; "
+                     "or one .onnx file (--format onnx)")(
     _convert_args)
 def _convert(args: argparse.Namespace) -> int:
     source = _existing(args.checkpoint, "checkpoint")
-    _output_folder(args.output, "-o")
+    if args.format == "onnx":
+        from .export import check_onnx_output
+
+        check_onnx_output(args.output, "-o")  # the file name and the extra, before the model loads
+    else:
+        _output_folder(args.output, "-o")
+    from .errors import InvalidInputError
     from .files import sha256sum
     from .models import load_backbone
+    from .weights import pinned_releases
 
     if args.arch:
         model = load_backbone(args.arch, checkpoint=source)
     else:
         model = load_backbone(source, **({"num_heads": args.num_heads} if args.num_heads else {}))
-    metadata = {"source": source.name, **({"source_sha256": sha256sum(source)} if source.is_file() else {})}
+    digest = sha256sum(source) if source.is_file() else None
+    metadata = {"source": source.name, **({"source_sha256": digest} if digest else {})}
+    if args.format == "onnx":
+        return _write_onnx(model, args.output, args.size, metadata)
+    model.release = pinned_releases().get(digest)  # a released file: the model card says so (base_model, ...)
     if args.format == "timm":
         from .backbone import TCoReBackbone
         from .hub import export_for_timm
 
         if not isinstance(model, TCoReBackbone):
-            raise ValueError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
-                             "timm layouts are already timm's")
+            raise InvalidInputError(f"--format timm: {source} is not a T-CoRe checkpoint ({type(model).__name__}); "
+                                    "timm layouts are already timm's: use --format tcore")
         export_for_timm(model, args.output, **metadata)
     else:
         model.save_pretrained(args.output, config=metadata)
-    print(f"wrote {Path(args.output) / 'config.json'} and {Path(args.output) / 'model.safetensors'}")
+    out = Path(args.output)
+    print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'} and {out / 'README.md'} (a model card)")
+    return 0
+
+
+def _write_onnx(model: Any, output: str, size: list[int] | None, metadata: dict[str, str]) -> int:
+    """`tcore convert --format onnx` once the model is loaded: export, check, say what the file takes."""
+    from .export import check_export_size, export_onnx
+
+    p = int(model.patch_size)
+    fixed = check_export_size(size, p, "--size")
+    result = export_onnx(model, output, size=fixed, metadata=metadata)
+    sizes = f"any H, W multiples of {p}" if fixed is None else f"{fixed[0]}x{fixed[1]}"
+    print(f"wrote {result.path} (opset {result.opset}): pixel_values (B,3,H,W), {sizes} -> patch_tokens "
+          f"(B,H/{p},W/{p},{model.embed_dim}), cls_token (B,{model.embed_dim}); onnxruntime vs PyTorch at "
+          f"{'x'.join(map(str, result.check_shape))}: max |diff| {result.max_abs_error:.1e}")
     return 0
 
 
@@ -350,15 +377,22 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-@_command("inspect", "layout, keys, architecture and sha256 of a checkpoint")(_inspect_args)
+@_command("inspect", "what a checkpoint is, whether tcore.load_backbone loads it, its layout, keys, architecture "
+                     "and sha256")(_inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
     path = _existing(args.checkpoint, "checkpoint")
     from .checkpoint import inspect_checkpoint
 
     report = inspect_checkpoint(path)
+    report = {"path": report.pop("path"), "what": report.pop("what"), "load_backbone": _load_backbone_verdict(path),
+              **report}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    name, strict = report.pop("matches"), report.pop("loads_strictly")
+    report["tcore_arch"] = f"{name} (loads strictly)" if name and strict else name or "none"
+    verdict = report["load_backbone"]
+    report["load_backbone"] = f"loads it: {verdict['as']}" if verdict["loads"] else f"fails: {verdict['error']}"
     width = max(len(k) for k in report)
     for key, value in report.items():
         if isinstance(value, dict):
@@ -367,6 +401,23 @@ def _inspect(args: argparse.Namespace) -> int:
             value = ", ".join(map(str, value))
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _load_backbone_verdict(path: Path) -> dict[str, Any]:
+    """Whether `tcore.load_backbone(path)` loads a file, and as what (it is tried: the honest answer)."""
+    from .errors import UserError
+    from .models import load_backbone
+
+    try:
+        model = load_backbone(path)
+    except UserError as err:
+        return {"loads": False, "error": str(err)}
+    if hasattr(model, "timm_name"):
+        what = (f"TimmViTBackbone, timm {model.timm_name} (patch {model.patch_size}, {model.num_register_tokens} "
+                f"registers, position resize {model.pos_interp!r})")
+    else:
+        what = f"{type(model).__name__}(" + ", ".join(f"{k}={v}" for k, v in model.arch.items()) + ")"
+    return {"loads": True, "as": what}
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:
@@ -403,11 +454,13 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(e) | {"name": e.name} for e in entries], indent=2))
         return 0
-    print(f"{'name':<20} {'data':<13} {'epochs':>6} {'DAVIS J&F':>9} {'VIP mIoU':>8} {'JHMDB PCK@.1':>12}  file")
+    print("the paper's numbers, percent: DAVIS-2017 val J&F, J, F; VIP mIoU; JHMDB PCK@0.1, PCK@0.2")
+    print(f"{'name':<18} {'data':<12} {'epochs':>6} {'J&F':>5} {'J':>5} {'F':>5} {'mIoU':>5} {'PCK@0.1':>7} "
+          f"{'PCK@0.2':>7}  file")
     for e in entries:
         s = e.scores
-        print(f"{e.name:<20} {e.data:<13} {e.epochs:>6} {s.davis_jf:>9.1f} {s.vip_miou:>8.1f} "
-              f"{s.jhmdb_pck01:>12.1f}  {e.repo_id}/{e.filename}")
+        print(f"{e.name:<18} {e.data:<12} {e.epochs:>6} {s.davis_jf:>5.1f} {s.davis_j:>5.1f} {s.davis_f:>5.1f} "
+              f"{s.vip_miou:>5.1f} {s.jhmdb_pck01:>7.1f} {s.jhmdb_pck02:>7.1f}  {e.repo_id}/{e.filename}")
     return 0
 
 
@@ -429,7 +482,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `tcore` command line; returns the exit status."""
+    """Run the `tcore` command line; returns the exit status.
+
+    A reader that goes away (`tcore models --json | head -1`) ends any command quietly with status
+    141 (128 + SIGPIPE), as Unix tools end.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return _SIGPIPE_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -440,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = _COMMANDS[args.command][1]
     try:
         return run(args)
+    except BrokenPipeError:  # the reader closed stdout: `main` ends quietly
+        raise
     except KeyboardInterrupt:
         _err("tcore: interrupted")
         return 130

@@ -2,8 +2,9 @@
 
 The built-in clip is generated here (no data files): two textured objects move across a textured
 background, one of them passes behind a textured occluder, and the ground-truth masks of every
-frame are known. Copying the first mask to every frame scores a J&F below 0.5 on it, so a good
-score shows that propagation really follows the objects.
+frame are known. Copying the first mask to every frame scores a J&F below 50 % on it, so a good
+score shows that propagation really follows the objects. `tcore demo` prints J&F, J and F in percent
+with one decimal, as the paper and `tcore eval` do (`DemoResult.scores` keeps `davis_scores`'s fractions).
 """
 from __future__ import annotations
 

@@ -8,10 +8,12 @@ One implementation for `tcore features` and the web app (`tcore app`):
 - Correspondence map: the cosine affinity between one cell of frame 0 and every cell of frame t:
   the dot product of L2-normalised fp32 features, i.e. the score the propagation engine ranks
   (before its top-k and temperature). Shown as a heat map over frame t, on a fixed scale
-  (cosine 0 -> dark, 1 -> bright) so that frames can be compared.
+  (cosine 0 -> dark, 1 -> bright) so that frames can be compared, with that scale drawn in the
+  corner (`draw_heat_scale`): a bright but not white region is a weaker match, not a second one.
 
-Features come from the propagation's `FrameEncoder` at the propagation's working size (the same
-preset and size rules), so the cells are the ones the engine matches.
+Features come from the propagation's encoder (`tcore.propagation.encoder.VideoEncoder`) at the
+propagation's working size (the same preset and size rules), so the cells are the ones the engine
+matches.
 
     >>> pictures = FeaturePictures("video.mp4", model="tcore_vits16")
     >>> rgb = pictures.pca_picture(5)                         # (H, W, 3) uint8
@@ -26,12 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-from .io import read_video, write_images
-from .models import load_backbone
-from .propagation.features import FrameEncoder, pick_device
-from .propagation.presets import get_preset, working_size
+from .io import write_images
+from .propagation.encoder import VideoEncoder
 
 __all__ = [
     "PCABasis",
@@ -39,6 +39,7 @@ __all__ = [
     "pca_colours",
     "affinity_map",
     "heat_colours",
+    "draw_heat_scale",
     "FeaturePictures",
     "write_feature_video",
 ]
@@ -47,6 +48,7 @@ __all__ = [
 _HEAT_STOPS = np.array([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109],
                         [252, 253, 191]], dtype=np.float64)
 _HEAT_ALPHA = 0.7  # opacity of the heat map over the frame
+_SCALE_SHADE = 0.35  # the colour scale's box: the picture behind it at this brightness
 _N_FIT_FRAMES = 8  # frames the PCA is fitted on, spread evenly over the video
 _CACHE_FRAMES = 8  # per-frame features kept in memory by `FeaturePictures`
 
@@ -149,6 +151,43 @@ def heat_colours(values: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.
     return np.rint(rgb).astype(np.uint8)
 
 
+def draw_heat_scale(image: np.ndarray, low: float = 0.0, high: float = 1.0, label: str = "cosine") -> np.ndarray:
+    """A copy of `image` with the colour scale of `heat_colours` in its bottom-right corner.
+
+    The scale is one line on a darkened box: "<label> <low> [bar from low to high] <high>", its
+    size following the picture's height (text about 1/24 of it, at least 10 pixels). A picture too
+    small to hold it (under about 100 x 40 pixels) is returned unchanged.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, e.g. a heat map blended over a frame.
+        low, high: the values at the two ends of the colour map, as given to `heat_colours`.
+        label: what the values are.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    height, width = image.shape[:2]
+    text_px = max(10, round(height / 24))
+    font = ImageFont.load_default(size=text_px)
+    pad, bar_w, bar_h = max(2, text_px // 4), max(24, width // 5), max(5, text_px * 2 // 3)
+    left, right = f"{label} {low:g}", f"{high:g}"
+    left_w, right_w = (round(font.getlength(t)) for t in (left, right))
+    box_w, box_h = left_w + bar_w + right_w + 4 * pad, max(text_px, bar_h) + 2 * pad
+    if box_w + 2 * pad > width or 3 * box_h > height:
+        return image.copy()
+    x0, y0 = width - box_w - pad, height - box_h - pad
+    out = image.copy()
+    out[y0:y0 + box_h, x0:x0 + box_w] = np.rint(out[y0:y0 + box_h, x0:x0 + box_w] * _SCALE_SHADE).astype(np.uint8)
+    bar_x, bar_y = x0 + left_w + 2 * pad, y0 + (box_h - bar_h) // 2
+    out[bar_y:bar_y + bar_h, bar_x:bar_x + bar_w] = heat_colours(np.linspace(low, high, bar_w), low, high)[None]
+    picture = Image.fromarray(out)
+    draw = ImageDraw.Draw(picture)
+    for text, x in ((left, x0 + pad), (right, bar_x + bar_w + pad)):
+        top, bottom = font.getbbox(text)[1::2]
+        draw.text((x, y0 + (box_h - (bottom - top)) // 2 - top), text, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
+
+
 def _resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
     """(h, w) float or (h, w, 3) uint8 image -> (H, W) of the same kind."""
     if image.ndim == 2:
@@ -193,12 +232,11 @@ class FeaturePictures:
     def __init__(self, video: Any, model: Any = None, preset: Any = None, size: tuple[int, int] | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8, precision: str = "fp32",
                  n_fit_frames: int = _N_FIT_FRAMES) -> None:
-        self.frames = read_video(video)
-        device = pick_device(device)
-        backbone = load_backbone(model, device=device)
-        work = working_size(tuple(self.frames.size), get_preset(preset), backbone.patch_size, size)
-        self.encoder = FrameEncoder(backbone, work, device, batch_size, precision)
-        self.patch_size = backbone.patch_size
+        opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device,
+                                   batch_size=batch_size, precision=precision)
+        self.frames = opened.frames
+        self.encoder = opened.encoder
+        self.patch_size = opened.patch_size
         self.n_fit_frames = n_fit_frames
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._basis: PCABasis | None = None
@@ -252,7 +290,8 @@ class FeaturePictures:
         return self._affinity(self.features(t), point)
 
     def correspondence_picture(self, t: int, point: tuple[float, float]) -> np.ndarray:
-        """(H, W, 3) uint8: frame t under the heat map of `affinity(t, point)`, its best cell marked."""
+        """(H, W, 3) uint8: frame t under the heat map of `affinity(t, point)`, with its colour scale
+        (`draw_heat_scale`) and its best cell marked."""
         return self._heat_panel(self.frames[t], self.features(t), point)
 
     def query_picture(self, point: tuple[float, float]) -> np.ndarray:
@@ -292,7 +331,7 @@ class FeaturePictures:
         best = divmod(int(scores.argmax()), scores.shape[1])
         heat = heat_colours(_resize(scores.numpy(), self.frames.size, Image.BILINEAR))
         blended = np.rint(frame + _HEAT_ALPHA * (heat - frame.astype(np.float64))).astype(np.uint8)
-        return _mark(blended, self.cell_centre(best))
+        return _mark(draw_heat_scale(blended), self.cell_centre(best))
 
     def _encode(self, indices: Sequence[int], keep: bool = True,
                 images: dict[int, np.ndarray] | None = None) -> list[torch.Tensor]:

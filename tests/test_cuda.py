@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import tcore
 from tcore.propagation import labels as L
 from tcore.propagation import propagate_labels
-from tcore.propagation.features import FrameEncoder
+from tcore.propagation.encoder import FrameEncoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

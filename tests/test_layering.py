@@ -1,5 +1,7 @@
 """Modules import one way: no import cycle in tcore/ (tcore/io included) or training/, counting the
-imports inside functions, and the model layer imports in the order its docstring gives.
+imports inside functions, and the model layer imports in the order its docstring gives. And no
+function in tcore/ is longer than 80 lines of code (its docstring aside) unless its docstring says
+why ("Long on purpose: ...").
 
 The import graph is read with `ast` from the source files; an edge goes to the module an import
 names (`from .x import y` -> `x`, or `x.y` when that is a module). Imports under
@@ -124,3 +126,16 @@ def test_errors_and_the_release_registry_import_without_torch():
     code = "import sys, tcore.errors, tcore.weights; print([m for m in ('torch', 'timm') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_function_in_tcore_is_longer_than_80_lines_without_a_reason():
+    too_long = []
+    for path in sorted((REPO / "tcore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False)
+                doc_lines = node.body[0].end_lineno - node.body[0].lineno + 1 if doc else 0
+                code = node.end_lineno - node.lineno + 1 - doc_lines
+                if code > 80 and "Long on purpose:" not in (doc or ""):
+                    too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({code} lines)")
+    assert not too_long, "split these, or say at their top why not (\"Long on purpose: ...\"): " + ", ".join(too_long)

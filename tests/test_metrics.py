@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from benchmarks.oracles import official_bmap, official_davis_per_frame, official_disk
 from helpers import REPO, shared_path
-from oracles import official_bmap, official_davis_per_frame, official_disk
 from PIL import Image
 
 from tcore import metrics
@@ -30,7 +30,7 @@ needs_cv2 = pytest.mark.skipif(cv2 is None, reason="the independent reference di
                                "(opencv-python-headless, in the [test] extra)")
 
 
-# the independent implementation of the official DAVIS algorithm (per frame, cv2) is oracles.py's
+# the independent implementation of the official DAVIS algorithm (per frame, cv2) is benchmarks/oracles.py's
 
 
 def _official_statistics(values: np.ndarray) -> tuple[float, float, float]:
@@ -545,6 +545,7 @@ def test_miou_without_pixels_is_an_error():
 
 
 def test_benchmark_small_run_agrees_with_the_direct_implementation(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as `python benchmarks/metrics.py` runs it
     spec = importlib.util.spec_from_file_location("_metrics_benchmark", REPO / "benchmarks" / "metrics.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up

@@ -11,8 +11,8 @@ from PIL import Image
 import tcore
 from tcore.cli import main
 from tcore.demo import make_demo_clip
-from tcore.pictures import FeaturePictures, affinity_map, fit_pca, heat_colours, pca_colours
-from tcore.propagation.features import FrameEncoder
+from tcore.pictures import FeaturePictures, affinity_map, draw_heat_scale, fit_pca, heat_colours, pca_colours
+from tcore.propagation.encoder import FrameEncoder
 from tcore.propagation.presets import get_preset, working_size
 
 
@@ -84,6 +84,14 @@ def test_features_are_the_propagation_features_at_the_propagation_working_size(c
     torch.testing.assert_close(pictures.features(2), expected, rtol=0, atol=0)
 
 
+def test_pictures_open_the_video_as_the_propagation_does_preset_checked_before_the_model_loads(clip, monkeypatch):
+    import tcore.models
+
+    monkeypatch.setattr(tcore.models, "load_backbone", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match="preset='nope'"):
+        FeaturePictures(clip, preset="nope")
+
+
 def test_correspondence_map_peaks_at_the_clicked_point_in_frame_0(clip, tiny):
     pictures = FeaturePictures(clip, model=tiny, size=(96, 128), device="cpu")
     for point in [(5, 7), (70.5, 40), (127, 95)]:
@@ -125,6 +133,28 @@ def test_heat_colours_run_from_dark_to_bright_and_clip_outside_the_range():
     np.testing.assert_array_equal(rgb[0], rgb[1])
     np.testing.assert_array_equal(rgb[-1], rgb[-2])
     assert affinity_map(torch.tensor([1.0, 0.0]), torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])).tolist() == [[0.0, 1.0]]
+
+
+def test_heat_scale_is_a_labelled_bar_from_cosine_0_to_1_in_the_bottom_right_corner():
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    shown = draw_heat_scale(grey)
+    rows, cols = np.nonzero((shown != grey).any(-1))
+    assert rows.min() > 0.85 * 240 and cols.min() > 0.5 * 320  # one line, in the corner
+    dark, bright = (0, 0, 4), (252, 253, 191)  # heat_colours(0), heat_colours(1)
+    row = next(r for r in range(240) if (shown[r] == dark).all(-1).any())
+    start, stop = np.flatnonzero((shown[row] == dark).all(-1))[0], np.flatnonzero((shown[row] == bright).all(-1))[-1]
+    bar = shown[row, start:stop + 1].astype(int)
+    assert stop - start >= 24 and (np.diff(bar.sum(-1)) >= 0).all()  # dark (0) -> bright (1), left to right
+    white = (shown > 200).all(-1)  # white text (anti-aliased)
+    assert white[:, :start].any() and white[:, stop + 1:].any()  # the labels: "cosine 0" left, "1" right
+    small = np.zeros((30, 40, 3), np.uint8)
+    np.testing.assert_array_equal(draw_heat_scale(small), small)  # no room: unchanged
+
+
+def test_correspondence_pictures_carry_the_heat_scale(clip, tiny):
+    picture = FeaturePictures(clip, model=tiny, size=(64, 96)).correspondence_picture(1, (40, 30))
+    for end in ((0, 0, 4), (252, 253, 191)):  # the bar's ends: never produced by blending over a frame
+        assert (picture == end).all(-1).any()
 
 
 def test_tcore_features_writes_the_pca_and_the_point_videos(clip, tiny, tmp_path, capsys):

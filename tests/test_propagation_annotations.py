@@ -230,7 +230,7 @@ def test_a_mapping_with_frame_0_alone_and_a_folder_equal_the_single_mask(enterin
 
 
 def test_frames_before_the_first_mask_are_background_and_never_encoded(entering, tiny, monkeypatch):
-    from tcore.propagation.features import FrameEncoder
+    from tcore.propagation.encoder import FrameEncoder
 
     frames, gt = entering
     encoded = []
@@ -305,9 +305,9 @@ def test_a_png_named_like_no_frame_is_named(entering, tiny, tmp_path):
 def test_engine_module_keeps_one_fp32_guard():
     import inspect
 
-    from tcore.propagation import features
+    from tcore.propagation import encoder
 
-    for module in (engine, features):
+    for module in (engine, encoder):
         source = inspect.getsource(module)
         assert "exact_fp32" in source and "allow_tf32" not in source and "fp32_precision" not in source
 

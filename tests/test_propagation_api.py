@@ -13,7 +13,7 @@ from PIL import Image
 import tcore
 from tcore.demo import make_demo_clip
 from tcore.propagation import PRESETS, labels as L
-from tcore.propagation.features import FrameEncoder
+from tcore.propagation.encoder import FrameEncoder
 from tcore.propagation.presets import working_size
 
 
@@ -261,11 +261,11 @@ def test_keypoints_round_trip_shapes_and_frame0(clip, tiny):
 
 
 def test_parts_default_to_the_vip_protocol(clip, tiny, monkeypatch):
-    from tcore.propagation import api
+    from tcore.propagation import encoder
 
     seen = {}
-    real = api.get_preset
-    monkeypatch.setattr(api, "get_preset", lambda p: seen.setdefault("preset", real(p)))
+    real = encoder.get_preset
+    monkeypatch.setattr(encoder, "get_preset", lambda p: seen.setdefault("preset", real(p)))
     frames, gt = clip
     out = tcore.propagate_parts(frames[:2], gt[0], model=tiny, size=SMALL, progress=False)
     assert out.shape == (2, 64, 96) and seen["preset"] is PRESETS["vip"]

@@ -1,6 +1,6 @@
 """The propagation engine against a literal implementation of the official protocol and its golden outputs.
 
-The literal implementation (`oracles.literal_propagation`, shared with benchmarks/propagation.py)
+The literal implementation (`benchmarks/oracles.py: literal_propagation`, shared with benchmarks/propagation.py)
 builds the padded sequence of T + n_context frames exactly as the official code does
 (docs/propagation-protocol.md §5–§7): dense affinities over n_context + 1 key slots, the radius mask
 added to the short-term slots only, top-k over all (n_context + 1) * h * w keys, softmax over the k,
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmarks.oracles import literal_propagation
 from helpers import golden_engine_cases
-from oracles import literal_propagation
 
 import tcore
 from tcore.propagation import Propagator, engine, propagate_labels

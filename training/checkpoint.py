@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import tcore
 from tcore.checkpoint import to_official_state_dict
@@ -30,24 +29,13 @@ from tcore.errors import CheckpointError, FileAccessError, MissingFileError
 from tcore.files import write_atomic
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "newest_good_checkpoint",
-           "export_teacher", "unwrap"]
+           "export_teacher"]
 
 FORMAT_VERSION = 1
 BROKEN_SUFFIX = ".broken"
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 _KEYS = ("format_version", "step", "student", "teacher", "optimizer", "scaler", "centers", "config", "rng")
 _logger = logging.getLogger(__name__)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
 
 
 def save_checkpoint(folder: str | Path, state: dict[str, Any], step: int, keep_last: int) -> Path:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tcore.architecture import TCoReArgs
 from tcore.errors import InvalidInputError
 
 __all__ = [
@@ -37,13 +38,8 @@ class ConfigError(InvalidInputError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    embed_dim: int = 384                     # ViT width D (ViT-S 384, ViT-B 768)
-    depth: int = 12                          # ViT blocks
-    num_heads: int = 6                       # ViT attention heads (ViT-S 6, ViT-B 12)
-    patch_size: int = 16                     # patch size in pixels
-    num_register_tokens: int = 4             # register tokens after CLS
-    img_size: int = 224                      # crop size the position table is learned for
+class ModelConfig(TCoReArgs):
+    # the backbone's arguments are tcore.architecture.TCoReArgs' fields (embed_dim, depth, num_heads, ...)
     drop_path_rate: float = 0.1              # stochastic depth, uniform over blocks (student only)
     head_hidden_dim: int = 2048              # DINO head MLP width
     head_bottleneck_dim: int = 256           # DINO head bottleneck before the prototypes
@@ -52,7 +48,6 @@ class ModelConfig:
     pmm_num_heads: int = 16                  # Patch Matching Module attention heads
     pmm_num_blocks: int = 1                  # PMM blocks (official: 1; any >= 1 works here)
     pmm_branch_scale: float = 4.0            # PMM cross-attention branch multiplier ("attn_mul")
-    layerscale_init: float = 1e-5            # LayerScale initial value (DINOv2's; weights overwrite it on resume)
 
 
 @dataclass(frozen=True)
@@ -252,7 +247,7 @@ _UNIT = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
 _FRACTIONS = (lambda v: 0 <= v[0] <= v[1] <= 1, "must be [low, high] with 0 <= low <= high <= 1")
 _RULES: dict[str, tuple[Any, str]] = {
     "model.embed_dim": _AT_LEAST_1, "model.depth": _AT_LEAST_1, "model.num_heads": _AT_LEAST_1,
-    "model.patch_size": _AT_LEAST_1, "model.num_register_tokens": _AT_LEAST_0, "model.img_size": _AT_LEAST_1,
+    "model.patch_size": _AT_LEAST_1, "model.num_register_tokens": _AT_LEAST_0, "model.mlp_ratio": _POSITIVE,
     "model.drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"), "model.head_hidden_dim": _AT_LEAST_1,
     "model.head_bottleneck_dim": _AT_LEAST_1, "model.head_n_prototypes": _AT_LEAST_1,
     "model.head_n_layers": _AT_LEAST_1, "model.pmm_num_heads": _AT_LEAST_1, "model.pmm_num_blocks": _AT_LEAST_1,
@@ -300,9 +295,10 @@ def _validate(cfg: Config) -> None:
         if m.embed_dim % getattr(m, name):
             raise ConfigError(f"model.{name}={getattr(m, name)}: must divide model.embed_dim={m.embed_dim}")
     for key in ("model.img_size", "augment.global_size", "augment.local_size"):
-        if _value(cfg, key) % m.patch_size or _value(cfg, key) < m.patch_size:
-            raise ConfigError(f"{key}={_value(cfg, key)}: must be a positive multiple of "
-                              f"model.patch_size={m.patch_size}")
+        value = _value(cfg, key)
+        if any(side % m.patch_size or side < m.patch_size for side in (value if isinstance(value, tuple) else [value])):
+            raise ConfigError(f"{key}={_show(value)}: must be a positive multiple of model.patch_size={m.patch_size}"
+                              + (" (each side)" if isinstance(value, tuple) else ""))
     if o.global_batch_size % o.batch_size_per_gpu:
         raise ConfigError(f"optim.global_batch_size={o.global_batch_size}: must be a multiple of "
                           f"optim.batch_size_per_gpu={o.batch_size_per_gpu}")

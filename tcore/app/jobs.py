@@ -90,9 +90,9 @@ class ModelCache:
 
     def get(self, model: str, device: str | None) -> Any:
         """The backbone, in eval mode on `device` (None: the best available)."""
-        from ..propagation.features import pick_device
+        from ..devices import resolve_device
 
-        device = str(pick_device(device))
+        device = str(resolve_device(device))
         key = (model.strip(), device)
         with self._lock:
             if key not in self._models:

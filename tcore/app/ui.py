@@ -4,11 +4,17 @@ Two tabs share one video and one model choice: "Propagate masks" (first mask pai
 uploaded -> overlay video, zip of masks) and "Features" (PCA picture of frame t; click a point of
 frame 0 to see its affinity in frame t). Errors of tcore's API reach the page as their own message
 and leave the page usable.
+
+The file reads in three parts: the page (`Page`: every component, and the server-side state the
+handlers share, placed by `_layout`), the handlers (module-level functions; each takes the `Page`
+first and returns a mapping {component: new value}, so that a handler names what it changes), and
+the wiring (`_wire`: which event runs which handler, each bound to its page by `_bound`).
 """
 from __future__ import annotations
 
 import functools
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,6 +99,319 @@ def _video_summary(frames: Any) -> str:
     return f"**{len(frames)} frames**, {w}x{h}{fps}"
 
 
+# ------------------------------------------------------------------------------------ the page
+
+@dataclass(frozen=True, eq=False)
+class Page:
+    """The components of one page and the server-side state its handlers share.
+
+    Attributes:
+        models: backbones loaded once per (model, device).
+        workdir: the page's temporary folder (demo clip, painted masks, runs); removed with the page.
+        video, frame0, pictures, pictures_key, point: per-session state: the video's path, its
+            frame 0 ((H, W, 3) uint8), the `FeaturePictures` and the settings it was made with,
+            the (x, y) point of frame 0 whose correspondence is shown.
+        The other attributes are the components the user sees, named after what they show.
+    """
+
+    models: ModelCache
+    workdir: tempfile.TemporaryDirectory
+    # per-session state
+    video: gr.State
+    frame0: gr.State
+    pictures: gr.State
+    pictures_key: gr.State
+    point: gr.State
+    # the video and the settings, above the tabs
+    video_file: gr.File
+    demo: gr.Button
+    video_info: gr.Markdown
+    model_box: gr.Dropdown
+    preset_box: gr.Dropdown
+    height_box: gr.Number
+    width_box: gr.Number
+    device_box: gr.Dropdown
+    # "Propagate masks"
+    editor: gr.ImageEditor
+    mask_file: gr.File
+    preview: gr.Image
+    first_png: gr.File
+    run_button: gr.Button
+    result_video: gr.Video
+    downloads: gr.File
+    status: gr.Markdown
+    # "Features"
+    frame_slider: gr.Slider
+    show: gr.Button
+    query: gr.Image
+    heat: gr.Image
+    pca: gr.Image
+
+    @property
+    def settings(self) -> list[gr.components.Component]:
+        """The inputs every model run reads: model, preset, height, width, device."""
+        return [self.model_box, self.preset_box, self.height_box, self.width_box, self.device_box]
+
+    def new_folder(self, kind: str) -> Path:
+        """A new folder in the page's temporary folder."""
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self.workdir.name))
+
+
+def _settings_row(model: str | None, device: str | None) -> dict[str, Any]:
+    """The video box, the demo button and the model settings, above the tabs."""
+    model_choices = list(MODEL_CHOICES)
+    if model and model not in [value for _, value in model_choices]:
+        model_choices.insert(0, (model, model))
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=2):
+            video_file = gr.File(label="1 · Video: mp4, webm, avi, mov, ... (or a GIF)", file_count="single",
+                                 type="filepath", height=110, elem_id="video-upload")
+            with gr.Row():
+                demo = gr.Button("Use the demo clip", size="sm", scale=0, min_width=150, elem_id="demo-button")
+                video_info = gr.Markdown("", elem_id="video-info")
+        with gr.Column(scale=3):
+            with gr.Row():
+                model_box = gr.Dropdown(model_choices, value=model or "tcore_vits16", allow_custom_value=True,
+                                        label="Model", scale=3, elem_id="model",
+                                        info="a release, or type a checkpoint path, a save_pretrained folder, "
+                                             "a Hub repo or a timm name")
+                preset_box = gr.Dropdown(PRESET_CHOICES, value="default", label="Preset", scale=2,
+                                         elem_id="preset", info="the working size and propagation settings")
+            with gr.Row():
+                height_box = gr.Number(0, precision=0, minimum=0, label="Height", info="0: the preset's",
+                                       elem_id="height")
+                width_box = gr.Number(0, precision=0, minimum=0, label="Width", info="0: the preset's",
+                                      elem_id="width")
+                device_box = gr.Dropdown(_device_choices(), value=device or "auto", label="Device", elem_id="device",
+                                         info="auto: CUDA, then MPS, then CPU")
+    return dict(video_file=video_file, demo=demo, video_info=video_info, model_box=model_box, preset_box=preset_box,
+                height_box=height_box, width_box=width_box, device_box=device_box)
+
+
+def _propagate_tab() -> dict[str, Any]:
+    """The "Propagate masks" tab: paint or upload the first mask, run, watch and download."""
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            editor = gr.ImageEditor(
+                label="2 · First mask: paint it", type="numpy",
+                image_mode="RGBA", format="png", sources=[], transforms=[], layers=False, height=380,
+                buttons=[], elem_id="mask-editor",
+                brush=gr.Brush(colors=[f"rgb{c}" for c in OBJECT_COLOURS], color_mode="fixed", default_size=12),
+                eraser=gr.Eraser(default_size=16))
+            mask_file = gr.File(label="... or upload it (palette PNG, grey ids, colours)",
+                                file_count="single", type="filepath", height=110, elem_id="mask-upload")
+        with gr.Column():
+            preview = gr.Image(label="The first mask Propagate uses", interactive=False, height=380,
+                               format="png", buttons=[], elem_id="first-mask")
+            first_png = gr.File(label="First mask (PNG)", interactive=False, height=110, elem_id="first-mask-file")
+        with gr.Column():
+            run_button = gr.Button("3 · Propagate", variant="primary", elem_id="run-button")
+            result_video = gr.Video(label="Overlay", autoplay=True, loop=True, interactive=False,
+                                    height=320, elem_id="overlay")
+            downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay", file_count="multiple",
+                                interactive=False, height=150, elem_id="downloads")
+            status = gr.Markdown("", elem_id="status")
+    return dict(editor=editor, mask_file=mask_file, preview=preview, first_png=first_png, run_button=run_button,
+                result_video=result_video, downloads=downloads, status=status)
+
+
+def _features_tab() -> dict[str, Any]:
+    """The "Features" tab: frame t's PCA picture and the correspondence of a clicked point."""
+    gr.Markdown("**Correspondence**: click a point of frame 0 to see its cosine affinity to every patch "
+                "of frame t, the score the propagation ranks (dark: 0 or less, bright: 1; the scale is in the "
+                "picture's corner). **PCA**: the first three principal components of frame t's patch features "
+                "as RGB, fitted once on frames spread over the video, so colours are stable over time.")
+    with gr.Row():
+        frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame t", scale=4, elem_id="frame-t")
+        show = gr.Button("Show features", variant="primary", scale=1, elem_id="features-button")
+    with gr.Row():
+        query = gr.Image(label="Frame 0: click a point", interactive=False, format="png", buttons=[],
+                         elem_id="query-frame")
+        heat = gr.Image(label="Its affinity in frame t", interactive=False, format="png", buttons=[], elem_id="heat")
+        pca = gr.Image(label="PCA of frame t's features", interactive=False, format="png", buttons=[], elem_id="pca")
+    return dict(frame_slider=frame_slider, show=show, query=query, heat=heat, pca=pca)
+
+
+def _layout(model: str | None, device: str | None) -> Page:
+    """Place the components (inside a `gr.Blocks` context) and gather them in a `Page`."""
+    state = {name: gr.State(None) for name in ("video", "frame0", "pictures", "pictures_key", "point")}
+    gr.Markdown(_INTRO)
+    settings = _settings_row(model, device)
+    with gr.Tabs():
+        with gr.Tab("Propagate masks", id="propagate"):
+            propagate = _propagate_tab()
+        with gr.Tab("Features", id="features"):
+            features = _features_tab()
+    workdir = tempfile.TemporaryDirectory(prefix="tcore-app-")  # removed with the page (the page holds it)
+    return Page(models=ModelCache(), workdir=workdir, **state, **settings, **propagate, **features)
+
+
+# ------------------------------------------------------------------------- handlers (no page code)
+
+Updates = dict[gr.components.Component, Any]  # component -> its new value (or a gr.update)
+
+
+def no_video(page: Page) -> Updates:
+    """What the page shows without a video (what `open_video` changes)."""
+    return {page.video: None, page.frame0: None, page.editor: None, page.video_info: "",
+            page.frame_slider: gr.update(maximum=1, value=0), page.query: None, page.heat: None, page.pca: None,
+            page.pictures: None}
+
+
+def clear_all(page: Page) -> Updates:
+    """The page as it opens: no video, no point, no result."""
+    return {**no_video(page), page.point: None, page.result_video: None, page.downloads: None, page.status: ""}
+
+
+@_shown
+def open_video(page: Page, path: str | None) -> Updates:
+    """Open an uploaded video: frame 0 in the editor and the query picture, the slider over its frames."""
+    if not path:
+        return no_video(page)
+    frames = read_video(path)
+    first = frames[0]
+    editor = {"background": first, "layers": [], "composite": None}
+    slider = gr.update(maximum=max(1, len(frames) - 1), value=0)
+    return {page.video: path, page.frame0: first, page.editor: editor, page.video_info: _video_summary(frames),
+            page.frame_slider: slider, page.query: first, page.heat: None, page.pca: None, page.pictures: None}
+
+
+@functools.cache
+def _demo_clip(workdir: str) -> tuple[str, str]:
+    """(frame folder, first mask) of the demo clip, written once per page folder, on first use."""
+    folder, mask = write_demo_clip(Path(tempfile.mkdtemp(prefix="demo-", dir=workdir)))
+    return str(folder), str(mask)
+
+
+def use_demo(page: Page) -> Updates:
+    """Open the demo clip and its first mask."""
+    folder, mask = _demo_clip(page.workdir.name)
+    return {**open_video(page, folder), page.mask_file: mask}
+
+
+def clear_first_mask(page: Page) -> Updates:
+    """No first mask (while an upload is read)."""
+    return {page.preview: None, page.first_png: None}
+
+
+@_shown
+def first_mask(page: Page, frame: np.ndarray | None, mask_file: str | None, editor: dict | None) -> Updates:
+    """The first mask Propagate will use, shown and saved: the uploaded file, else the painting."""
+    if frame is None:
+        return clear_first_mask(page)
+    if mask_file:
+        ids, palette = read_mask(mask_file)
+        if ids.shape != frame.shape[:2]:  # shown on black; Propagate gives the API's size error
+            return {page.preview: overlay(np.zeros((*ids.shape, 3), np.uint8), ids, palette),
+                    page.first_png: mask_file}
+        return {page.preview: overlay(frame, ids, palette), page.first_png: mask_file}
+    ids = ids_from_layers((editor or {}).get("layers") or [], frame.shape[:2])
+    if not ids.any():
+        return {page.preview: frame, page.first_png: None}
+    return {page.preview: overlay(frame, ids),
+            page.first_png: str(write_mask(page.new_folder("painted") / "first_mask.png", ids))}
+
+
+@_shown
+def run(page: Page, video: str | None, mask_png: str | None, model_name: str, preset: str, height: float,
+        width: float, device_name: str, progress: gr.Progress = gr.Progress()) -> Updates:
+    """Propagate the first mask through the video: the overlay, the downloads and a status line."""
+    if not video:
+        raise ValueError("video: open a video first (upload one, or use the demo clip)")
+    if not mask_png:
+        raise ValueError("first mask: paint the objects on frame 0 or upload a mask PNG first")
+    size = parse_size(height, width)
+    progress(0, desc="loading the model")
+    backbone = page.models.get(model_name, _device(device_name))
+    result = propagate_to_files(
+        video, mask_png, page.new_folder("run"), model=backbone, preset=_preset(preset), size=size,
+        device=_device(device_name), progress=lambda done, total: progress((done, total), desc="propagating"))
+    return {page.result_video: str(result.overlay), page.downloads: [str(result.masks_zip), str(result.overlay)],
+            page.status: f"Propagated {result.n_objects} object(s) through {result.n_frames} frames."}
+
+
+@_shown
+def show_features(page: Page, video: str | None, pictures: FeaturePictures | None, key: tuple | None, t: float,
+                  point: tuple[float, float] | None, model_name: str, preset: str, height: float, width: float,
+                  device_name: str, progress: gr.Progress = gr.Progress()) -> Updates:
+    """Frame t's pictures: frame 0 with the point, the point's correspondence in frame t, the PCA.
+
+    The `FeaturePictures` is made again only when the video or a setting changed.
+    """
+    if not video:
+        raise ValueError("video: open a video first (upload one, or use the demo clip)")
+    settings = (video, model_name, preset, parse_size(height, width), _device(device_name))
+    if pictures is None or key != settings:
+        progress(0, desc="loading the model")
+        backbone = page.models.get(model_name, _device(device_name))
+        pictures = FeaturePictures(video, model=backbone, preset=_preset(preset), size=settings[3],
+                                   device=settings[4])
+    t = min(int(t), len(pictures) - 1)
+    if point is None:  # until a point is clicked: the centre of the frame
+        height_px, width_px = pictures.frames.size
+        point = (width_px / 2, height_px / 2)
+    progress(0, desc="computing features")
+    return {page.pictures: pictures, page.pictures_key: settings, page.point: point,
+            page.query: pictures.query_picture(point), page.heat: pictures.correspondence_picture(t, point),
+            page.pca: pictures.pca_picture(t)}
+
+
+def pick(evt: gr.SelectData) -> tuple[float, float]:
+    """The (x, y) pixel clicked in frame 0 (the one output, `Page.point`: Gradio passes the click only
+    to a plain function, so this handler takes no page)."""
+    return float(evt.index[0]), float(evt.index[1])
+
+
+def empty_upload() -> None:
+    """An upload box emptied (its one output): a rejected file does not stay in it."""
+    return None
+
+
+# -------------------------------------------------------------------------------------- wiring
+
+def _bound(handler: Callable, page: Page) -> Callable:
+    """`handler` with `page` as its first argument, under the handler's name (Gradio names its API
+    endpoint after it)."""
+    bound = functools.partial(handler, page)
+    bound.__name__ = handler.__name__  # type: ignore[attr-defined]
+    return bound
+
+
+def _outputs(handler: Callable, page: Page, *args: Any) -> list[gr.components.Component]:
+    """The components `handler` may change: the keys of the mapping it returns."""
+    return list(handler(page, *args))
+
+
+def _wire(page: Page) -> None:
+    """Which event runs which handler (inside the page's `gr.Blocks` context)."""
+    opened = _outputs(no_video, page)
+    reset = _outputs(clear_all, page)
+    mask_views = dict(fn=_bound(first_mask, page), inputs=[page.frame0, page.mask_file, page.editor],
+                      outputs=_outputs(clear_first_mask, page))
+    clearing = dict(fn=_bound(clear_all, page), inputs=None, outputs=reset)
+
+    opening = page.video_file.upload(**clearing).then(_bound(open_video, page), page.video_file, opened)
+    opening.then(**mask_views)
+    opening.failure(empty_upload, None, page.video_file)  # a rejected file leaves the upload box empty
+    page.video_file.clear(**clearing).then(**mask_views)
+    page.demo.click(**clearing).then(_bound(use_demo, page), None, [*opened, page.mask_file]).then(**mask_views)
+    reading = page.mask_file.upload(_bound(clear_first_mask, page), None, mask_views["outputs"]).then(**mask_views)
+    reading.failure(empty_upload, None, page.mask_file)
+    page.mask_file.clear(**mask_views)
+    page.editor.change(**mask_views)
+    page.run_button.click(_bound(run, page), [page.video, page.first_png, *page.settings],
+                          [page.result_video, page.downloads, page.status])
+
+    features = dict(fn=_bound(show_features, page),
+                    inputs=[page.video, page.pictures, page.pictures_key, page.frame_slider, page.point,
+                            *page.settings],
+                    outputs=[page.pictures, page.pictures_key, page.point, page.query, page.heat, page.pca],
+                    concurrency_id="features")  # one FeaturePictures per session: no parallel use
+    page.show.click(**features)
+    page.frame_slider.release(**features)
+    page.query.select(pick, None, page.point).then(**features)
+
+
 def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
     """The page, ready to `.launch()` (as `tcore app` does, or as a Hugging Face Space's `app.py`).
 
@@ -101,184 +420,6 @@ def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
             ViT-S/16, Kinetics-400), or "random:tcore_vits16" for random weights.
         device: the device selected when the page opens (None: the best available).
     """
-    models = ModelCache()
-    workdir = tempfile.TemporaryDirectory(prefix="tcore-app-")  # removed with the page (the handlers hold it)
-    model_choices = list(MODEL_CHOICES)
-    if model and model not in [value for _, value in model_choices]:
-        model_choices.insert(0, (model, model))
-    devices = _device_choices()
-
-    def new_folder(kind: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir.name))
-
-    # ------------------------------------------------------------------ handlers (no page code)
-
-    @_shown
-    def open_video(path: str | None) -> tuple:
-        if not path:
-            return None, None, None, "", gr.update(maximum=1, value=0), None, None, None, None
-        frames = read_video(path)
-        first = frames[0]
-        editor = {"background": first, "layers": [], "composite": None}
-        slider = gr.update(maximum=max(1, len(frames) - 1), value=0)
-        return path, first, editor, _video_summary(frames), slider, first, None, None, None
-
-    @functools.cache
-    def demo_clip() -> tuple[str, str]:
-        folder, mask = write_demo_clip(new_folder("demo"))  # made once, on first use
-        return str(folder), str(mask)
-
-    def use_demo() -> tuple:
-        folder, mask = demo_clip()
-        return (*open_video(folder), mask)
-
-    @_shown
-    def first_mask(frame: np.ndarray | None, mask_file: str | None, editor: dict | None) -> tuple:
-        """The first mask Run will use: the uploaded file, else the painting. (preview, PNG file)"""
-        if frame is None:
-            return None, None
-        if mask_file:
-            ids, palette = read_mask(mask_file)
-            if ids.shape != frame.shape[:2]:  # shown on black; Propagate gives the API's size error
-                return overlay(np.zeros((*ids.shape, 3), np.uint8), ids, palette), mask_file
-            return overlay(frame, ids, palette), mask_file
-        ids = ids_from_layers((editor or {}).get("layers") or [], frame.shape[:2])
-        if not ids.any():
-            return frame, None
-        return overlay(frame, ids), str(write_mask(new_folder("painted") / "first_mask.png", ids))
-
-    @_shown
-    def run(video: str | None, mask_png: str | None, model_name: str, preset: str, height: float,
-            width: float, device_name: str, progress: gr.Progress = gr.Progress()) -> tuple:
-        if not video:
-            raise ValueError("video: open a video first (upload one, or use the demo clip)")
-        if not mask_png:
-            raise ValueError("first mask: paint the objects on frame 0 or upload a mask PNG first")
-        size = parse_size(height, width)
-        progress(0, desc="loading the model")
-        backbone = models.get(model_name, _device(device_name))
-        result = propagate_to_files(
-            video, mask_png, new_folder("run"), model=backbone, preset=_preset(preset), size=size,
-            device=_device(device_name), progress=lambda done, total: progress((done, total), desc="propagating"))
-        status = f"Propagated {result.n_objects} object(s) through {result.n_frames} frames."
-        return str(result.overlay), [str(result.masks_zip), str(result.overlay)], status
-
-    @_shown
-    def features(video: str | None, pictures: FeaturePictures | None, key: tuple | None, t: float,
-                 point: tuple[float, float] | None, model_name: str, preset: str, height: float, width: float,
-                 device_name: str, progress: gr.Progress = gr.Progress()) -> tuple:
-        if not video:
-            raise ValueError("video: open a video first (upload one, or use the demo clip)")
-        settings = (video, model_name, preset, parse_size(height, width), _device(device_name))
-        if pictures is None or key != settings:
-            progress(0, desc="loading the model")
-            backbone = models.get(model_name, _device(device_name))
-            pictures = FeaturePictures(video, model=backbone, preset=_preset(preset), size=settings[3],
-                                       device=settings[4])
-        t = min(int(t), len(pictures) - 1)
-        if point is None:  # until a point is clicked: the centre of the frame
-            height_px, width_px = pictures.frames.size
-            point = (width_px / 2, height_px / 2)
-        progress(0, desc="computing features")
-        return (pictures, settings, point, pictures.query_picture(point),
-                pictures.correspondence_picture(t, point), pictures.pca_picture(t))
-
-    def pick(evt: gr.SelectData) -> tuple[float, float]:
-        return float(evt.index[0]), float(evt.index[1])
-
-    # -------------------------------------------------------------------------------- the page
-
-    with gr.Blocks(title="tcore · T-CoRe label propagation", analytics_enabled=False) as page:
-        video = gr.State(None)
-        frame0 = gr.State(None)
-        pictures = gr.State(None)
-        pictures_key = gr.State(None)
-        point = gr.State(None)
-        gr.Markdown(_INTRO)
-        with gr.Row(equal_height=True):
-            with gr.Column(scale=2):
-                video_file = gr.File(label="1 · Video: mp4, webm, avi, mov, ... (or a GIF)", file_count="single",
-                                     type="filepath", height=110, elem_id="video-upload")
-                with gr.Row():
-                    demo = gr.Button("Use the demo clip", size="sm", scale=0, min_width=150, elem_id="demo-button")
-                    video_info = gr.Markdown("", elem_id="video-info")
-            with gr.Column(scale=3):
-                with gr.Row():
-                    model_box = gr.Dropdown(model_choices, value=model or "tcore_vits16", allow_custom_value=True,
-                                            label="Model", scale=3, elem_id="model",
-                                            info="a release, or type a checkpoint path, a save_pretrained folder, "
-                                                 "a Hub repo or a timm name")
-                    preset_box = gr.Dropdown(PRESET_CHOICES, value="default", label="Preset", scale=2,
-                                             elem_id="preset", info="the working size and propagation settings")
-                with gr.Row():
-                    height_box = gr.Number(0, precision=0, minimum=0, label="Height", info="0: the preset's",
-                                           elem_id="height")
-                    width_box = gr.Number(0, precision=0, minimum=0, label="Width", info="0: the preset's",
-                                          elem_id="width")
-                    device_box = gr.Dropdown(devices, value=device or "auto", label="Device", elem_id="device",
-                                             info="auto: CUDA, then MPS, then CPU")
-        settings = [model_box, preset_box, height_box, width_box, device_box]
-
-        with gr.Tabs():
-            with gr.Tab("Propagate masks", id="propagate"):
-                with gr.Row(equal_height=False):
-                    with gr.Column():
-                        editor = gr.ImageEditor(
-                            label="2 · First mask: paint it", type="numpy",
-                            image_mode="RGBA", format="png", sources=[], transforms=[], layers=False, height=380,
-                            buttons=[], elem_id="mask-editor",
-                            brush=gr.Brush(colors=[f"rgb{c}" for c in OBJECT_COLOURS], color_mode="fixed",
-                                           default_size=12),
-                            eraser=gr.Eraser(default_size=16))
-                        mask_file = gr.File(label="... or upload it (palette PNG, grey ids, colours)",
-                                            file_count="single", type="filepath", height=110, elem_id="mask-upload")
-                    with gr.Column():
-                        preview = gr.Image(label="The first mask Propagate uses", interactive=False, height=380,
-                                           format="png", buttons=[], elem_id="first-mask")
-                        first_png = gr.File(label="First mask (PNG)", interactive=False, height=110,
-                                            elem_id="first-mask-file")
-                    with gr.Column():
-                        run_button = gr.Button("3 · Propagate", variant="primary", elem_id="run-button")
-                        result_video = gr.Video(label="Overlay", autoplay=True, loop=True, interactive=False,
-                                                height=320, elem_id="overlay")
-                        downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay",
-                                            file_count="multiple", interactive=False, height=150,
-                                            elem_id="downloads")
-                        status = gr.Markdown("", elem_id="status")
-            with gr.Tab("Features", id="features"):
-                gr.Markdown("**Correspondence**: click a point of frame 0 to see its cosine affinity to every patch "
-                            "of frame t, the score the propagation ranks (dark: 0 or less, bright: 1). **PCA**: the "
-                            "first three principal components of frame t's patch features as RGB, fitted once on "
-                            "frames spread over the video, so colours are stable over time.")
-                with gr.Row():
-                    frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame t", scale=4, elem_id="frame-t")
-                    show = gr.Button("Show features", variant="primary", scale=1, elem_id="features-button")
-                with gr.Row():
-                    query = gr.Image(label="Frame 0: click a point", interactive=False, format="png", buttons=[],
-                                     elem_id="query-frame")
-                    heat = gr.Image(label="Its affinity in frame t", interactive=False, format="png", buttons=[],
-                                    elem_id="heat")
-                    pca = gr.Image(label="PCA of frame t's features", interactive=False, format="png", buttons=[],
-                                   elem_id="pca")
-        # ------------------------------------------------------------------------------ wiring
-        opened = [video, frame0, editor, video_info, frame_slider, query, heat, pca, pictures]
-        reset = [*opened, point, result_video, downloads, status]
-        cleared = (None, None, None, "", gr.update(maximum=1, value=0), None, None, None, None, None, None, None, "")
-        mask_views = dict(fn=first_mask, inputs=[frame0, mask_file, editor], outputs=[preview, first_png])
-        opening = video_file.upload(lambda: cleared, None, reset).then(open_video, video_file, opened)
-        opening.then(**mask_views)
-        opening.failure(lambda: None, None, video_file)  # a rejected file leaves the upload box empty
-        video_file.clear(lambda: cleared, None, reset).then(**mask_views)
-        demo.click(lambda: cleared, None, reset).then(use_demo, None, [*opened, mask_file]).then(**mask_views)
-        reading = mask_file.upload(lambda: (None, None), None, [preview, first_png]).then(**mask_views)
-        reading.failure(lambda: None, None, mask_file)
-        mask_file.clear(**mask_views)
-        editor.change(**mask_views)
-        run_button.click(run, [video, first_png, *settings], [result_video, downloads, status])
-        feature_inputs = [video, pictures, pictures_key, frame_slider, point, *settings]
-        feature_outputs = [pictures, pictures_key, point, query, heat, pca]
-        one_at_a_time = dict(concurrency_id="features")  # one FeaturePictures per session: no parallel use
-        show.click(features, feature_inputs, feature_outputs, **one_at_a_time)
-        frame_slider.release(features, feature_inputs, feature_outputs, **one_at_a_time)
-        query.select(pick, None, point).then(features, feature_inputs, feature_outputs, **one_at_a_time)
-    return page
+    with gr.Blocks(title="tcore · T-CoRe label propagation", analytics_enabled=False) as blocks:
+        _wire(_layout(model, device))
+    return blocks

@@ -23,7 +23,7 @@ import torch
 from ..locks import is_lock_file
 from .._version import __version__
 from ..errors import InvalidInputError
-from ..files import write_text_atomic  # results are written through tcore's one atomic writer
+from ..files import sha256sum, write_text_atomic  # results are written through tcore's one atomic writer
 
 __all__ = [
     "COLUMNS",
@@ -62,13 +62,6 @@ class ManifestMismatchError(InvalidInputError):
 
 # ------------------------------------------------------------------------------- the model
 
-
-def _sha256(path: Path) -> str:
-    from ..files import sha256sum
-
-    return sha256sum(path)
-
-
 def describe_model(model: Any) -> dict[str, Any]:
     """What `model=` named, for the manifest: a release, a file, a folder, a Hub repo or a module.
 
@@ -93,17 +86,17 @@ def describe_model(model: Any) -> dict[str, Any]:
         entry = get_pretrained(text)
         return {"kind": "release", "name": entry.name, "repo_id": entry.repo_id, "filename": entry.filename,
                 "revision": entry.revision, "registry_sha256": entry.sha256,
-                "sha256": _sha256(download(entry.name))}
+                "sha256": sha256sum(download(entry.name))}
     path = Path(text).expanduser()
     if path.is_file():
-        info: dict[str, Any] = {"kind": "file", "path": str(path.resolve()), "sha256": _sha256(path)}
+        info: dict[str, Any] = {"kind": "file", "path": str(path.resolve()), "sha256": sha256sum(path)}
         pinned = pinned_releases()
         if info["sha256"] in pinned:
             info["release"] = pinned[info["sha256"]]
         return info
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        return {"kind": "folder", "path": str(path.resolve()), "files": {p.name: _sha256(p) for p in files}}
+        return {"kind": "folder", "path": str(path.resolve()), "files": {p.name: sha256sum(p) for p in files}}
     if is_repo_id(text):
         return {"kind": "hub", "repo_id": text}
     return {"kind": "timm", "name": text}
@@ -280,7 +273,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
         summary: the dict `evaluate` returns.
 
     Returns:
-        Text lines (percent, one decimal), with notes when the run is not the paper's protocol.
+        Text lines (percent, one decimal). A run of DAVIS, JHMDB or VIP that is not the paper's
+        protocol (`summary["paper_protocol"]` False: another split, size or precision) says so on
+        the line under the header; the notes say why.
     """
     benchmark = summary["benchmark"]
     columns = COLUMNS[benchmark]
@@ -298,6 +293,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
         rows.append((f"paper: {summary['paper']['name']}", summary["paper"]["scores"]))
     width = max(len(label) for label, _ in rows) + 2
     lines = [header, " " * width + "".join(f"{c:>10}" for c in columns)]
+    if benchmark in _PAPER_BENCHMARKS and not summary.get("paper_protocol", True):
+        lines.insert(1, "NOT the paper's protocol (see the notes): these numbers do not compare with the paper's")
     for label, scores in rows:
         lines.append(f"{label:<{width}}" + "".join(_cell(scores.get(c)) for c in columns))
     lines += [f"note: {note}" for note in summary.get("notes", [])]

@@ -115,9 +115,7 @@ def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> No
 
 def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
     """The requested device; under torchrun each rank takes its local GPU."""
-    from ..propagation.features import pick_device
-
-    picked = pick_device(device)
+    picked = resolve_device(device)
     if picked.type == "cuda" and picked.index is None and dist_info.distributed:
         picked = torch.device("cuda", dist_info.local_rank % torch.cuda.device_count())
     return picked
@@ -151,10 +149,21 @@ def _working_sizes(dataset: Dataset, patch_size: int, size: tuple[int, int] | No
     return [list(s) for s in sorted(sizes)]
 
 
+def _split_note(dataset: Dataset) -> str:
+    """What a split that is not the paper's is, and how to get the paper's."""
+    from .datasets import paper_split
+
+    paper = paper_split(dataset.benchmark)
+    shared = len({v.name for v in dataset.videos} & set(paper))
+    return (f"split: {len(dataset.videos)} videos from {dataset.split}, {shared} of them among the paper's "
+            f"{len(paper)}: not the paper's split; without --list (list_file=) tcore uses the paper's")
+
+
 def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> list[str]:
     notes = []
     if not dataset.official_split:
-        notes.append(f"split: {dataset.split}; pass --list (list_file=) with the official list to reproduce the paper")
+        notes.append(_split_note(dataset) if dataset.benchmark in _PAPER_BENCHMARKS
+                     else f"split: {dataset.split} (not the benchmark's validation split)")
     if size is not None:
         notes.append("--size (size=) overrides the paper's working size: not comparable with the paper")
     if precision != "fp32":
@@ -163,6 +172,11 @@ def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> li
         notes.append(f"{dataset.benchmark}: the paper reports no number for it (T-CoRe evaluates DAVIS, JHMDB and "
                      "VIP); the protocol is the paper's DAVIS hyper-parameters at short side 480, aspect kept")
     return notes
+
+
+def _is_paper_protocol(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> bool:
+    """A run the paper's numbers compare with: its benchmark, its split (by content), its size, fp32."""
+    return dataset.benchmark in _PAPER_BENCHMARKS and dataset.official_split and size is None and precision == "fp32"
 
 
 def evaluate(
@@ -199,9 +213,9 @@ def evaluate(
             `tcore.evaluation.vos`).
         model: as `propagate_masks`'s `model=` (None: tcore_vits16, Kinetics-400); loaded once.
         out_dir: the results folder.
-        list_file: the split (DAVIS default ImageSets/2017/val.txt; JHMDB/VIP the official
-            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note;
-            YouTube-VOS / MOSE: a subset, one video name per line).
+        list_file: the split. Default: the paper's (DAVIS: the dataset's ImageSets/2017/val.txt,
+            else the paper's list; JHMDB, VIP: the paper's lists, shipped with tcore); a list that
+            is not the paper's set of videos is noted. YouTube-VOS / MOSE: a subset, one video name per line.
         split: YouTube-VOS / MOSE: the split folder ("valid" by default; "train" has ground truth).
         overwrite: delete this benchmark's outputs in `out_dir` and start again.
         device: None picks CUDA (each rank its local GPU), then MPS, then CPU.
@@ -216,7 +230,9 @@ def evaluate(
         released model's numbers from the registry, or None); "details" (DAVIS official fractions
         and per-sequence J/F, all PCK alphas per joint and per clip, VIP IoU per class and per
         video); "n_videos", "n_resumed", "n_predicted"; "model", "protocol", "manifest",
-        "working_sizes", "split", "official_split", "notes", "out_dir", "files".
+        "working_sizes", "split", "official_split" (the set of videos equals the paper's list),
+        "paper_protocol" (that split, the preset's size, fp32: comparable with the paper), "notes",
+        "out_dir", "files".
 
     Raises:
         FileNotFoundError: a missing dataset folder, list file or model.
@@ -259,8 +275,7 @@ def evaluate(
 def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None, *, model: Any, overwrite: bool,
          device: str | torch.device | None, batch_size: int, precision: str, size: tuple[int, int] | None,
          progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+    """`evaluate` once the arguments are checked and rank 0 holds the results folder."""
     from ..models import load_backbone
 
     benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
@@ -279,30 +294,10 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
     backbone.to(torch_device)
 
     is_main = dist_info.rank == 0
-    if is_main and not dataset.official_split:
-        _logger.warning("%s: no list file given, so all %d videos found under %s are evaluated: this is NOT the "
-                        "paper's split; pass --list (list_file=) with the official %s_vallist.txt to reproduce it",
-                        benchmark, len(dataset.videos), dataset.root, benchmark)
+    if is_main and benchmark in _PAPER_BENCHMARKS and not dataset.official_split:
+        _logger.warning("%s: NOT the paper's split (%s)", benchmark, _split_note(dataset))
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
-    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world_size)
-    todo = [v for v in mine if not bench.is_finished(results, v)]
-    if len(todo) < len(mine):
-        _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
-                     benchmark, len(mine) - len(todo), len(mine), results)
-    error = None
-    try:
-        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world_size})" if dist_info.distributed else "")
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
-                  desc=desc, unit="video", dynamic_ncols=True) as bar:
-            for video in todo:
-                if lock is not None:
-                    lock.check()  # a run whose folder was taken over (a frozen node) stops writing
-                _predict(bench, video, backbone, results, settings)
-                bar.update(1)
-    except Exception as err:  # every rank must learn that one failed, or the others wait forever
-        error = err
-    counts = all_gather_objects((len(mine) - len(todo), len(todo)), dist_info)
-    _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
+    counts = _predict_shard(dataset, results, dist_info, lock, backbone, settings)
 
     summary = None
     if is_main:
@@ -324,6 +319,7 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
             "root": str(dataset.root),
             "split": dataset.split,
             "official_split": dataset.official_split,
+            "paper_protocol": _is_paper_protocol(dataset, size, precision),
             "model": info,
             "protocol": protocol,
             "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
@@ -336,6 +332,38 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
         write_json_atomic(results / SUMMARY_NAME, summary)
         summary = json.loads((results / SUMMARY_NAME).read_text())  # the JSON form: plain lists, NaN -> None
     return broadcast_object(summary, dist_info)
+
+
+def _predict_shard(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None,
+                   backbone: torch.nn.Module, settings: RunSettings) -> list[tuple[int, int]]:
+    """Predict this rank's unfinished videos; a collective (every rank raises when one failed).
+
+    Returns:
+        (videos resumed, videos predicted) of each rank, by rank.
+    """
+    from tqdm.auto import tqdm
+
+    benchmark, bench = dataset.benchmark, BENCHMARKS[dataset.benchmark]
+    mine = shard_videos(dataset.videos, dist_info.rank, dist_info.world_size)
+    todo = [v for v in mine if not bench.is_finished(results, v)]
+    if len(todo) < len(mine):
+        _logger.info("%s: %d of %d videos already finished in %s; skipped (they are scored again)",
+                     benchmark, len(mine) - len(todo), len(mine), results)
+    error = None
+    try:
+        desc = f"{benchmark} videos" + (f" (rank 0's shard of {dist_info.world_size})" if dist_info.distributed else "")
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not settings.progress,
+                  desc=desc, unit="video", dynamic_ncols=True) as bar:
+            for video in todo:
+                if lock is not None:
+                    lock.check()  # a run whose folder was taken over (a frozen node) stops writing
+                _predict(bench, video, backbone, results, settings)
+                bar.update(1)
+    except Exception as err:  # every rank must learn that one failed, or the others wait forever
+        error = err
+    counts = all_gather_objects((len(mine) - len(todo), len(todo)), dist_info)
+    _raise_if_any_failed(dist_info, error)  # also a barrier: every rank's outputs are in place now
+    return counts
 
 
 def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:

@@ -25,17 +25,13 @@ import torch
 from ..precision import exact_fp32
 from .annotations import Annotations, MasksInput, read_annotations
 from .engine import Propagator
-from .features import FrameEncoder, pick_device
+from .encoder import VideoEncoder
 from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
-from .presets import MAX_AUTO_TOKENS, Preset, get_preset, scaled_size, working_size
+from .presets import MAX_AUTO_TOKENS, Preset, scaled_size
 
 __all__ = ["MaskStream", "Propagation", "iter_masks", "propagate_keypoints", "propagate_masks", "propagate_parts"]
 
 _logger = logging.getLogger(__name__)
-
-# Threads decoding image files ahead of the backbone: one per four cores, at most four (measured on a
-# 16-core GPU host in benchmarks/propagation.py, pipeline part; one thread is all a 2-core machine can spare).
-_DECODE_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor, list]
 PresetInput = Union[str, Preset, None]
@@ -97,44 +93,19 @@ def _progress_bar(total: int | None, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="frame", dynamic_ncols=True, leave=False)
 
 
-@dataclass(frozen=True)
-class _Setup:
-    """Frames, backbone, preset, working size and device shared by all front ends."""
-
-    frames: Any  # tcore.io.VideoFrames
-    encoder: FrameEncoder
-    spec: Preset
-    work: tuple[int, int]  # (H', W') working size in pixels
-    patch: int
-
-    def engine(self) -> Propagator:
-        spec = self.spec
-        return Propagator(topk=spec.topk, temperature=spec.temperature, radius=spec.radius, n_context=spec.n_context,
-                          check_norms=False)  # FrameEncoder's features are L2-normalised
+def _engine(preset: Preset) -> Propagator:
+    """A streaming engine with the preset's settings."""
+    return Propagator(topk=preset.topk, temperature=preset.temperature, radius=preset.radius,
+                      n_context=preset.n_context, check_norms=False)  # FrameEncoder's features are L2-normalised
 
 
-def _setup(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, int] | None,
-           device: str | torch.device | None, batch_size: int, precision: str) -> _Setup:
-    from ..io import read_video
-    from ..models import load_backbone
-
-    frames = read_video(video)
-    if len(frames) < 2:
-        raise ValueError(f"video: propagation needs at least 2 frames, got {len(frames)}")
-    device = pick_device(device)
-    spec = get_preset(preset)
-    backbone = load_backbone(model, device=device)
-    work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
-    encoder = FrameEncoder(backbone, work, device, batch_size, precision)
-    return _Setup(frames, encoder, spec, work, int(backbone.patch_size))
-
-
-def _propagate(setup: _Setup, first: torch.Tensor, start: int, later: dict[int, tuple[torch.Tensor, np.ndarray]],
-               progress: bool, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
+def _propagate(opened: VideoEncoder, first: torch.Tensor, start: int,
+               later: dict[int, tuple[torch.Tensor, np.ndarray]], progress: bool,
+               desc: str) -> Iterator[tuple[int, torch.Tensor]]:
     """(t0, soft labels (k, C, h, w) on the device of frames t0..t0+k-1), a chunk per backbone call.
 
     Args:
-        setup: frames, encoder and preset.
+        opened: the video, its encoder and preset.
         first: (C, h, w) labels of frame `start`, where propagation begins.
         start: the first annotated frame; earlier frames are all background (channel 0) and are
             not even decoded.
@@ -142,10 +113,10 @@ def _propagate(setup: _Setup, first: torch.Tensor, start: int, later: dict[int, 
         progress: show a progress bar on stderr.
         desc: its title.
     """
-    engine = setup.engine()
-    frames, encoder = setup.frames, setup.encoder
+    engine = _engine(opened.preset)
+    encoder = opened.encoder
     annotated = sorted(later)
-    bar = _progress_bar(len(frames), progress, desc)
+    bar = _progress_bar(len(opened), progress, desc)
     try:
         background = torch.zeros((encoder.batch_size, *first.shape), device=encoder.device)
         background[:, 0] = 1
@@ -153,8 +124,7 @@ def _propagate(setup: _Setup, first: torch.Tensor, start: int, later: dict[int, 
             yield t0, background[:min(encoder.batch_size, start - t0)]
             bar.update(min(encoder.batch_size, start - t0))
         t0 = start
-        source = frames if start == 0 else frames[start:]
-        for feats in encoder.stream(source.iter_threaded(_DECODE_WORKERS)):  # (k, h, w, D) of frames t0..
+        for feats in opened.stream(start):  # (k, h, w, D) of frames t0..
             parts, i = [], 0
             if t0 == start:
                 parts.append(engine.reset(feats[0], first.to(feats.device))[None])
@@ -204,10 +174,10 @@ def _host_one_chunk_behind(chunks: Iterator[tuple[int, tuple[torch.Tensor, ...]]
         yield unpinned(pending)
 
 
-def _annotated_labels(annotations: Annotations, setup: _Setup) -> tuple[torch.Tensor, dict]:
+def _annotated_labels(annotations: Annotations, opened: VideoEncoder) -> tuple[torch.Tensor, dict]:
     """Frame `start`'s labels and {t: (labels, channels)} of the later annotations, at the grid."""
     def at_grid(ids: np.ndarray) -> torch.Tensor:
-        return soft_onehot_at_grid(ids, annotations.classes, setup.work, setup.patch)
+        return soft_onehot_at_grid(ids, annotations.classes, opened.size, opened.patch_size)
 
     start = annotations.start
     later = {t: (at_grid(ids), annotations.channels(t)) for t, ids in annotations.ids.items() if t != start}
@@ -233,7 +203,7 @@ def _lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]) -> 
     return lost
 
 
-def _warn_lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor], setup: _Setup) -> None:
+def _warn_lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor], opened: VideoEncoder) -> None:
     """Log a warning naming the objects too small for the working grid, with a size that fits them.
 
     The size suggested makes the smallest extent (height or width of its bounding box) of every
@@ -243,10 +213,10 @@ def _warn_lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]
     lost = _lost_objects(annotations, labels)
     if not lost:
         return
-    factor = max(max(_scale_to_fill_a_cell(annotations.ids[t] == i, setup) for i, t in lost.items()), 1.5)
-    fit = scaled_size(setup.work, factor, setup.patch)
-    wanted = scaled_size(setup.work, factor, setup.patch, max_tokens=2 ** 62)
-    grid = (setup.work[0] // setup.patch, setup.work[1] // setup.patch)
+    factor = max(max(_scale_to_fill_a_cell(annotations.ids[t] == i, opened) for i, t in lost.items()), 1.5)
+    fit = scaled_size(opened.size, factor, opened.patch_size)
+    wanted = scaled_size(opened.size, factor, opened.patch_size, max_tokens=2 ** 62)
+    grid = opened.grid
     ids, frames = sorted(lost), sorted(set(lost.values()))
     shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
     advice = f"Pass a larger size={fit} (command line: --size {fit[0]} {fit[1]})"
@@ -255,21 +225,21 @@ def _warn_lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]
                    f"size={wanted}: crop the video around them, or merge them into larger objects")
     _logger.warning("%d of %d objects (ids %s) cover no cell of the %dx%d feature grid of the working size %dx%d "
                     "at annotated frame%s %s: they are missing from the output from there on. %s", len(ids),
-                    len(annotations.classes) - 1, shown, grid[0], grid[1], setup.work[0], setup.work[1],
+                    len(annotations.classes) - 1, shown, grid[0], grid[1], opened.size[0], opened.size[1],
                     "s" if len(frames) > 1 else "", ", ".join(map(str, frames)), advice)
 
 
-def _scale_to_fill_a_cell(pixels: np.ndarray, setup: _Setup) -> float:
+def _scale_to_fill_a_cell(pixels: np.ndarray, opened: VideoEncoder) -> float:
     """The working-size scale at which an object's bounding box spans patch + 1 pixels both ways.
 
     Args:
         pixels: (H, W) bool, the object's pixels at the original size.
-        setup: the working size and patch.
+        opened: the video at its working size.
     """
     rows, cols = np.nonzero(pixels)
-    height = (rows.max() - rows.min() + 1) * setup.work[0] / pixels.shape[0]  # at the working size
-    width = (cols.max() - cols.min() + 1) * setup.work[1] / pixels.shape[1]
-    return (setup.patch + 1) / min(height, width)
+    height = (rows.max() - rows.min() + 1) * opened.size[0] / pixels.shape[0]  # at the working size
+    width = (cols.max() - cols.min() + 1) * opened.size[1] / pixels.shape[1]
+    return (opened.patch_size + 1) / min(height, width)
 
 
 def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: PresetInput,
@@ -281,16 +251,17 @@ def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: Pre
 
     frames = read_video(video)
     annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)  # before the model loads
-    setup = _setup(frames, model, preset, size, device, batch_size, precision)
+    opened = VideoEncoder.open(frames, model=model, preset=preset, size=size, device=device, batch_size=batch_size,
+                               precision=precision, min_frames=2)
     classes = annotations.classes
-    first, later = _annotated_labels(annotations, setup)
-    _warn_lost_objects(annotations, {annotations.start: first, **{t: lab for t, (lab, _) in later.items()}}, setup)
-    out_size, resize = tuple(frames.size), setup.spec.output_resize
+    first, later = _annotated_labels(annotations, opened)
+    _warn_lost_objects(annotations, {annotations.start: first, **{t: lab for t, (lab, _) in later.items()}}, opened)
+    out_size, resize = tuple(frames.size), opened.preset.output_resize
 
     def on_device() -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
-        for t0, labels in _propagate(setup, first, annotations.start, later, progress, desc):
+        for t0, labels in _propagate(opened, first, annotations.start, later, progress, desc):
             with exact_fp32(labels.device):
-                ids = decode_ids_on_device(labels, classes, setup.work, out_size, resize)  # (k, H, W) uint8
+                ids = decode_ids_on_device(labels, classes, opened.size, out_size, resize)  # (k, H, W) uint8
             yield t0, (ids, labels) if soft else (ids,)
 
     def items() -> Iterator[tuple]:
@@ -469,13 +440,14 @@ def propagate_keypoints(video: VideoInput, first_keypoints: np.ndarray, *, model
     points = np.asarray(first_keypoints, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise ValueError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
-    setup = _setup(video, model, preset, size, device, batch_size, precision)
-    h_img, w_img = setup.frames.size
-    work, p = setup.work, setup.patch
+    opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device, batch_size=batch_size,
+                               precision=precision, min_frames=2)
+    h_img, w_img = opened.frames.size
+    work, p = opened.size, opened.patch_size
     grid_points = points * np.array([work[1] / w_img, work[0] / h_img]) / p  # (K, 2) in grid cells
     first = keypoint_heatmaps(grid_points, (work[0] // p, work[1] // p))
     chunks = ((t0, decode_keypoints(labels))
-              for t0, labels in _propagate(setup, first, 0, {}, progress, "propagating keypoints"))
+              for t0, labels in _propagate(opened, first, 0, {}, progress, "propagating keypoints"))
     decoded = [host for _, host in _host_one_chunk_behind(chunks)]
     xy = torch.cat([c[0] for c in decoded]).numpy()  # (T, K, 2) in grid cells
     vis = torch.cat([c[1] for c in decoded]).numpy()

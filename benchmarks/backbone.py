@@ -6,8 +6,8 @@ same architecture as a stock one (4 registers, LayerScale, dynamic image size), 
 cost of what tcore adds on the way to `patch_tokens` (the class token's own position embedding, the
 (B, h, w, D) grid view, input checks). Target: ratio ~1.
 
-    python benchmarks/features.py                       # everything, on the best device
-    python benchmarks/features.py --models vits16 --batch 1 --precision fp32 --repeat 2   # quick CPU run
+    python benchmarks/backbone.py                       # everything, on the best device
+    python benchmarks/backbone.py --models vits16 --batch 1 --precision fp32 --repeat 2   # quick CPU run
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 import tcore
-from tcore.propagation.features import pick_device
+from tcore.devices import resolve_device
 
 ARCHS = {"vits16": (tcore.tcore_vits16, dict(embed_dim=384, depth=12, num_heads=6)),
          "vitb16": (tcore.tcore_vitb16, dict(embed_dim=768, depth=12, num_heads=12))}
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed calls per cell (after one warm-up)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     print(f"device {device} | torch {torch.__version__} | input {args.size[0]}x{args.size[1]} | "
           f"threads {torch.get_num_threads()}")
     print("| model | batch | precision | tcore frames/s | timm frames/s | tcore / timm |")

@@ -1,6 +1,15 @@
 """Frames -> L2-normalised patch features on the device, in batches, each frame once
 (docs/propagation-protocol.md §3).
 
+    >>> video = VideoEncoder.open("video.mp4", model="tcore_vits16", preset="davis")
+    >>> video.size, video.grid                 # working size (H', W') and feature grid (h, w)
+    >>> for feats in video.stream(): ...       # (k, h, w, D) chunks of frames 0, 1, ...
+    >>> video.encoder(frames)                  # (k, h, w, D) of k uint8 (H, W, 3) frames
+
+`VideoEncoder.open` is the one place where a video, a device, a backbone and a preset become an
+encoder at the working size: the propagation front ends (`tcore.propagation.api`) and the feature
+pictures (`tcore.pictures`) both start here, so their features are the same.
+
 Preprocessing is the paper's: uint8 RGB -> float in [0, 1] -> bilinear resize (half-pixel centres,
 no antialias; only when the size changes) -> ImageNet normalisation -> backbone -> final-normed
 patch tokens -> L2 normalisation over channels (eps 1e-12), in exact fp32 (`tcore.precision.exact_fp32`)
@@ -8,9 +17,11 @@ unless `precision="bf16"`.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
-from typing import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,17 +29,13 @@ import torch.nn.functional as F
 
 from ..devices import resolve_device
 from ..precision import exact_fp32
+from .presets import Preset, get_preset, working_size
 
-__all__ = ["FrameEncoder", "pick_device", "prefetch"]
+__all__ = ["FrameEncoder", "VideoEncoder", "prefetch"]
 
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` checked to exist here (`tcore.devices.resolve_device`), else CUDA, then Apple MPS, then CPU.
-
-    Raises:
-        ValueError: not a device name, or a device this machine lacks (the message lists those it has).
-    """
-    return resolve_device(device)
+# Threads decoding image files ahead of the backbone: one per four cores, at most four (measured on a
+# 16-core GPU host in benchmarks/propagation.py, pipeline part; one thread is all a 2-core machine can spare).
+_DECODE_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 class FrameEncoder:
@@ -88,6 +95,85 @@ class FrameEncoder:
         """Features of `frames` in chunks of `batch_size`, decoding ahead in a background thread."""
         for chunk in prefetch(_chunks(frames, self.batch_size), depth=2):
             yield self(chunk)
+
+
+@dataclass(frozen=True)
+class VideoEncoder:
+    """A video opened with a backbone at its working size: frames in, features out.
+
+    Build it with `VideoEncoder.open`.
+
+    Attributes:
+        frames: the video (`tcore.io.VideoFrames`: lazy, `len()`, indexing, `.size` (H, W)).
+        encoder: the backbone at the working size, on the device.
+        preset: the preset the working size came from (its propagation settings travel with it).
+    """
+
+    frames: Any  # tcore.io.VideoFrames
+    encoder: FrameEncoder
+    preset: Preset
+
+    @classmethod
+    def open(cls, video: Any, *, model: Any = None, preset: str | Preset | None = None,
+             size: tuple[int, int] | None = None, device: str | torch.device | None = None, batch_size: int = 8,
+             precision: str = "fp32", min_frames: int = 1) -> VideoEncoder:
+        """Open `video` and load `model` on `device` at the working size of `preset` (or `size`).
+
+        The cheap checks come first: the video is opened (not decoded), and the device and the
+        preset are checked before the backbone is loaded.
+
+        Args:
+            video: anything `tcore.read_video` accepts (frame folder, video file, arrays, ...).
+            model: as in `tcore.propagate_masks`: None (T-CoRe ViT-S/16, Kinetics-400), a name, a
+                path or a module.
+            preset: None (short side 480, aspect kept), a preset name or a `Preset`.
+            size: (H, W) working size overriding the preset's size rule (floored to the patch size).
+            device: None picks CUDA, then MPS, then CPU.
+            batch_size: frames per backbone call.
+            precision: "fp32" (exact) or "bf16" (opt-in autocast).
+            min_frames: fewer frames than this is an error (propagation needs 2).
+
+        Raises:
+            ValueError: a video with fewer than `min_frames` frames, a device that is not
+                available, an unknown preset, a bad size, precision or batch size.
+        """
+        from ..io import read_video
+        from ..models import load_backbone
+
+        frames = read_video(video)
+        if len(frames) < min_frames:
+            raise ValueError(f"video: propagation needs at least {min_frames} frames, got {len(frames)}")
+        device = resolve_device(device)
+        spec = get_preset(preset)
+        backbone = load_backbone(model, device=device)
+        work = working_size(tuple(frames.size), spec, backbone.patch_size, size)
+        return cls(frames, FrameEncoder(backbone, work, device, batch_size, precision), spec)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H', W') working size in pixels, multiples of the patch size."""
+        return self.encoder.size
+
+    @property
+    def patch_size(self) -> int:
+        """The backbone's patch size in pixels."""
+        return int(self.encoder.backbone.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) cells of the feature grid."""
+        return self.encoder.grid
+
+    def stream(self, start: int = 0) -> Iterator[torch.Tensor]:
+        """(k, h, w, D) features of frames start, start + 1, ... in chunks of the batch size.
+
+        Frames are decoded ahead in background threads; frames before `start` are not decoded.
+        """
+        source = self.frames if start == 0 else self.frames[start:]
+        return self.encoder.stream(source.iter_threaded(_DECODE_WORKERS))
 
 
 def _chunks(items: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:

@@ -1,8 +1,6 @@
-"""Test oracles: straightforward implementations of the official algorithms, written independently
-of `tcore`'s fast ones, so that a test can say "equal to the official computation".
-
-Shared by the tests and by the speed harnesses in `benchmarks/` (which time tcore against them and
-check that both agree), so that each oracle exists once:
+"""Reference implementations of the official algorithms, written plainly and independently of
+`tcore`'s fast ones: the tests' oracles ("equal to the official computation") and the speed
+harnesses' baselines (which time tcore against them and check that both agree). Each exists once:
 
 * `literal_propagation`: the label-propagation protocol run the way the official code runs it
   (docs/propagation-protocol.md §5–§7: the padded sequence, dense affinities, radius mask, top-k);
@@ -10,7 +8,9 @@ check that both agree), so that each oracle exists once:
   official `davis2017-evaluation` does (docs/propagation-protocol.md §9.1), dilating with OpenCV
   when it is installed (as the official code), else with an exact numpy disk dilation.
 
-Tests import it as `oracles` (tests/ is on the path); benchmarks put tests/ on the path first.
+Not part of the installed package: the harnesses here import it as `oracles` (a script's folder is
+on its path), the tests as `benchmarks.oracles` (tests/conftest.py puts the clone's root on the path,
+as for `training`).
 """
 from __future__ import annotations
 
