@@ -5,8 +5,10 @@ launcher (`kill -KILL <torchrun pid>`, SLURM without cgroup process tracking, a 
 used to leave the ranks training and writing checkpoints. `die_with_launcher` ties each rank to the
 process that started it: on Linux the kernel sends it SIGKILL when that process exits
 (`prctl(PR_SET_PDEATHSIG)`); elsewhere a daemon thread polls the parent pid and kills the process
-when it changes. SIGKILL, because a rank must stop at once and write nothing more: its last complete
-checkpoint stays the one a requeued job resumes from.
+when it changes. SIGKILL, because a rank must stop at once and write nothing more: its last
+complete checkpoint stays the one a requeued job resumes from. `training.prepare`'s decoding
+processes die with the command the same way (`die_with_parent`), so a killed prepare leaves none
+writing frames.
 
 Standard library only: it is armed before torch is imported.
 """

@@ -226,22 +226,23 @@ def _job(job: _Job) -> tuple[str, int, str]:
         return video, 0, f"{type(err).__name__}: {err}"
 
 
-def _crashed(job: _Job) -> tuple[str, int, str]:
-    return job[0], 0, "the decoder crashed (its worker process died)"
-
-
 def _alone(job: _Job) -> tuple[str, int, str]:
     """One job in a process of its own: a crash fails this video only."""
     with ProcessPoolExecutor(max_workers=1, initializer=die_with_parent) as pool:
         try:
             return pool.submit(_job, job).result()
         except BrokenProcessPool:
-            return _crashed(job)
+            return job[0], 0, "the decoder crashed (its worker process died)"
+
+
+def _succeeded(future: Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _results(jobs: list[_Job], workers: int) -> Iterator[tuple[str, int, str]]:
-    """Every job's result, in order. When a worker process dies (a decoder crash), the jobs that
-    were in flight are redone each in a process of its own, and the rest in a new pool."""
+    """Every job's result (video, frames written, reason), in order until a worker process dies (a
+    decoder crash); then the jobs that were in flight are redone each in a process of its own, so
+    that the crash fails one video, and the rest go to a new pool."""
     todo = jobs
     while todo:
         with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
@@ -253,10 +254,9 @@ def _results(jobs: list[_Job], workers: int) -> Iterator[tuple[str, int, str]]:
                     break
             else:
                 return
-        rest = [(job, f) for job, f in zip(todo[i:], futures[i:])]
-        finished = [f.result() for _, f in rest if f.done() and not f.cancelled() and f.exception() is None]
-        unfinished = [job for job, f in rest if not (f.done() and not f.cancelled() and f.exception() is None)]
-        yield from finished  # completed before the crash (order among results does not matter to callers)
+        rest = list(zip(todo[i:], futures[i:]))
+        yield from (future.result() for _, future in rest if _succeeded(future))  # done before the crash
+        unfinished = [job for job, future in rest if not _succeeded(future)]
         in_flight = 2 * workers + 1  # the pool hands out at most workers + 1 jobs ahead
         for job in unfinished[:in_flight]:
             yield _alone(job)
