@@ -1,4 +1,5 @@
-"""tcore.locks.FolderLock: one writer per folder (atomic creation, heartbeat, stale takeover, loss).
+"""tcore.locks.FolderLock: one writer per folder (atomic creation, heartbeat, stale takeover, loss),
+and tcore.distributed.claim_folder, through which evaluation and training take it.
 
 In-process and fast; the end-to-end behaviour under torchrun is in test_training_one_run.py.
 """
@@ -205,3 +206,20 @@ def test_the_lock_module_imports_no_torch():
     code = "import sys, tcore.locks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_claim_folder_takes_the_lock_or_names_the_folder_in_its_error(tmp_path):
+    from tcore.distributed import DistInfo, claim_folder
+    from tcore.errors import FileAccessError
+
+    lock = claim_folder(tmp_path / "run", "training", DistInfo(), name="train.output_dir=run")
+    try:
+        assert lock.held and (tmp_path / "run" / LOCK_NAME).is_file()
+        with pytest.raises(FolderLockedError, match=r"^train.output_dir=run: .* is in use by another training run"):
+            claim_folder(tmp_path / "run", "training", DistInfo(), name="train.output_dir=run")
+    finally:
+        lock.release()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileAccessError, match=r"^out_dir: cannot create .*file/run/tcore.lock \(Not a directory\); "
+                                              "pick a folder you can write to$"):
+        claim_folder(tmp_path / "file" / "run", "evaluation", DistInfo(), name="out_dir")
