@@ -413,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -> None:
     """The run: data, model, resume, the loop, the export. Rank 0 holds `lock` and checks it
-    before each write into `out_dir` (metrics, checkpoints, export)."""
+    before each write into `out_dir` (metrics, checkpoints, export).
+
+    Raises:
+        JobStopped: on every rank, when a step run under `agree` (the manifest, the plan, the
+            resume, a log step, a save) failed on any rank; it carries the error on the rank that
+            reports it.
+    """
     log = RunLog(cfg, info, out_dir, lock)
     try:
         if lock is not None:
