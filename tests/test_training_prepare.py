@@ -220,6 +220,8 @@ def test_check_lists_folders_with_too_few_frames_and_frames_that_do_not_decode(t
                        "would be one frame three times)"]
     assert out[2].startswith(f"{folders[0] / '00005.jpg'}: does not decode (")
     assert out[3:] == ["4 videos checked: 3 problems"]
+    assert main(["check", str(frames), "--config", "training/configs/vits16_k400.yaml", "--workers", "1"]) == 1
+    assert capsys.readouterr().out.splitlines() == out  # the recipe's windows, layout and split
     assert main(["check", str(frames), "--min-frames", "15", "--workers", "1"]) == 1
     assert f"{folders[3]}: 12 frames, fewer than --min-frames 15" in capsys.readouterr().out
     (folders[0] / "00005.jpg").unlink()
@@ -228,6 +230,12 @@ def test_check_lists_folders_with_too_few_frames_and_frames_that_do_not_decode(t
             frame.unlink()
         folder.rmdir()
     assert main(["check", str(frames), "--workers", "1"]) == 0
+
+
+def test_prepare_starts_without_torch():
+    code = "import sys, training.prepare; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"  # a prepare (and each of its workers) starts in a fraction of a second
 
 
 @pytest.mark.parametrize("layout", ["kinetics", "folders"])

@@ -40,7 +40,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,9 +48,11 @@ if __package__ in (None, ""):  # run as a script: make `training` importable
 from tcore.errors import InvalidInputError, MissingFileError, user_error_message
 from tcore.files import write_text_atomic
 from tcore.locks import FolderLock
-from training.config import DataConfig, load_config
 from training.lifecycle import die_with_parent
 from training.videos import list_frames, sandwich_fits, scan_videos, write_manifest
+
+if TYPE_CHECKING:  # the config imports the model layer (torch): only `check --config` needs it
+    from training.config import DataConfig
 
 __all__ = ["VIDEO_EXTENSIONS", "FAILED_NAME", "VideoError", "Prepared", "select_frames", "too_few_decoded",
            "extract_frames", "extract_all", "check_frames", "main"]
@@ -329,14 +331,14 @@ def check_frames(frames_dir: str | Path, layout: str = "kinetics", split: str = 
         frames_dir: the frames root (`data.root`).
         layout, split: as data.layout and data.split.
         data: the run's data config, whose windows decide the frames sandwich sampling needs
-            (`training.data.sandwich_fits`); the defaults if None.
+            (`training.videos.sandwich_fits`); the recipe's windows if None.
         min_frames: also report folders with fewer frames than this.
         workers: processes decoding the frames.
 
     Returns:
         (videos checked, one line per problem: folders first, then frames).
     """
-    data = data or DataConfig()
+    windows = () if data is None else (data.current_range, data.past_offset_range, data.future_offset_range)
     root = Path(frames_dir)
     videos = scan_videos(root, layout, split)
     problems = []
@@ -344,7 +346,7 @@ def check_frames(frames_dir: str | Path, layout: str = "kinetics", split: str = 
         count = len(list_frames(root / video))
         if count < min_frames:
             problems.append(f"{root / video}: {count} frames, fewer than --min-frames {min_frames}")
-        elif not sandwich_fits(count, data.current_range, data.past_offset_range, data.future_offset_range):
+        elif not sandwich_fits(count, *windows):
             problems.append(f"{root / video}: {count} frames, too few for sandwich sampling with these windows "
                             "(every sample would be one frame three times)")
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=die_with_parent) as pool:
@@ -389,8 +391,13 @@ def _run(args: argparse.Namespace) -> int:
               f"{len(failures)} failed{where}", flush=True)
         return 1 if failures else 0
     if args.command == "check":
-        data = load_config(args.config).data if args.config else DataConfig()
-        layout, split = args.layout or (data.layout if args.config else "kinetics"), args.split or data.split
+        data = None
+        if args.config:
+            from training.config import load_config
+
+            data = load_config(args.config).data
+        layout = args.layout or (data.layout if data else "kinetics")
+        split = args.split or (data.split if data else "train")
         checked, problems = check_frames(args.frames_dir, layout, split, data, args.min_frames, args.workers)
         for line in problems:
             print(line)
