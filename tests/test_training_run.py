@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 
-import pytest
 import torch
 
 import tcore

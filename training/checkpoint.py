@@ -28,6 +28,8 @@ from tcore.checkpoint import to_official_state_dict
 from tcore.errors import CheckpointError, FileAccessError, MissingFileError
 from tcore.files import write_atomic
 
+from training.config import config_from_dict
+
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "newest_good_checkpoint",
            "export_teacher"]
 
@@ -179,10 +181,8 @@ def export_teacher(state: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
         `tcore.tcore_vitb16(...)`, or `tcore.TCoReBackbone(embed_dim=..., depth=..., num_heads=...,
         pretrained=folder)` for other sizes.
     """
-    m = state["config"]["model"]
-    backbone = tcore.TCoReBackbone(embed_dim=m["embed_dim"], depth=m["depth"], num_heads=m["num_heads"],
-                                   patch_size=m["patch_size"], num_register_tokens=m["num_register_tokens"],
-                                   img_size=m["img_size"])
+    args = config_from_dict(state["config"]).model.as_kwargs()  # every architecture argument, from one source
+    backbone = tcore.TCoReBackbone(**{**args, "drop_path_rate": 0.0})  # the teacher has no stochastic depth
     teacher = state["teacher"]
     backbone_state = {k[len("backbone."):]: v for k, v in teacher.items() if k.startswith("backbone.")}
     backbone.load_state_dict(backbone_state, strict=True)

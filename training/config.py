@@ -290,7 +290,7 @@ def _validate(cfg: Config) -> None:
         value = _value(cfg, key)
         if not allowed(value):
             raise ConfigError(f"{key}={_show(value)}: {text}")
-    m, o, d, a = cfg.model, cfg.optim, cfg.data, cfg.augment
+    m, o, d = cfg.model, cfg.optim, cfg.data
     for name in ("num_heads", "pmm_num_heads"):
         if m.embed_dim % getattr(m, name):
             raise ConfigError(f"model.{name}={getattr(m, name)}: must divide model.embed_dim={m.embed_dim}")
