@@ -26,7 +26,8 @@ from ..precision import exact_fp32
 from .annotations import Annotations, MasksInput, read_annotations
 from .engine import Propagator
 from .features import FrameEncoder, pick_device
-from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
+from .labels import (decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_cover_at_grid,
+                     soft_onehot_at_grid)
 from .presets import MAX_AUTO_TOKENS, Preset, get_preset, scaled_size, working_size
 
 __all__ = ["MaskStream", "Propagation", "iter_masks", "propagate_keypoints", "propagate_masks", "propagate_parts"]
@@ -205,13 +206,12 @@ def _host_one_chunk_behind(chunks: Iterator[tuple[int, tuple[torch.Tensor, ...]]
 
 
 def _annotated_labels(annotations: Annotations, setup: _Setup) -> tuple[torch.Tensor, dict]:
-    """Frame `start`'s labels and {t: (labels, channels)} of the later annotations, at the grid."""
-    def at_grid(ids: np.ndarray) -> torch.Tensor:
-        return soft_onehot_at_grid(ids, annotations.classes, setup.work, setup.patch)
-
-    start = annotations.start
-    later = {t: (at_grid(ids), annotations.channels(t)) for t, ids in annotations.ids.items() if t != start}
-    return at_grid(annotations.ids[start]), later
+    """Frame `start`'s labels (the paper's first-frame sampling) and {t: (labels, channels)} of the
+    later annotations (each cell's cover, docs/propagation-protocol.md §12), at the grid."""
+    classes, start = annotations.classes, annotations.start
+    later = {t: (soft_cover_at_grid(ids, classes, setup.work, setup.patch), annotations.channels(t))
+             for t, ids in annotations.ids.items() if t != start}
+    return soft_onehot_at_grid(annotations.ids[start], classes, setup.work, setup.patch), later
 
 
 def _lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]) -> dict[int, int]:
