@@ -184,6 +184,9 @@ def test_memory_held_is_flat_in_video_length_beyond_the_budget(tiny):
         s.add_mask(33, gt[33])
         check(s.propagate(soft=True), fresh(frames, {0: gt[0], 33: gt[33]}, tiny))
         assert s.nbytes <= budget
+        held = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes()
+                for kept in s._states.kept for state in kept.values() for x in state.tensors}
+        assert 0 < s._states.nbytes == sum(held.values()) <= budget // 8  # engine states: an eighth, shared once
 
 
 def test_an_engine_restored_from_a_snapshot_continues_bit_for_bit():

@@ -55,6 +55,45 @@ DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB: 400 DAVIS-sized frames of ViT-S/16 featu
 _SNAPSHOT_SHARE = 8  # engine snapshots may take 1/8 of the budget; features the rest
 
 
+class _States:
+    """Engine states kept per direction (0 forward, 1 backward), by the frame each continues from,
+    with the bytes of the label tensors they hold (a tensor shared by several states counted once)."""
+
+    def __init__(self) -> None:
+        self.kept: tuple[dict[int, PropagatorSnapshot], dict[int, PropagatorSnapshot]] = ({}, {})
+        self.nbytes = 0
+        self._storages: dict[int, list[int]] = {}  # storage address -> [states holding it, bytes]
+
+    def add(self, direction: int, frame: int, state: PropagatorSnapshot, budget: int) -> None:
+        """Keep `state`; beyond `budget` bytes every other state of that direction goes."""
+        if frame in self.kept[direction]:
+            return
+        self.kept[direction][frame] = state
+        self._count(state, +1)
+        while self.kept[direction] and self.nbytes > budget:
+            frames = sorted(self.kept[direction])
+            self.drop(direction, frames[1::2] if len(frames) > 1 else frames)
+
+    def drop(self, direction: int, frames: list[int]) -> None:
+        for frame in frames:
+            self._count(self.kept[direction].pop(frame), -1)
+
+    def clear(self) -> None:
+        for direction in (0, 1):
+            self.drop(direction, list(self.kept[direction]))
+
+    def _count(self, state: PropagatorSnapshot, change: int) -> None:
+        """Count `state`'s storages once more (change +1) or once less (-1)."""
+        for key, x in {x.untyped_storage().data_ptr(): x for x in state.tensors}.items():
+            entry = self._storages.setdefault(key, [0, x.untyped_storage().nbytes()])
+            entry[0] += change
+            if entry[0] == 1 and change > 0:
+                self.nbytes += entry[1]
+            elif entry[0] == 0:
+                self.nbytes -= entry[1]
+                del self._storages[key]
+
+
 class PropagationSession:
     """A video opened for interactive propagation: add masks, propagate, correct, propagate again.
 
@@ -76,7 +115,7 @@ class PropagationSession:
 
     def __init__(self, video: VideoInput, *, model: Any = None, preset: PresetInput = None,
                  size: tuple[int, int] | None = None, device: str | torch.device | None = None, batch_size: int = 8,
-                 precision: str = "fp32", cache_bytes: int = DEFAULT_CACHE_BYTES, snapshot_every: int = 8,
+                 precision: str = "fp32", cache_bytes: int = DEFAULT_CACHE_BYTES, snapshot_every: int = 4,
                  spill_dir: str | None = None, progress: bool = True) -> None:
         for name, value in (("cache_bytes", cache_bytes), ("snapshot_every", snapshot_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "cache_bytes" else 1):
@@ -88,7 +127,7 @@ class PropagationSession:
         self.progress = progress
         self._masks: dict[int, np.ndarray] = {}  # frame -> (H, W) uint8 ids, as given
         self._palettes: dict[int, np.ndarray] = {}  # frame -> palette of its mask, when it had one
-        self._snapshots: tuple[dict[int, PropagatorSnapshot], dict[int, PropagatorSnapshot]] = ({}, {})
+        self._states = _States()
         self._stale = [0, len(self)]  # forward: first frame not yielded since its last change; backward: last + 1
         self._backward = False  # a backward stream has been asked for: the nearer annotated frame decides
         self._unwarned: set[int] = set()  # annotated frames not yet checked for objects too small for the grid
@@ -113,7 +152,7 @@ class PropagationSession:
     @property
     def nbytes(self) -> int:
         """Bytes held in memory by the kept features and engine snapshots (at most `cache_bytes`)."""
-        return self._cache.nbytes + self._snapshot_bytes()
+        return self._cache.nbytes + self._states.nbytes
 
     @property
     def spilled_nbytes(self) -> int:
@@ -182,8 +221,7 @@ class PropagationSession:
             self._closed = True
             self._version += 1
             self._cache.close()
-            for snapshots in self._snapshots:
-                snapshots.clear()
+            self._states.clear()
 
     def __enter__(self) -> PropagationSession:
         return self
@@ -264,7 +302,7 @@ class PropagationSession:
         if not targets:
             return
         engine, stop = setup.engine(), max(targets, key=lambda t: (t - origin) * step) + step
-        snapshots = self._snapshots[int(reverse)]
+        snapshots = self._states.kept[int(reverse)]
         head = min(targets, key=lambda t: (t - origin) * step)  # the first frame to yield
         kept = [s for s in snapshots if 0 < (s - origin) * step <= (head - origin) * step]
         s = max(kept, key=lambda s: (s - origin) * step) if kept else origin
@@ -287,7 +325,7 @@ class PropagationSession:
                         given, channels = later[f]
                         out = torch.cat([out[:-1], engine.annotate(given.to(out.device), channels)[None]])
                 if done % self.snapshot_every == 0:
-                    self._keep_snapshot(int(reverse), f + step, engine.snapshot())
+                    self._states.add(int(reverse), f + step, engine.snapshot(), self._cache.reserved)
                 shown = [g for g, _ in piece] if f != origin else [f]
                 bar.update(len(shown))
                 keep = [i for i, g in enumerate(shown) if g in targets]
@@ -322,15 +360,12 @@ class PropagationSession:
         """Masks changed at frame t (at every frame when the objects changed): drop what depends on them."""
         self._version += 1
         if every_frame:  # the channels changed: no engine state kept is valid any more
-            for snapshots in self._snapshots:
-                snapshots.clear()
+            self._states.clear()
             self._stale = [0, len(self)]
             return
-        forward, backward = self._snapshots
-        for s in [s for s in forward if s > t]:  # forward states at s have seen frames < s
-            del forward[s]
-        for s in [s for s in backward if s < t]:  # backward states at s have seen frames > s
-            del backward[s]
+        forward, backward = self._states.kept
+        self._states.drop(0, [s for s in forward if s > t])  # forward states at s have seen frames < s
+        self._states.drop(1, [s for s in backward if s < t])  # backward states at s have seen frames > s
         self._stale = [min(self._stale[0], t), max(self._stale[1], t + 1)]
 
     def _features(self, order: range) -> Iterator[tuple[int, torch.Tensor]]:
@@ -370,23 +405,6 @@ class PropagationSession:
         with exact_fp32(labels.device):
             ids = decode_ids_on_device(labels, classes, setup.work, tuple(setup.frames.size), setup.spec.output_resize)
         return ids.cpu().numpy()
-
-    def _keep_snapshot(self, direction: int, frame: int, snapshot: PropagatorSnapshot) -> None:
-        """Keep the engine state whose next frame is `frame`, within the snapshots' share of the
-        budget: beyond it every other state kept in that direction goes."""
-        snapshots = self._snapshots[direction]
-        if frame in snapshots:
-            return
-        snapshots[frame] = snapshot
-        while snapshots and self._snapshot_bytes() > self._cache.reserved:
-            frames = sorted(snapshots)
-            for s in frames[1::2] if len(frames) > 1 else frames:
-                del snapshots[s]
-
-    def _snapshot_bytes(self) -> int:
-        storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes()
-                    for snapshots in self._snapshots for snapshot in snapshots.values() for x in snapshot.tensors}
-        return sum(storages.values())
 
     def _warn(self, annotations: Annotations, first: torch.Tensor, later: dict) -> None:
         """Warn once per mask given about objects that cover no cell of the grid (`propagate_masks`'s warning)."""
