@@ -164,15 +164,15 @@ def bench_corrections(args: argparse.Namespace) -> list[dict]:
     generated = {f"generated {seed}": make_demo_clip(n_frames=30, size=(240, 320), seed=seed) for seed in (1, 2)}
     clips = {name: clip(name, 40) for name in ("car-shadow", "dog")}
     for name, (frames, gt) in {**clips, **generated}.items():
-        frames, k = list(frames), len(frames) // 2
-        row = {"clip": name, "case": f"correction at {k}"}
+        frames = list(frames)
         none = tcore.propagate_masks(frames, gt[0], **options)
-        row["no correction"] = round(jf(gt[k:], none[k:]), 3)
-        for sample in ("centre", "cover"):
-            with later_sample(sample):
-                masks = tcore.propagate_masks(frames, {0: gt[0], k: gt[k]}, **options)
-            row[f"{sample} (rule {'before' if sample == 'centre' else 'now'})"] = round(jf(gt[k:], masks[k:]), 3)
-        rows.append(row)
+        for k in args.at if args.at and name in clips else [len(frames) // 2]:
+            row = {"clip": name, "case": f"correction at {k}", "no correction": round(jf(gt[k:], none[k:]), 3)}
+            for sample in ("centre", "cover"):
+                with later_sample(sample):
+                    masks = tcore.propagate_masks(frames, {0: gt[0], k: gt[k]}, **options)
+                row[f"{sample} (rule {'before' if sample == 'centre' else 'now'})"] = round(jf(gt[k:], masks[k:]), 3)
+            rows.append(row)
     frames, _ = clip("bmx-trees", 25)
     from PIL import Image
 
@@ -211,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", default="car-shadow", help="shared DAVIS clip (car-shadow, dog)")
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--model", choices=["vits16-random", "dinov2"], default="vits16-random")
+    parser.add_argument("--at", type=int, nargs="*", default=[],
+                        help="corrections: correct the DAVIS clips at these frames (default: the middle one)")
     parser.add_argument("--spill-budget-mib", type=int, default=32, help="budget of the spilling run (MiB)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -348,6 +348,7 @@ class Propagator:
     >>> out = prop.step(features[1:11])                # (10, C, h, w): frames 1..10
     >>> out10 = prop.annotate(labels_10, [2])          # frame 10: channel 2's (a new object's) mask given
     >>> out = prop.step(features[11:19])               # frames 11..18: frame 10 now plays frame 0's role
+    >>> state = prop.snapshot()                        # labels only; prop.restore(state, features.__getitem__)
 
     Memory is bounded by the context (frame 0 + annotated frames + `n_context` frames), not the
     video length. Tensors stay on the device of the first frame's features (CPU or CUDA); every
