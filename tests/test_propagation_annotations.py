@@ -163,12 +163,6 @@ def test_annotate_errors_name_the_argument():
 # ---------------------------------------------------------------------------------- front end
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
-
-
-@pytest.fixture(scope="module")
 def entering():
     """8 frames; object 2 is hidden under a flat grey patch before frame 3, then visible."""
     frames, gt = make_demo_clip(n_frames=8, size=SMALL, seed=1)

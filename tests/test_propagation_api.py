@@ -26,12 +26,6 @@ def clip():
     return frames, masks
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
-
-
 # ----------------------------------------------------------------------------- label conversion
 
 def test_first_mask_soft_onehot_equals_opencv_nearest_then_bilinear_downscale():

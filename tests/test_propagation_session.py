@@ -26,12 +26,6 @@ T = 14
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
-
-
-@pytest.fixture(scope="module")
 def clip():
     return make_demo_clip(n_frames=T, size=SMALL, seed=3)
 

@@ -93,12 +93,7 @@ def soft_cover_at_grid(ids: np.ndarray, classes: np.ndarray, size: tuple[int, in
     mask is; then, unlike `soft_onehot_at_grid` (the paper's 2x2 centre sample, which a later mask
     must not use: it would replace propagated labels that know where a boundary crosses a cell by
     0/1 values that do not, see the protocol document), every pixel of the patch counts.
-
-    Args:
-        ids: (H, W) integer object ids at the original size.
-        classes: (C,) the ids, one channel each, in channel order.
-        size: (H', W') working size, multiples of `patch_size`.
-        patch_size: p.
+    Arguments as `soft_onehot_at_grid`.
 
     Returns:
         (C, H'/p, W'/p) float32 soft labels, multiples of 1/p^2; each cell sums to 1 when every id
