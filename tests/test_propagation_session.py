@@ -251,5 +251,5 @@ def test_errors_name_the_argument_and_a_changed_session_ends_its_streams(clip, t
         s.add_mask(4, gt[4])
         with pytest.raises(ValueError, match=r"masks changed after this stream started; call session.propagate"):
             list(stream)
-    with pytest.raises(ValueError, match="cache_bytes=-1: expected an int >= 0"):
+    with pytest.raises(ValueError, match="cache_bytes=-1: expected a number of bytes >= 0"):
         session(frames, tiny, cache_bytes=-1)

@@ -26,15 +26,16 @@ class FeatureCache:
     """Frame features by frame index: in memory up to a budget, in a temporary file beyond it.
 
     Args:
-        budget: bytes of memory the cache may hold, counting `reserved` bytes held elsewhere (the
-            session's engine snapshots); frames that do not fit are spilled.
+        budget: bytes of memory the features and `reserved` may take together; frames that do not
+            fit are spilled.
         spill_dir: folder for the spill file; None: the system's temporary folder.
+        reserved: bytes of the budget kept for others (the session's engine states).
     """
 
-    def __init__(self, budget: int, spill_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, budget: int, spill_dir: str | os.PathLike | None = None, reserved: int = 0) -> None:
         self.budget = int(budget)
         self.spill_dir = spill_dir
-        self.reserved = 0  # bytes of memory held by others and counted in the budget
+        self.reserved = int(reserved)
         self._memory: dict[int, torch.Tensor] = {}  # frame -> (h, w, D) fp32 on the device
         self._spilled: dict[int, int] = {}  # frame -> byte offset in the spill file
         self._file: IO[bytes] | None = None

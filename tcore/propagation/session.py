@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..precision import exact_fp32
 from .annotations import Annotations, MaskInput, read_annotations
 from .api import MaskStream, PresetInput, VideoInput, _annotated_labels, _progress_bar, _setup, _warn_lost_objects
 from .cache import FeatureCache
-from .engine import PropagatorSnapshot
+from .engine import Propagator, PropagatorSnapshot
 from .features import prefetch
 from .labels import decode_ids_on_device, finish_ids
 
@@ -116,13 +117,13 @@ class PropagationSession:
     def __init__(self, video: VideoInput, *, model: Any = None, preset: PresetInput = None,
                  size: tuple[int, int] | None = None, device: str | torch.device | None = None, batch_size: int = 8,
                  precision: str = "fp32", cache_bytes: int = DEFAULT_CACHE_BYTES, snapshot_every: int = 4,
-                 spill_dir: str | None = None, progress: bool = True) -> None:
-        for name, value in (("cache_bytes", cache_bytes), ("snapshot_every", snapshot_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "cache_bytes" else 1):
-                raise InvalidInputError(f"{name}={value!r}: expected an int >= {0 if name == 'cache_bytes' else 1}")
+                 spill_dir: str | os.PathLike | None = None, progress: bool = True) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise InvalidInputError(f"cache_bytes={cache_bytes!r}: expected a number of bytes >= 0 (e.g. 2 << 30)")
+        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
+            raise InvalidInputError(f"snapshot_every={snapshot_every!r}: expected an int >= 1")
         self._setup = _setup(video, model, preset, size, device, batch_size, precision)
-        self._cache = FeatureCache(cache_bytes, spill_dir)
-        self._cache.reserved = cache_bytes // _SNAPSHOT_SHARE
+        self._cache = FeatureCache(cache_bytes, spill_dir, reserved=cache_bytes // _SNAPSHOT_SHARE)
         self.snapshot_every = snapshot_every
         self.progress = progress
         self._masks: dict[int, np.ndarray] = {}  # frame -> (H, W) uint8 ids, as given
@@ -270,13 +271,13 @@ class PropagationSession:
 
     def _stream(self, reverse: bool, first: int, soft: bool, version: int) -> Iterator[tuple]:
         setup, step = self._setup, -1 if reverse else 1
-        frames = sorted(self._masks, reverse=reverse)  # from where this direction starts
-        classes = self._classes()
-        annotations = Annotations({t: self._masks[t] for t in frames}, classes, None)
+        annotated, classes = sorted(self._masks), self._classes()
+        order = annotated[::-1] if reverse else annotated  # from where this direction starts
+        annotations = Annotations({t: self._masks[t] for t in order}, classes, None)
         origin = annotations.start
         first_labels, later = _annotated_labels(annotations, setup)
         self._warn(annotations, first_labels, later)
-        wanted = [t for t in range(first, -1 if reverse else len(self), step) if self._decides(t, reverse)]
+        wanted = [t for t in range(first, -1 if reverse else len(self), step) if self._decides(t, reverse, annotated)]
         stale_from = first
         out_size, resize = tuple(setup.frames.size), setup.spec.output_resize
 
@@ -297,17 +298,12 @@ class PropagationSession:
         background[0] = 1
         blank = np.zeros(setup.work if resize == "pil" else out_size, np.uint8)
         for t in [t for t in wanted if (t - origin) * step < 0]:
-            yield emit(t, background, blank)
+            yield emit(t, background.clone(), blank.copy())
         targets = set(t for t in wanted if (t - origin) * step >= 0)
         if not targets:
             return
-        engine, stop = setup.engine(), max(targets, key=lambda t: (t - origin) * step) + step
-        snapshots = self._states.kept[int(reverse)]
-        head = min(targets, key=lambda t: (t - origin) * step)  # the first frame to yield
-        kept = [s for s in snapshots if 0 < (s - origin) * step <= (head - origin) * step]
-        s = max(kept, key=lambda s: (s - origin) * step) if kept else origin
-        if kept:
-            engine.restore(snapshots[s], lambda e: self._cache.get(origin + e * step))
+        stop = max(targets, key=lambda t: (t - origin) * step) + step
+        engine, s = self._engine_before(min(targets, key=lambda t: (t - origin) * step), origin, step)
         bar = _progress_bar(abs(stop - s), self.progress, "propagating masks")
         piece: list[tuple[int, torch.Tensor]] = []
         try:
@@ -339,14 +335,25 @@ class PropagationSession:
 
     # ----------------------------------------------------------------------------- internals
 
+    def _engine_before(self, head: int, origin: int, step: int) -> tuple[Propagator, int]:
+        """An engine restored from the state kept nearest before frame `head` (in the direction
+        `step` from `origin`), and the frame it continues from; a fresh engine and `origin` if none."""
+        engine, kept = self._setup.engine(), self._states.kept[int(step < 0)]
+        behind = [s for s in kept if 0 < (s - origin) * step <= (head - origin) * step]
+        if not behind:
+            return engine, origin
+        s = max(behind, key=lambda s: (s - origin) * step)
+        engine.restore(kept[s], lambda e: self._cache.get(origin + e * step))
+        return engine, s
+
     def _classes(self) -> np.ndarray:
         """(C,) uint8 every object id given, ascending, background 0 first (the channel order)."""
         present = [np.unique(ids) for ids in self._masks.values()]
         return np.union1d(np.concatenate(present) if present else np.zeros(0, np.uint8), [0]).astype(np.uint8)
 
-    def _decides(self, t: int, reverse: bool) -> bool:
-        """Whether the direction (forward, or backward with `reverse`) decides frame t's mask."""
-        frames = sorted(self._masks)
+    def _decides(self, t: int, reverse: bool, frames: list[int]) -> bool:
+        """Whether the direction (forward, or backward with `reverse`) decides frame t's mask, given
+        the annotated frames in increasing order."""
         i = bisect.bisect_right(frames, t)
         before = frames[i - 1] if i else None  # the last annotated frame <= t
         j = bisect.bisect_left(frames, t)
