@@ -100,23 +100,21 @@ def test_a_correction_restarts_the_engine_from_the_last_state_kept_before_it(cli
         assert sum(stepped) == T - 8  # from the state kept at frame 8, not from frame 0
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_any_sequence_of_corrections_equals_one_fresh_run_per_direction(clip, tiny, seed):
+def test_a_random_sequence_of_corrections_equals_one_fresh_run_per_direction(clip, tiny):
     frames, gt = clip
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     box = np.zeros(SMALL, np.uint8)
     box[40:90, 60:120] = 3  # an object that only some masks show
     view: dict[int, np.ndarray] = {}  # what the user holds: the last mask yielded for each frame
     with session(frames, tiny, snapshot_every=3, batch_size=4) as s:
         s.add_mask(int(rng.integers(0, T)), gt[0])
-        for _ in range(4):
-            op = rng.choice(["add", "add", "new object", "remove"])
+        for op in ("add", "new object", "add", "remove object", "add"):
             t = int(rng.integers(0, T))
-            if op == "add":
+            if op == "add":  # a mask of every object, or of object 1 alone
                 s.add_mask(t, np.where(rng.random() < 0.5, gt[t], gt[t] * (gt[t] == 1)).astype(np.uint8))
             elif op == "new object":
                 s.add_mask(t, np.where(box > 0, box, gt[t]))
-            elif any((m == 3).any() for m in s.annotations.values()):
+            else:
                 s.remove_object(3)
             masks = s.annotations
             forward, backward = fresh(frames, masks, tiny), fresh(frames, masks, tiny, reverse=True)
@@ -169,14 +167,14 @@ def test_features_beyond_the_budget_spill_to_a_file_that_reads_back_exactly_and_
 
 
 def test_memory_held_is_flat_in_video_length_beyond_the_budget(tiny):
-    frames, gt = make_demo_clip(n_frames=40, size=SMALL, seed=4)
-    budget = 20 * 8 * 12 * 32 * 4  # 20 frames of features; engine snapshots may take an eighth
+    frames, gt = make_demo_clip(n_frames=24, size=SMALL, seed=4)
+    budget = 10 * 8 * 12 * 32 * 4  # 10 frames of features; engine snapshots may take an eighth
     with session(frames, tiny, cache_bytes=budget, snapshot_every=1) as s:
         s.add_mask(0, gt[0])
         held = [s.nbytes for _ in s.propagate()]
-        assert max(held) <= budget and s.spilled_nbytes >= 23 * 8 * 12 * 32 * 4  # 17 frames kept at most
-        s.add_mask(33, gt[33])
-        check(s.propagate(soft=True), fresh(frames, {0: gt[0], 33: gt[33]}, tiny))
+        assert max(held) <= budget and s.spilled_nbytes >= 15 * 8 * 12 * 32 * 4  # 8 frames kept at most
+        s.add_mask(20, gt[20])
+        check(s.propagate(soft=True), fresh(frames, {0: gt[0], 20: gt[20]}, tiny))
         assert s.nbytes <= budget
         held = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes()
                 for kept in s._states.kept for state in kept.values() for x in state.tensors}
