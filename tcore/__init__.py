@@ -42,6 +42,7 @@ _EXPORTS = {
     "CheckpointError": "errors",
     "WeightsUnavailableError": "errors",
     "Propagator": "propagation",
+    "PropagationSession": "propagation",
     "propagate_labels": "propagation",
     "propagate_masks": "propagation",
     "propagate_keypoints": "propagation",
@@ -86,6 +87,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation import evaluate  # noqa: F401
     from .io import read_mask, read_video, write_masks, write_overlay  # noqa: F401
     from .models import load_backbone, tcore_vitb16, tcore_vits16  # noqa: F401
-    from .propagation import (PRESETS, Preset, Propagation, Propagator, iter_masks, propagate_keypoints,  # noqa: F401
-                              propagate_labels, propagate_masks, propagate_parts)
+    from .propagation import (PRESETS, Preset, Propagation, PropagationSession, Propagator,  # noqa: F401
+                              iter_masks, propagate_keypoints, propagate_labels, propagate_masks, propagate_parts)
     from .weights import download, get_pretrained, list_models  # noqa: F401

@@ -54,6 +54,17 @@ def tiny_backbone():
     return tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """A random tiny T-CoRe ViT (dim 32, depth 1, 2 heads) as a module; tests only read it."""
+    import torch
+
+    import tcore
+
+    torch.manual_seed(0)
+    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random tiny T-CoRe ViT (dim 32, depth 1, 2 heads) as a save_pretrained folder: what

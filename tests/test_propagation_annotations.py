@@ -163,12 +163,6 @@ def test_annotate_errors_name_the_argument():
 # ---------------------------------------------------------------------------------- front end
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
-
-
-@pytest.fixture(scope="module")
 def entering():
     """8 frames; object 2 is hidden under a flat grey patch before frame 3, then visible."""
     frames, gt = make_demo_clip(n_frames=8, size=SMALL, seed=1)
@@ -205,6 +199,16 @@ def test_a_correction_at_frame_k_changes_frames_k_and_later_only(entering, tiny)
     np.testing.assert_array_equal(corrected[:4], plain[:4])
     assert (corrected[4] != plain[4]).any()
     assert _iou(corrected[4] == 1, wrong == 1) >= 0.9
+
+
+def test_a_later_mask_enters_the_grid_by_its_cover_the_first_by_the_papers_centre_sample(entering, tiny):
+    frames, _ = entering
+    left = np.zeros(SMALL, np.uint8)
+    left[:, :20] = 1  # grid column 0 whole, column 1 a quarter (x 16..19): its centre pixels (23, 24) miss it
+    result = tcore.propagate_masks(frames, {0: left, 4: left}, model=tiny, size=SMALL, progress=False, soft=True)
+    assert (result.soft[0][1, :, 0] == 1).all() and (result.soft[0][1, :, 1] == 0).all()  # the paper's frame 0
+    assert (result.soft[4][1, :, 0] == 1).all() and (result.soft[4][1, :, 1] == 0.25).all()  # the cover
+    assert (result.soft[4][1, :, 2:] == 0).all()
 
 
 def test_a_mapping_with_frame_0_alone_and_a_folder_equal_the_single_mask(entering, tiny, tmp_path):

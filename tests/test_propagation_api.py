@@ -26,12 +26,6 @@ def clip():
     return frames, masks
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
-
-
 # ----------------------------------------------------------------------------- label conversion
 
 def test_first_mask_soft_onehot_equals_opencv_nearest_then_bilinear_downscale():
@@ -53,6 +47,17 @@ def test_first_mask_soft_onehot_patch14_uses_the_two_centre_pixels():
     ids[5, 5] = 1  # not a centre pixel
     soft = L.soft_onehot_at_grid(ids, np.array([0, 1], dtype=np.uint8), (28, 28), 14)
     assert soft[1, 0, 0] == 0.5 and soft[1].sum() == 0.5
+
+
+def test_a_later_mask_covers_each_cell_with_the_share_of_its_pixels_after_opencv_nearest():
+    rng = np.random.default_rng(1)
+    ids = rng.choice(np.array([0, 3, 7, 9], dtype=np.uint8), size=(120, 213))  # 9: an id of no channel
+    classes = np.array([0, 3, 7], dtype=np.uint8)
+    work = (80, 144)
+    ours = L.soft_cover_at_grid(ids, classes, work, 16).numpy()  # (C, 5, 9)
+    resized = cv2.resize(ids, (work[1], work[0]), interpolation=cv2.INTER_NEAREST)
+    onehot = np.stack([(resized == c).astype(np.float32) for c in classes])  # (C, 80, 144)
+    np.testing.assert_array_equal(ours, onehot.reshape(3, 5, 16, 9, 16).mean(axis=(2, 4)))
 
 
 # Working sides the presets give (VIP's multiples of 64, DAVIS 480/880, JHMDB 320, patch-14 floors,

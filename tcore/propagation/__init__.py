@@ -15,6 +15,7 @@ Modules:
 from .api import MaskStream, Propagation, iter_masks, propagate_keypoints, propagate_masks, propagate_parts
 from .engine import Propagator, propagate_labels
 from .presets import PRESETS, Preset
+from .session import PropagationSession
 
-__all__ = ["PRESETS", "MaskStream", "Preset", "Propagation", "Propagator", "iter_masks", "propagate_keypoints",
-           "propagate_labels", "propagate_masks", "propagate_parts"]
+__all__ = ["PRESETS", "MaskStream", "Preset", "Propagation", "PropagationSession", "Propagator", "iter_masks",
+           "propagate_keypoints", "propagate_labels", "propagate_masks", "propagate_parts"]

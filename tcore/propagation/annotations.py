@@ -3,8 +3,9 @@ PNGs named like the frames (as YouTube-VOS ships them), read into object ids and
 
 The semantics (documented in docs/propagation.md): an object is absent (probability 0) before the
 first frame whose mask shows it; at an annotated frame each object the mask shows takes exactly
-its pixels there, and every other pixel keeps its propagated labels for the other objects; the
-annotated frame joins the long-term memory like frame 0.
+its pixels there (at the feature grid, a mask after the first by each cell's cover:
+docs/propagation-protocol.md §12), and every other pixel keeps its propagated labels for the other
+objects; the annotated frame joins the long-term memory like frame 0.
 
 In a folder of masks every image file is a mask (read as `tcore.read_mask` reads it) or an error
 that names it: a file named like no frame, two masks for one frame ("00000.png" and

@@ -28,7 +28,8 @@ from .annotations import Annotations, MasksInput, read_annotations
 from .budget import check_working_size
 from .engine import Propagator
 from .encoder import VideoEncoder
-from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
+from .labels import (decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_cover_at_grid,
+                     soft_onehot_at_grid)
 from .presets import MAX_AUTO_TOKENS, Preset, scaled_size
 
 __all__ = ["MaskStream", "Propagation", "iter_masks", "propagate_keypoints", "propagate_masks", "propagate_parts"]
@@ -188,13 +189,12 @@ def _host_one_chunk_behind(chunks: Iterator[tuple[int, tuple[torch.Tensor, ...]]
 
 
 def _annotated_labels(annotations: Annotations, opened: VideoEncoder) -> tuple[torch.Tensor, dict]:
-    """Frame `start`'s labels and {t: (labels, channels)} of the later annotations, at the grid."""
-    def at_grid(ids: np.ndarray) -> torch.Tensor:
-        return soft_onehot_at_grid(ids, annotations.classes, opened.size, opened.patch_size)
-
-    start = annotations.start
-    later = {t: (at_grid(ids), annotations.channels(t)) for t, ids in annotations.ids.items() if t != start}
-    return at_grid(annotations.ids[start]), later
+    """Frame `start`'s labels (the paper's first-frame sampling) and {t: (labels, channels)} of the
+    later annotations (each cell's cover, docs/propagation-protocol.md §12), at the grid."""
+    classes, start = annotations.classes, annotations.start
+    later = {t: (soft_cover_at_grid(ids, classes, opened.size, opened.patch_size), annotations.channels(t))
+             for t, ids in annotations.ids.items() if t != start}
+    return soft_onehot_at_grid(annotations.ids[start], classes, opened.size, opened.patch_size), later
 
 
 def _lost_objects(annotations: Annotations, labels: dict[int, torch.Tensor]) -> dict[int, int]:

@@ -49,14 +49,14 @@ frames' features and labels; nothing grows with the video length.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..precision import exact_fp32
 
-__all__ = ["Propagator", "propagate_labels"]
+__all__ = ["Propagator", "PropagatorSnapshot", "propagate_labels"]
 
 _FRAMES_PER_STEP = 8  # frames per `Propagator.step` call in `propagate_labels`
 # Query cells per band, per device type, measured on 30x55 grids with benchmarks/propagation.py
@@ -112,11 +112,48 @@ class _State:
     labels: deque[torch.Tensor]  # each (N, C): their soft labels
     last_features: torch.Tensor  # (N, D): frame t-1 (the same tensor as features[-1] when there is one)
     last_labels: torch.Tensor  # (N, C): its labels
+    long_frames: tuple[int, ...] = (0,)  # frame index of each long-term slot
     anchor: int = 0  # long-term slot of the anchor (the last annotated frame, else frame 0)
     anchor_frame: int = 0  # its frame index
     others: torch.Tensor | None = None  # (M*N, D): the other long-term frames' features, None if none
     other_slots: torch.Tensor | None = None  # (M,) int64: their long-term slots
     t: int = 1  # index of the next frame
+
+
+@dataclass(frozen=True)
+class PropagatorSnapshot:
+    """A `Propagator`'s state between two steps, without features (`Propagator.snapshot`).
+
+    The features it would hold (frame 0's, the annotated frames', the context's) are the video's
+    own, so the snapshot names those frames and `Propagator.restore` takes their features back
+    from the caller (e.g. a feature cache): a snapshot costs labels only. Its label tensors are
+    shared with the engine, which never writes in place into a tensor a snapshot can see.
+
+    Attributes:
+        params: (topk, temperature, radius, n_context) of the engine that took it.
+        geometry: the grid's geometry.
+        t: index of the next frame.
+        long_frames: frame index of each long-term slot (frame 0, then the annotated frames).
+        long_labels: (L, N, C) fp32 their labels, internal cell order.
+        labels: each (N, C) fp32, the context frames t - len(labels) .. t-1.
+        last_labels: (N, C) fp32 labels of frame t-1.
+        anchor: long-term slot of the anchor; anchor_frame: its frame index.
+    """
+
+    params: tuple[int, float, float, int]
+    geometry: _Geometry
+    t: int
+    long_frames: tuple[int, ...]
+    long_labels: torch.Tensor
+    labels: tuple[torch.Tensor, ...]
+    last_labels: torch.Tensor
+    anchor: int
+    anchor_frame: int
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The label tensors it holds (shared storages are the same objects across snapshots)."""
+        return (self.long_labels, *self.labels, self.last_labels)
 
 
 def _build_geometry(h: int, w: int, radius: float, device: torch.device) -> _Geometry:
@@ -311,6 +348,7 @@ class Propagator:
     >>> out = prop.step(features[1:11])                # (10, C, h, w): frames 1..10
     >>> out10 = prop.annotate(labels_10, [2])          # frame 10: channel 2's (a new object's) mask given
     >>> out = prop.step(features[11:19])               # frames 11..18: frame 10 now plays frame 0's role
+    >>> state = prop.snapshot()                        # labels only; prop.restore(state, features.__getitem__)
 
     Memory is bounded by the context (frame 0 + annotated frames + `n_context` frames), not the
     video length. Tensors stay on the device of the first frame's features (CPU or CUDA); every
@@ -363,6 +401,50 @@ class Propagator:
         tensors += [band.bias for band in g.bands if band.bias is not None]
         storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in tensors}
         return sum(storages.values())
+
+    def snapshot(self) -> PropagatorSnapshot:
+        """The state between steps, labels only: `restore` continues from it bit for bit.
+
+        Raises:
+            RuntimeError: `reset` was not called.
+        """
+        s = self._require_state()
+        return PropagatorSnapshot((self.topk, self.temperature, self.radius, self.n_context), s.geometry, s.t,
+                                  s.long_frames, s.long_labels, tuple(s.labels), s.last_labels, s.anchor,
+                                  s.anchor_frame)
+
+    @torch.inference_mode()
+    def restore(self, snapshot: PropagatorSnapshot, features: Callable[[int], torch.Tensor]) -> None:
+        """Continue from a snapshot: the next `step` returns what it returned after the snapshot.
+
+        Args:
+            snapshot: from `snapshot()` of an engine with the same hyper-parameters.
+            features: frame index -> (h, w, D) float, L2-normalised features of that frame, the
+                very values the engine was given (frames counted from 0 at `reset`).
+
+        Raises:
+            ValueError: the snapshot was taken with other hyper-parameters.
+        """
+        params = (self.topk, self.temperature, self.radius, self.n_context)
+        if snapshot.params != params:
+            raise ValueError(f"snapshot: taken with (topk, temperature, radius, n_context)={snapshot.params}, "
+                             f"this engine has {params}")
+        g, t = snapshot.geometry, snapshot.t
+        long_features = _to_cells(torch.stack([features(f) for f in snapshot.long_frames]), g)  # (L, N, D)
+        context = range(t - len(snapshot.labels), t)
+        state = _State(geometry=g, long_features=long_features, long_labels=snapshot.long_labels,
+                       features=deque((_to_cells(features(f)[None], g)[0] for f in context), maxlen=self.n_context),
+                       labels=deque(snapshot.labels, maxlen=self.n_context), last_features=long_features[0],
+                       last_labels=snapshot.last_labels, long_frames=snapshot.long_frames, anchor=snapshot.anchor,
+                       anchor_frame=snapshot.anchor_frame, t=t)
+        if state.features:
+            state.last_features = state.features[-1]
+        elif t - 1 == snapshot.anchor_frame:
+            state.last_features = long_features[snapshot.anchor]
+        else:
+            state.last_features = _to_cells(features(t - 1)[None], g)[0]
+        _set_others(state)
+        self._state = state
 
     @torch.inference_mode()
     def reset(self, first_features: torch.Tensor, first_labels: torch.Tensor) -> torch.Tensor:
@@ -502,16 +584,16 @@ class Propagator:
             merged = _merge_annotation(state.last_labels, _labels_to_cells(given, g), mask)  # (N, C)
         frame = state.t - 1
         if frame == state.anchor_frame:  # frame 0 right after reset, or a frame annotated again
+            state.long_labels = state.long_labels.clone()  # never in place: snapshots share it
             state.long_labels[state.anchor] = merged
         else:
             state.long_features = torch.cat([state.long_features, state.last_features[None]])
             state.long_labels = torch.cat([state.long_labels, merged[None]])
+            state.long_frames += (frame,)
             state.anchor, state.anchor_frame = len(state.long_labels) - 1, frame
             state.features.clear()  # the context restarts from the annotated frame
             state.labels.clear()
-            others = [i for i in range(len(state.long_labels)) if i != state.anchor]
-            state.others = state.long_features[others].reshape(-1, state.long_features.shape[2])  # (M*N, D)
-            state.other_slots = torch.tensor(others, dtype=torch.long, device=given.device)
+            _set_others(state)
         state.last_features, state.last_labels = state.long_features[state.anchor], merged
         return _labels_from_cells(merged[None], g)[0]
 
@@ -548,6 +630,16 @@ class Propagator:
         if self.check_norms:
             _check_unit_norm("features", feats)
         return _to_cells(feats, g)
+
+
+def _set_others(state: _State) -> None:
+    """The long-term frames other than the anchor, as one unrestricted key block (None if none)."""
+    others = [i for i in range(len(state.long_labels)) if i != state.anchor]
+    if not others:
+        state.others = state.other_slots = None
+        return
+    state.others = state.long_features[others].reshape(-1, state.long_features.shape[2])  # (M*N, D)
+    state.other_slots = torch.tensor(others, dtype=torch.long, device=state.long_features.device)
 
 
 def _merge_annotation(current: torch.Tensor, given: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

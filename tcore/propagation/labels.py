@@ -20,6 +20,7 @@ import torch.nn.functional as F
 __all__ = [
     "opencv_nearest_indices",
     "soft_onehot_at_grid",
+    "soft_cover_at_grid",
     "decode_ids",
     "decode_ids_on_device",
     "finish_ids",
@@ -82,6 +83,33 @@ def soft_onehot_at_grid(ids: np.ndarray, classes: np.ndarray, size: tuple[int, i
     onehot = F.one_hot(channel.clamp(min=0), len(classes)).float() * (channel >= 0)[..., None]
     onehot = onehot.reshape(h, n, w, n, len(classes)).mean(dim=(1, 3))  # (h, w, C)
     return onehot.permute(2, 0, 1).contiguous()  # (C, h, w)
+
+
+def soft_cover_at_grid(ids: np.ndarray, classes: np.ndarray, size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Labels of a mask given after propagation has started: each cell is the share of its patch's
+    pixels that each id covers (docs/propagation-protocol.md §12).
+
+    The mask is resized to `size` with OpenCV's nearest (`opencv_nearest_indices`), as the first
+    mask is; then, unlike `soft_onehot_at_grid` (the paper's 2x2 centre sample, which a later mask
+    must not use: it would replace propagated labels that know where a boundary crosses a cell by
+    0/1 values that do not, see the protocol document), every pixel of the patch counts.
+    Arguments as `soft_onehot_at_grid`.
+
+    Returns:
+        (C, H'/p, W'/p) float32 soft labels, multiples of 1/p^2; each cell sums to 1 when every id
+        is in `classes` (pixels of other ids count for no channel).
+    """
+    hh, ww = size
+    h, w, n_classes = hh // patch_size, ww // patch_size, len(classes)
+    resized = ids[np.ix_(opencv_nearest_indices(hh, ids.shape[0]), opencv_nearest_indices(ww, ids.shape[1]))]
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[classes] = np.arange(n_classes)
+    channel = lut[resized]  # (H', W')
+    cell = (np.arange(hh)[:, None] // patch_size) * w + np.arange(ww)[None, :] // patch_size  # (H', W')
+    known = channel >= 0
+    counts = np.bincount(cell[known] * n_classes + channel[known], minlength=h * w * n_classes)  # (h*w*C,)
+    cover = torch.from_numpy(counts.reshape(h, w, n_classes)).float() / patch_size ** 2  # (h, w, C)
+    return cover.permute(2, 0, 1).contiguous()  # (C, h, w)
 
 
 def decode_ids(labels: torch.Tensor, classes: np.ndarray, work_size: tuple[int, int], out_size: tuple[int, int],
