@@ -1,6 +1,6 @@
 """Output paths: checked before any work, and written so that an interrupted run leaves no half.
 
-    out = check_output_folder("masks/", "-o")            # ValueError / PermissionError naming the path
+    out = check_output_folder("masks/", "-o")            # InvalidInputError / FileAccessError naming the path
     gif = check_output_file("ov.gif", "--overlay", {".gif", ".mp4"})
     with staged_folder(out, "propagation") as staging:    # FolderLockedError if another run writes there
         write files into staging ...                      # moved into `out` when the block completes
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Collection, Iterator
 
 from ._lock import FolderLock, LockLostError
+from .errors import FileAccessError, InvalidInputError
+from .files import writing
 
 __all__ = ["PARTIAL_DIR", "check_output_file", "check_output_folder", "missing_folders", "remove_if_empty",
            "staged_folder"]
@@ -46,12 +48,12 @@ def check_output_folder(path: str | os.PathLike, argument: str) -> Path:
         `path` as a Path (user home expanded).
 
     Raises:
-        ValueError: `path` is a file, or lies under a file.
-        PermissionError: the folder (or the closest existing ancestor it would be made in) is not writable.
+        InvalidInputError: `path` is a file, or lies under a file.
+        FileAccessError: the folder (or the closest existing ancestor it would be made in) is not writable.
     """
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{argument} {str(folder)!r}: a file, not a folder; give a folder (created if missing)")
+        raise InvalidInputError(f"{argument} {str(folder)!r}: a file, not a folder; give a folder (created if missing)")
     _check_writable_place(folder, argument, "it would be made")
     return folder
 
@@ -60,14 +62,14 @@ def check_output_file(path: str | os.PathLike, argument: str, suffixes: Collecti
     """A file this process can write, with one of `suffixes`, before any work is done.
 
     Raises:
-        ValueError: another suffix, a folder, or a path under a file.
-        PermissionError: its folder is not writable.
+        InvalidInputError: another suffix, a folder, or a path under a file.
+        FileAccessError: its folder is not writable.
     """
     file = Path(path).expanduser()
     if file.suffix.lower() not in suffixes:
-        raise ValueError(f"{argument} {str(file)!r}: expected a file ending in {', '.join(sorted(suffixes))}")
+        raise InvalidInputError(f"{argument} {str(file)!r}: expected a file ending in {', '.join(sorted(suffixes))}")
     if file.is_dir():
-        raise ValueError(f"{argument} {str(file)!r}: a folder; give a file name ending in {file.suffix}")
+        raise InvalidInputError(f"{argument} {str(file)!r}: a folder; give a file name ending in {file.suffix}")
     _check_writable_place(file, argument, "it would be written")
     return file
 
@@ -76,11 +78,11 @@ def _check_writable_place(path: Path, argument: str, what: str) -> None:
     """The closest existing ancestor of `path` (or the folder `path` itself) is a writable folder."""
     existing = _nearest_existing(path if path.is_dir() else path.parent)
     if not existing.is_dir():
-        raise ValueError(f"{argument} {str(path)!r}: {str(existing)!r} is a file, so nothing can be made under it; "
-                         "pick another path")
+        raise InvalidInputError(f"{argument} {str(path)!r}: {str(existing)!r} is a file, so nothing can be made "
+                                "under it; pick another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "the folder" if existing == path else f"{str(existing)!r}, where {what},"
-        raise PermissionError(f"{argument} {str(path)!r}: {where} is not writable (permission denied); pick a "
+        raise FileAccessError(f"{argument} {str(path)!r}: {where} is not writable (permission denied); pick a "
                               "folder you can write to")
 
 
@@ -112,6 +114,7 @@ def staged_folder(folder: Path, purpose: str) -> Iterator[Path]:
     Raises:
         FolderLockedError: another live run holds the folder (the message names it).
         LockLostError: the lock was taken over while the block ran (a frozen run): nothing is moved.
+        FileAccessError: the staging folder cannot be made or its files moved (a full disk, no permission).
     """
     created = missing_folders(folder)
     lock = FolderLock(folder, purpose)
@@ -119,7 +122,8 @@ def staged_folder(folder: Path, purpose: str) -> Iterator[Path]:
     staging, ours = folder / PARTIAL_DIR, True
     try:
         shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
-        staging.mkdir()
+        with writing(staging):
+            staging.mkdir()
         yield staging
         try:
             lock.check()
@@ -127,7 +131,8 @@ def staged_folder(folder: Path, purpose: str) -> Iterator[Path]:
             ours = False
             raise
         for path in sorted(staging.iterdir()):
-            os.replace(path, folder / path.name)
+            with writing(folder / path.name):
+                os.replace(path, folder / path.name)
         staging.rmdir()
     finally:
         if ours:

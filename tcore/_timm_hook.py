@@ -3,15 +3,17 @@
 `import tcore` must stay light (the command line answers `--help` without torch), yet
 `import tcore; import timm; timm.create_model("tcore_vits16.k400")` must work in either import
 order. So `install()` registers right away when timm is already imported, else it adds a finder to
-`sys.meta_path` that, when timm is imported, lets the normal finders find it and registers once
-timm's own module has run.
+`sys.meta_path` that, whenever timm's module spec is asked for, returns the spec the other finders
+give with its loader wrapped: timm's module runs, then tcore registers. A spec asked for without an
+import (`importlib.util.find_spec("timm")`, as transformers and optimum do when they are imported)
+changes nothing: the finder stays until the import that really runs timm has registered.
+(The public constructors do not depend on this: they pass their pretrained cfg to timm themselves.)
 """
 from __future__ import annotations
 
 import importlib
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 from types import ModuleType
 from typing import Sequence
@@ -32,18 +34,30 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != "timm":
             return None
-        sys.meta_path.remove(self)  # one import of timm per process
-        spec = importlib.util.find_spec(fullname)  # the finders after this one
+        spec = self._spec_of_the_other_finders(fullname, path, target)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_timm = spec.loader.exec_module
 
         def exec_then_register(module: ModuleType) -> None:
             exec_timm(module)
+            if self in sys.meta_path:  # one registration per process
+                sys.meta_path.remove(self)
             _register()
 
         spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
+
+    def _spec_of_the_other_finders(self, fullname: str, path: Sequence[str] | None,
+                                   target: ModuleType | None) -> importlib.machinery.ModuleSpec | None:
+        """What the import system would find without this finder."""
+        for finder in list(sys.meta_path):
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
 
 
 def install() -> None:

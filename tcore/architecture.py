@@ -19,7 +19,11 @@ docs/training-recipe.md §5.1.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence, overload
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +32,70 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
     "ARCHITECTURES",
+    "HEAD_ARGS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PosInterp",
     "FeatureAPI",
+    "TCoReArgs",
     "TCoReViT",
     "TimmViT",
     "resize_pos_grid",
+    "takes_tcore_args",
 ]
 
-# Architecture is code: the TCoReViT arguments of each named T-CoRe architecture.
+
+@dataclass(frozen=True)
+class TCoReArgs:
+    """The arguments that define a T-CoRe ViT: the one place they are declared.
+
+    `TCoReViT` and `tcore.TCoReBackbone` take them as keyword arguments (their signatures are
+    made from these fields), `config.json` stores them under `model_args`, and the training
+    recipe's `ModelConfig` inherits them. A new architecture argument is a new field here (with a
+    default) and its use in `TCoReViT.__init__`.
+    """
+
+    embed_dim: int = 384                     # token width D (ViT-S 384, ViT-B 768)
+    depth: int = 12                          # number of blocks
+    num_heads: int = 6                       # attention heads (ViT-S 6, ViT-B 12)
+    patch_size: int = 16                     # patch size p in pixels
+    num_register_tokens: int = 4             # register tokens R after the class token (T-CoRe: 4)
+    mlp_ratio: float = 4.0                   # MLP hidden width / D
+    img_size: int | tuple[int, int] = 224    # crop the position table was learned for, an int or (H, W)
+    layerscale_init: float = 1e-5            # LayerScale initial value (weights overwrite it)
+    drop_path_rate: float = 0.0              # stochastic depth per residual branch, every block (training)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields of `TCoReArgs` only (a subclass's own fields left out), as constructor kwargs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TCoReArgs)}
+
+
+# the classifier arguments of timm's VisionTransformer that a T-CoRe backbone records beside
+# TCoReArgs (a fine-tuned model's head), with their types
+HEAD_ARGS: dict[str, Any] = {"num_classes": int, "global_pool": str, "fc_norm": bool | None}
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def takes_tcore_args(init: _Init) -> _Init:
+    """Give an `__init__(self, ..., **kwargs)` the fields of `TCoReArgs` as keyword-only parameters
+    in its signature (what `help()`, IDEs and the Hub mixin's recorded config read)."""
+    own = inspect.signature(init)
+    hints = typing.get_type_hints(TCoReArgs)
+    fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in dataclasses.fields(TCoReArgs)]
+    params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    rest = [p for p in own.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    init.__signature__ = own.replace(parameters=params + fields + rest)  # type: ignore[attr-defined]
+    return init
+
+
+# Architecture is code: the TCoReArgs of each named T-CoRe architecture (fields left out take
+# TCoReArgs' defaults).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tcore_vits16": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16, num_register_tokens=4,
                          mlp_ratio=4.0, img_size=224),
@@ -70,7 +125,7 @@ def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int], pos_interp: PosIn
         size already matches.
     """
     if pos_interp not in _POS_INTERP_ANTIALIAS:
-        raise ValueError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
+        raise InvalidInputError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
     _, gh, gw, dim = grid.shape
     if (gh, gw) == tuple(size):
         return grid.reshape(1, gh * gw, dim)
@@ -115,17 +170,17 @@ class FeatureAPI:
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """The (h, w) token grid of a valid input; a clear error for anything else."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+            raise InvalidTypeError(f"x: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(
+            raise InvalidInputError(
                 f"x: expected shape (B, 3, H, W) with 3 RGB channels, got {tuple(x.shape)}; "
                 "add a batch axis with x[None] or convert grey/RGBA images to RGB first")
         if not x.is_floating_point():
-            raise TypeError(f"x: expected an ImageNet-normalised float tensor, got dtype {x.dtype}")
+            raise InvalidTypeError(f"x: expected an ImageNet-normalised float tensor, got dtype {x.dtype}")
         h, w = x.shape[-2:]
         p = self.patch_size
         if h % p or w % p:
-            raise ValueError(
+            raise InvalidInputError(
                 f"x: height and width must be multiples of the patch size {p}, got {h}x{w}; "
                 f"resize to e.g. {max(p, h // p * p)}x{max(p, w // p * p)}")
         return h // p, w // p
@@ -133,8 +188,8 @@ class FeatureAPI:
     @staticmethod
     def _check_masks(masks: torch.Tensor, b: int, n: int) -> None:
         if masks.dtype != torch.bool or tuple(masks.shape) != (b, n):
-            raise ValueError(f"masks: expected a bool tensor of shape ({b}, {n}), "
-                             f"got {masks.dtype} {tuple(masks.shape)}")
+            raise InvalidInputError(f"masks: expected a bool tensor of shape ({b}, {n}), "
+                                    f"got {masks.dtype} {tuple(masks.shape)}")
 
     def forward_features_dict(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Final-normed tokens, split by kind.
@@ -178,6 +233,60 @@ def _square(size: int | Sequence[int]) -> int | tuple[int, int]:
     return h if h == w else (h, w)
 
 
+# timm VisionTransformer arguments that T-CoRe's architecture fixes: accepted at this value, refused at another
+_FIXED_TIMM_ARGS: dict[str, Any] = dict(
+    in_chans=3, qkv_bias=True, qk_norm=False, scale_attn_norm=False, scale_mlp_norm=False, proj_bias=True,
+    class_token=True, pos_embed="learn", no_embed_class=True, pre_norm=False, final_norm=True,
+    dynamic_img_size=True, dynamic_img_pad=False)
+# timm's layer arguments: T-CoRe's ViT is made of timm's default layers (accepted only at those)
+_TIMM_LAYERS = ("embed_layer", "embed_norm_layer", "norm_layer", "act_layer", "block_fn", "mlp_layer", "attn_layer")
+# timm's names of TCoReArgs fields
+_TIMM_ALIASES = {"reg_tokens": "num_register_tokens", "init_values": "layerscale_init"}
+_TIMM_PARAMETERS = inspect.signature(VisionTransformer.__init__).parameters
+
+
+def _split_arguments(owner: str, kwargs: Mapping[str, Any]) -> tuple[TCoReArgs, dict[str, Any]]:
+    """(the architecture, timm's other `VisionTransformer` arguments) of a T-CoRe ViT's keyword arguments.
+
+    timm's standard ViT arguments are accepted where they agree with T-CoRe's architecture
+    (`dynamic_img_size=True`, `class_token=True`, `reg_tokens=` and `init_values=` for
+    `num_register_tokens` and `layerscale_init`, ...) and refused by name where they do not;
+    the head, pooling and dropout arguments pass on to timm.
+
+    Raises:
+        InvalidInputError: a timm argument at a value T-CoRe's architecture does not have.
+        InvalidTypeError: an argument neither T-CoRe's nor timm's ViT takes.
+    """
+    names = [f.name for f in dataclasses.fields(TCoReArgs)]
+    args: dict[str, Any] = {}
+    timm_kwargs: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in names:
+            target = key
+        elif key in _TIMM_ALIASES:
+            target = _TIMM_ALIASES[key]
+            if value is None:
+                raise InvalidInputError(f"{owner}: {key}=None would remove what {target} configures (T-CoRe's "
+                                        f"blocks have LayerScale); leave {key} out or pass {target}=")
+            if target in kwargs and kwargs[target] != value:
+                raise InvalidInputError(f"{owner}: {key}={value!r} and {target}={kwargs[target]!r} name the same "
+                                        f"argument; pass only {target}=")
+        elif key in _FIXED_TIMM_ARGS or key in _TIMM_LAYERS:
+            fixed = _FIXED_TIMM_ARGS[key] if key in _FIXED_TIMM_ARGS else _TIMM_PARAMETERS[key].default
+            if value is not fixed and value != fixed:
+                raise InvalidInputError(f"{owner}: {key}={value!r} does not fit T-CoRe's ViT, which is built with "
+                                        f"{key}={getattr(fixed, '__name__', fixed)!r}; leave {key} out")
+            continue
+        elif key in _TIMM_PARAMETERS and key != "self":
+            timm_kwargs[key] = value
+            continue
+        else:
+            raise InvalidTypeError(f"{owner}: unknown argument {key}={value!r}; the architecture's are {names}, "
+                                   "the others timm VisionTransformer's (num_classes, global_pool, drop_rate, ...)")
+        args[target] = value
+    return TCoReArgs(**args), timm_kwargs
+
+
 class TCoReViT(FeatureAPI, VisionTransformer):
     """T-CoRe's Vision Transformer: timm's `VisionTransformer` configured as the official one.
 
@@ -196,56 +305,46 @@ class TCoReViT(FeatureAPI, VisionTransformer):
     tensors exactly as the official code updates `cls_token` and `pos_embed`.
 
     Args:
-        embed_dim: token width D (384 for ViT-S, 768 for ViT-B).
-        depth: number of blocks.
-        num_heads: attention heads.
-        patch_size: patch size p in pixels.
-        num_register_tokens: register tokens R (T-CoRe: 4).
-        mlp_ratio: MLP hidden width / D.
-        img_size: crop size the position table was learned for (T-CoRe: 224), an int or (H, W).
-        layerscale_init: LayerScale initial value (weights overwrite it).
-        drop_path_rate: stochastic depth per residual branch, the same for every block (training).
-        **kwargs: other timm `VisionTransformer` arguments (e.g. num_classes for a head).
+        **kwargs: the architecture, the fields of `TCoReArgs` (embed_dim, depth, num_heads,
+            patch_size, num_register_tokens, mlp_ratio, img_size, layerscale_init,
+            drop_path_rate), and timm `VisionTransformer` arguments: the head, pooling and dropout
+            ones (num_classes (default 0), global_pool, fc_norm, drop_rate, ...) pass on to timm;
+            those the architecture fixes (dynamic_img_size, class_token, qkv_bias, ...) are
+            accepted at T-CoRe's value and refused at another.
+
+    Attributes:
+        args: the `TCoReArgs` it was built with (img_size an int when square).
     """
 
     pos_interp: PosInterp = "tcore"
 
-    def __init__(
-        self,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        patch_size: int = 16,
-        num_register_tokens: int = 4,
-        mlp_ratio: float = 4.0,
-        img_size: int | tuple[int, int] = 224,
-        layerscale_init: float = 1e-5,
-        drop_path_rate: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        img_size = _square(img_size)
-        sides = (img_size,) * 2 if isinstance(img_size, int) else img_size
-        if any(s % patch_size for s in sides):
-            raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
+    @takes_tcore_args
+    def __init__(self, **kwargs: Any) -> None:
+        args, timm_kwargs = _split_arguments(type(self).__name__, kwargs)
+        args = dataclasses.replace(args, img_size=_square(args.img_size))
+        sides = (args.img_size,) * 2 if isinstance(args.img_size, int) else args.img_size
+        if any(s % args.patch_size for s in sides):
+            raise InvalidInputError(f"img_size={args.img_size} must be a multiple of patch_size={args.patch_size}")
         super().__init__(
-            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, qkv_bias=True, init_values=layerscale_init, class_token=True,
-            reg_tokens=num_register_tokens, no_embed_class=True, dynamic_img_size=True,
-            drop_path_rate=drop_path_rate, **{"num_classes": 0, **kwargs})
-        self.patch_size = patch_size
-        self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+            img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth,
+            num_heads=args.num_heads, mlp_ratio=args.mlp_ratio, init_values=args.layerscale_init,
+            reg_tokens=args.num_register_tokens, drop_path_rate=args.drop_path_rate, **_FIXED_TIMM_ARGS,
+            **{"num_classes": 0, **timm_kwargs})
+        self.args = args
+        self.patch_size = args.patch_size
+        self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, args.embed_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, args.embed_dim))
         nn.init.trunc_normal_(self.cls_pos_embed, std=0.02)  # the official init of pos_embed[:, :1]
-        self._arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
-                          num_register_tokens=num_register_tokens, mlp_ratio=mlp_ratio, img_size=img_size)
-        if self.num_classes:
-            self._arch["num_classes"] = self.num_classes
         self.eval()
 
     @property
     def arch(self) -> dict[str, Any]:
-        """Constructor arguments that define the architecture (what `config.json` stores)."""
-        return dict(self._arch)
+        """The constructor arguments that rebuild this module (what `config.json` stores under
+        `model_args`): the fields of `TCoReArgs`, and the classifier's `HEAD_ARGS` as the module has
+        them now (after `reset_classifier` too)."""
+        head = {"num_classes": int(self.num_classes), "global_pool": self.global_pool,
+                "fc_norm": not isinstance(self.fc_norm, nn.Identity)}
+        return {**dataclasses.asdict(self.args), **head}
 
     @property
     def num_register_tokens(self) -> int:  # type: ignore[override]
@@ -280,7 +379,7 @@ class TCoReViT(FeatureAPI, VisionTransformer):
         if masks is None:
             return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal:
-            raise ValueError("masks: patch masking does not combine with attn_mask or is_causal")
+            raise InvalidInputError("masks: patch masking does not combine with attn_mask or is_causal")
         self._check_masks(masks, x.shape[0], h * w)
         # timm's forward_features, with the mask token placed between the two embedding steps
         x = self.patch_embed(x)  # (B, h, w, D)
@@ -362,15 +461,15 @@ class TimmViT(FeatureAPI, nn.Module):
         super().__init__()
         for attr in ("patch_embed", "blocks", "norm", "pos_embed"):
             if not hasattr(model, attr):
-                raise TypeError(f"model: expected a timm VisionTransformer, {type(model).__name__} "
-                                f"has no attribute {attr!r}")
+                raise InvalidTypeError(f"model: expected a timm VisionTransformer, {type(model).__name__} "
+                                       f"has no attribute {attr!r}")
         if pos_interp not in _POS_INTERP_ANTIALIAS:
-            raise ValueError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
+            raise InvalidInputError(f"pos_interp={pos_interp!r}: expected one of {sorted(_POS_INTERP_ANTIALIAS)}")
         if model.pos_embed is None:
-            raise ValueError("model: this timm ViT has no learned absolute position embedding "
-                             "(pos_embed is None); only such ViTs are supported")
+            raise InvalidInputError("model: this timm ViT has no learned absolute position embedding "
+                                    "(pos_embed is None); only such ViTs are supported")
         if getattr(model, "cls_token", None) is None:
-            raise ValueError("model: this timm ViT has no class token; only ViTs with a CLS token are supported")
+            raise InvalidInputError("model: this timm ViT has no class token; only ViTs with a CLS token are supported")
         self.model = model
         self.pos_interp = pos_interp
         self.timm_name = name
@@ -392,7 +491,7 @@ class TimmViT(FeatureAPI, nn.Module):
 
     def _final_tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         if masks is not None:
-            raise ValueError("masks: this timm backbone has no mask token; masking is for T-CoRe backbones")
+            raise InvalidInputError("masks: this timm backbone has no mask token; masking is for T-CoRe backbones")
         m = self.model
         b, _, hp, wp = x.shape
         h, w = hp // self.patch_size, wp // self.patch_size

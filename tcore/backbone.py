@@ -3,7 +3,8 @@ construction (`pretrained=`) and to live on the Hugging Face Hub (`save_pretrain
 `from_pretrained`, `push_to_hub`, a generated model card) through `PyTorchModelHubMixin`.
 
 `from_pretrained` is strict and loud like every tcore loader: the weights go through
-`tcore.checkpoint.load_checkpoint`, and an offline, uncached repo says how to fix it.
+`tcore.checkpoint.load_checkpoint`, and an offline, uncached repo says how to fix it. The folder
+format (one `config.json` for tcore and timm) is `tcore.hub`'s.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from . import hub
-from .architecture import TCoReViT, TimmViT
-from .checkpoint import load_checkpoint
+from .architecture import TCoReViT, TimmViT, takes_tcore_args
+from .checkpoint import CheckedStateDict, check_state_dict, convert_state_dict, load_checkpoint
+from .errors import CheckpointError
 from .weights import PAPER
 
 __all__ = ["TCoReBackbone", "TimmViTBackbone", "Pretrained"]
@@ -33,16 +35,17 @@ _HUB_METADATA: dict[str, Any] = dict(
     repo_url=PAPER["code"],
     paper_url=PAPER["url"],
     pipeline_tag="image-feature-extraction",
-    tags=["tcore", "vision-transformer", "self-supervised-learning", "video", "dense-features",
+    tags=["tcore", "timm", "vision-transformer", "self-supervised-learning", "video", "dense-features",
           "label-propagation", f"arxiv:{PAPER['arxiv']}"],
 )
 
 
 class _HubBackbone(nn.Module, PyTorchModelHubMixin):
-    """The Hub side shared by both backbones (`save_pretrained` writes tcore's config.json,
-    `from_pretrained` reads it back); each backbone builds itself from a folder in `_from_folder`."""
+    """The Hub side shared by both backbones (`save_pretrained` writes the config.json of
+    `tcore.hub`, `from_pretrained` reads it back); each backbone builds itself in `_from_folder`."""
 
-    _architecture: str  # the config.json "architecture" a class reads (subclasses of it inherit it)
+    _architecture: str  # the config.json "backbone" a class reads (subclasses of it inherit it)
+    release: str | None = None  # the release whose weights this model started from ("tcore_vits16.k400")
 
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
                         push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
@@ -62,7 +65,8 @@ class _HubBackbone(nn.Module, PyTorchModelHubMixin):
         extra = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
         full = {**hub.backbone_config(self), **extra}
         pushed_to = repo_id or (Path(save_directory).name if push_to_hub else None)  # the mixin's default
-        card = {"config": full, "repo_id": pushed_to, **(model_card_kwargs or {})}
+        card = {"config": full, "where": pushed_to or str(save_directory), "on_hub": pushed_to is not None,
+                **(model_card_kwargs or {})}
         return super().save_pretrained(save_directory, config=full, repo_id=repo_id, push_to_hub=push_to_hub,
                                        model_card_kwargs=card, **push_to_hub_kwargs)
 
@@ -77,7 +81,7 @@ class _HubBackbone(nn.Module, PyTorchModelHubMixin):
         Returns:
             The url of the commit.
         """
-        card = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        card = {"where": repo_id, "on_hub": True, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, config=config, model_card_kwargs=card, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -86,10 +90,11 @@ class _HubBackbone(nn.Module, PyTorchModelHubMixin):
     def _weights_state(self) -> dict[str, torch.Tensor]:
         return self.state_dict()
 
-    def generate_model_card(self, *args: Any, config: Mapping[str, Any] | None = None, repo_id: str | None = None,
-                            **kwargs: Any) -> ModelCard:
-        """The README.md: what the model is, the paper's numbers, usage and provenance."""
-        return hub.model_card(self._hub_mixin_info.model_card_data, config or hub.backbone_config(self), repo_id)
+    def generate_model_card(self, *args: Any, config: Mapping[str, Any] | None = None, where: str | None = None,
+                            on_hub: bool = False, **kwargs: Any) -> ModelCard:
+        """The README.md: what the model is, how to install and use it, the paper's numbers, provenance."""
+        return hub.model_card(self._hub_mixin_info.model_card_data, config or hub.backbone_config(self), where,
+                              on_hub)
 
     @classmethod
     def from_pretrained(cls: type[_B], pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
@@ -100,26 +105,28 @@ class _HubBackbone(nn.Module, PyTorchModelHubMixin):
 
         Args:
             pretrained_model_name_or_path: folder or Hub repo id.
-            force_download, cache_dir, revision: as `huggingface_hub.hf_hub_download`.
+            force_download, token, cache_dir, local_files_only, revision: as
+                `huggingface_hub.hf_hub_download` (for a Hub repo; a folder is read as it is).
             **model_kwargs: constructor arguments that override the saved ones (e.g. drop_path_rate;
                 timm's constructor arguments for a `TimmViTBackbone`).
 
         Raises:
-            FileNotFoundError / WeightsUnavailableError: nothing there, or offline and not cached.
-            CheckpointError: another kind of backbone, or weights that do not match the config.
+            MissingFileError / WeightsUnavailableError: nothing there, or offline and not cached.
+            CheckpointError: another kind of backbone, a config.json that is not valid, or weights
+            that do not match the config.
         """
-        if token is not None or local_files_only:
-            raise ValueError("token= and local_files_only= are not used by tcore: log in with `hf auth login` "
-                             "and set HF_HUB_OFFLINE=1 for cached files only")
         folder = hub.fetch_folder(pretrained_model_name_or_path, revision=revision, force_download=force_download,
-                                  cache_dir=None if cache_dir is None else str(cache_dir))
+                                  cache_dir=None if cache_dir is None else str(cache_dir),
+                                  local_files_only=local_files_only, token=token)
         config = hub.read_config(folder)
-        return cls._from_folder(folder, config, hub.weights_file(folder, cls._architecture), model_kwargs)
+        if config["backbone"] != cls._architecture:
+            raise CheckpointError(f"{folder}: holds a {config['backbone']} backbone, not a {cls._architecture}; "
+                                  "use tcore.load_backbone()")
+        return cls._from_folder(folder, config, model_kwargs)
 
     @classmethod
-    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
-                     model_kwargs: dict[str, Any]) -> _B:
-        """The backbone of a fetched `save_pretrained` folder (`weights`: its checked weights file)."""
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], model_kwargs: dict[str, Any]) -> _B:
+        """The backbone of a fetched `save_pretrained` folder (`config`: its checked config.json)."""
         raise NotImplementedError
 
 
@@ -127,11 +134,11 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
     """T-CoRe's ViT (a timm `VisionTransformer`, see `tcore.architecture.TCoReViT`), in eval mode.
 
     Args:
-        embed_dim, depth, num_heads, patch_size, num_register_tokens, mlp_ratio, img_size,
-            layerscale_init, drop_path_rate, **kwargs: the architecture, as `TCoReViT`.
         pretrained: None for random weights, or a checkpoint loaded strictly: an official `.pth`,
             a `.safetensors` file, a `save_pretrained` folder, or a state dict. (Release tags and
             Hub repos: `tcore.tcore_vits16(pretrained=True, weights=...)`, `from_pretrained`.)
+        **kwargs: the architecture (the fields of `tcore.architecture.TCoReArgs`: embed_dim,
+            depth, num_heads, ...) and timm `VisionTransformer` arguments, as `TCoReViT`.
 
     Example:
         >>> model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)  # any size (tests, training)
@@ -141,23 +148,9 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
 
     _architecture = "TCoReBackbone"
 
-    def __init__(
-        self,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        patch_size: int = 16,
-        num_register_tokens: int = 4,
-        mlp_ratio: float = 4.0,
-        img_size: int | tuple[int, int] = 224,
-        layerscale_init: float = 1e-5,
-        drop_path_rate: float = 0.0,
-        pretrained: Pretrained | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
-                         num_register_tokens=num_register_tokens, mlp_ratio=mlp_ratio, img_size=img_size,
-                         layerscale_init=layerscale_init, drop_path_rate=drop_path_rate, **kwargs)
+    @takes_tcore_args
+    def __init__(self, *, pretrained: Pretrained | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if pretrained is not None:
             self.load_checkpoint(pretrained)
 
@@ -169,16 +162,33 @@ class TCoReBackbone(TCoReViT, _HubBackbone, **_HUB_METADATA):
             message names the file, the expected and the found architecture).
         """
         if isinstance(pretrained, (str, os.PathLike)) and Path(pretrained).is_dir():
-            pretrained = hub.weights_file(pretrained, self._architecture)
+            config = hub.read_config(pretrained)
+            if config["backbone"] != self._architecture:
+                raise CheckpointError(f"{pretrained}: holds a {config['backbone']} backbone, not a "
+                                      f"{self._architecture}; use tcore.load_backbone()")
+            pretrained = Path(pretrained) / hub.WEIGHTS_NAME
         load_checkpoint(self, pretrained)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,  # type: ignore[override]
+                        assign: bool = False) -> Any:
+        """`nn.Module.load_state_dict` that also takes the official layouts (what timm's
+        `load_checkpoint(model, file)` and `create_model(..., checkpoint_path=file)` pass on):
+        {"teacher": {"backbone.*", ...}}, official parameter names, wrapper prefixes. Strict loading
+        is tcore's: a mismatch is a CheckpointError naming the keys (or the architecture)."""
+        state = state_dict
+        if not isinstance(state_dict, CheckedStateDict):  # tcore's loaders have checked theirs
+            state = convert_state_dict(state_dict, "state dict")
+            if strict:
+                check_state_dict(self, state, "state dict")
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
     @classmethod
-    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
-                     model_kwargs: dict[str, Any]) -> _B:
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], model_kwargs: dict[str, Any]) -> _B:
         model = cls(**{**config["model_args"], **model_kwargs})
-        load_checkpoint(model, weights)
+        load_checkpoint(model, folder / hub.WEIGHTS_NAME)
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("pretrained_cfg", {}).items()}
         model.pretrained_cfg = {**saved, "file": str(folder)}  # JSON lists back to timm's tuples
+        model.release = config.get("release")
         return model
 
 
@@ -193,15 +203,12 @@ class TimmViTBackbone(TimmViT, _HubBackbone, **_HUB_METADATA):
     _architecture = "TimmViTBackbone"
 
     @classmethod
-    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], weights: Path,
-                     model_kwargs: dict[str, Any]) -> _B:
+    def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], model_kwargs: dict[str, Any]) -> _B:
         import timm
 
-        args = config["model_args"]
-        kwargs = {**args.get("timm_kwargs", {}), **model_kwargs}
-        name = args["timm_name"]  # "VisionTransformer": built from a file's shapes, not a registered name
+        name = config["architecture"]  # "VisionTransformer": built from a file's shapes, not a registered name
+        kwargs = {**config["model_args"], **model_kwargs}
         net: nn.Module = (timm.models.VisionTransformer(**kwargs) if name == "VisionTransformer"
                           else timm.create_model(name, pretrained=False, **kwargs))
-        load_checkpoint(net, weights)
+        load_checkpoint(net, folder / hub.WEIGHTS_NAME)
         return cls(net, config["pos_interp"], name=name, model_kwargs=kwargs)
-

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .architecture import ARCHITECTURES, TCoReViT
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingFileError
 from .files import sha256sum
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "to_timm_state_dict",
     "find_architecture",
     "check_state_dict",
+    "CheckedStateDict",
     "load_checkpoint",
     "filter_pretrained_for_timm",
     "inspect_checkpoint",
@@ -60,7 +61,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file; a save_pretrained folder holds "
                               f"config.json and model.safetensors")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise MissingFileError(f"checkpoint {path}: no such file")
     kind = _file_kind(path)
     if kind == "safetensors" or path.suffix == ".safetensors":
         return _read_safetensors(path)
@@ -281,9 +282,9 @@ def _mismatch_hint(model_name: str, expected: Mapping[str, Any], found: Mapping[
 def _model_name(model: nn.Module) -> str:
     if not isinstance(model, TCoReViT):
         return type(model).__name__
-    arch = {k: v for k, v in model.arch.items() if k != "num_classes"}
+    arch = model.args.as_kwargs()
     for name, args in ARCHITECTURES.items():
-        if args == arch:
+        if all(arch[k] == v for k, v in args.items()):
             return name
     return "TCoReViT(" + ", ".join(f"{k}={v}" for k, v in arch.items()) + ")"
 
@@ -305,7 +306,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     Raises:
         CheckpointError: the message names the file and, for a T-CoRe backbone, the expected and
         the found architecture (with the constructor that fits); else the missing, unexpected and
-        mis-shaped keys.
+        mis-shaped keys; or the tensors that hold NaN or infinity.
     """
     if isinstance(model, TCoReViT):
         expected = _expected_architecture(model.arch)
@@ -324,6 +325,25 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(f"{source}: tensor shapes differ from {_model_name(model)}: {wrong[:10]}")
+    _check_finite(state, source)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run, a damaged file), naming the tensors."""
+    # a sum is finite when no value is NaN or infinite (and is fast); an overflowing sum is checked element-wise
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.sum()))
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = state[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        more = f" (and {len(bad) - 1} more tensors: {_listed(bad[1:])})" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: tensor {bad[0]!r} holds {count} NaN/inf value(s) of {first.numel()}{more}; "
+                              "these weights come from a diverged run or a damaged file: load another checkpoint")
+
+
+class CheckedStateDict(dict):
+    """A converted state dict that `check_state_dict` accepted for the model it is loaded into: a
+    `load_state_dict` that converts and checks what it is given (`TCoReBackbone`'s) skips the work."""
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> None:
@@ -344,7 +364,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[st
         source, raw = str(checkpoint), read_checkpoint(checkpoint)
     state = convert_state_dict(raw, source)
     check_state_dict(model, state, source)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(CheckedStateDict(state), strict=True)
 
 
 def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -360,22 +380,55 @@ def filter_pretrained_for_timm(state_dict: Mapping[str, Any], model: nn.Module) 
     state = convert_state_dict(state_dict, source)
     new_head = "head.weight" not in state and int(getattr(model, "num_classes", 0)) > 0
     check_state_dict(model, state, source, allow_missing=("head.",) if new_head else ())
-    return state
+    return CheckedStateDict(state)
 
 
 # ------------------------------------------------------------------------------------ inspection
 
+def _pos_table(state: Mapping[str, torch.Tensor], registers: int) -> tuple[int | None, int]:
+    """(side of the square patch position grid, leading non-patch slots: 0, 1 for a class token, or 1 +
+    registers) of a converted state dict's `pos_embed`; (None, 0) without a square grid."""
+    if "pos_embed" not in state or state["pos_embed"].ndim != 3:
+        return None, 0
+    n = state["pos_embed"].shape[1]
+    for prefix in (0, 1, 1 + registers):
+        side = int(round(max(n - prefix, 0) ** 0.5))
+        if side and side * side == n - prefix:
+            return side, prefix
+    return None, 0
+
+
+def _what(found: Mapping[str, Any], layout: str, name: str | None, nesting: list[str], n_parameters: int,
+          prefix: int, head: int) -> str:
+    """One sentence: what a checkpoint holds (the layout, the ViT's shape and backbone parameters
+    (training heads dropped), a classifier head (`head` classes, 0 for none), the tcore architecture it is)."""
+    held = "a teacher checkpoint" if "teacher" in nesting else "a checkpoint" if nesting else "a state dict"
+    if not (found["patch_size"] and found["depth"] and found["pos_grid"]):
+        return f"{held} of {n_parameters / 1e6:.1f} M parameters, not a ViT backbone (no patch_embed, pos_embed, blocks)"
+    slot = {0: "", 1: " plus a class slot"}.get(prefix, " plus class and register slots")
+    regs = found["num_register_tokens"]
+    return (f"{held} of a ViT in {layout}: width {found['embed_dim']}, depth {found['depth']}, patch "
+            f"{found['patch_size']}, {regs or 'no'} register{'s' * (regs != 1)}, position table "
+            f"{found['pos_grid']}x{found['pos_grid']}{slot}, {n_parameters / 1e6:.1f} M parameters"
+            + (f", a {head}-class head" if head else "") + (f"; the T-CoRe architecture {name}" if name else ""))
+
+
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe a checkpoint nobody here has seen: layout, keys, architecture, sha256.
+    """Describe a checkpoint nobody here has seen: what it is, layout, keys, architecture, sha256.
+
+    Whether `tcore.load_backbone` loads the file is `tcore inspect`'s to say (it tries): this
+    module sits below the model constructors.
 
     Args:
         path: a `.pth` / `.safetensors` file, or a folder holding `model.safetensors`.
 
     Returns:
-        A JSON-serialisable dict: path, size_bytes, sha256, layout (how the state dict is nested),
-        top_level_keys, n_tensors, n_parameters, dtypes, key_prefixes (counts), first_keys,
-        dropped_keys, architecture (as found), matches (the tcore architecture it fits, if any),
-        loads_strictly (and error when it does not).
+        A JSON-serialisable dict: path, size_bytes, sha256, what (one sentence: the layout, the
+        ViT's shape, the T-CoRe architecture if it is one), layout (how the state dict is nested),
+        key_layout ("official DINOv2/T-CoRe", "tcore" or "timm"), top_level_keys, n_tensors,
+        n_parameters, dtypes, key_prefixes (counts), first_keys, dropped_keys, architecture (as
+        found; pos_grid also for tables with class or register slots), matches (the tcore
+        architecture it fits, if any), loads_strictly (into that architecture; error when not).
     """
     from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 
@@ -392,16 +445,18 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         nesting, tensors = _unwrap(raw, str(path))
     except CheckpointError as err:
-        report.update(layout="file", architecture=None, matches=None, loads_strictly=False, error=str(err))
+        report.update(what=f"not a state dict: {err}", layout="file", architecture=None, matches=None,
+                      loads_strictly=False, error=str(err))
         return report
     prefixes: dict[str, int] = {}
     for key in tensors:
         head = key.split(".")[0]
         prefixes[head] = prefixes.get(head, 0) + 1
+    n_parameters = int(sum(v.numel() for v in tensors.values()))
     report.update(
         layout=" -> ".join(["file"] + [f"[{k!r}]" for k in nesting]),
         n_tensors=len(tensors),
-        n_parameters=int(sum(v.numel() for v in tensors.values())),
+        n_parameters=n_parameters,
         dtypes=sorted({str(v.dtype).replace("torch.", "") for v in tensors.values()}),
         key_prefixes=prefixes,
         first_keys=list(tensors)[:12],
@@ -410,11 +465,20 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = convert_state_dict(raw, str(path))
     except CheckpointError as err:
-        report.update(architecture=None, matches=None, loads_strictly=False, error=str(err))
+        report.update(what=f"not a backbone state dict: {err}", architecture=None, matches=None,
+                      loads_strictly=False, error=str(err))
         return report
     found = find_architecture(state)
     name = next((n for n, a in ARCHITECTURES.items() if _expected_architecture(a) == found), None)
-    report.update(architecture=found, matches=name, loads_strictly=False)
+    grid, prefix = _pos_table(state, found["num_register_tokens"])
+    stripped = {_strip_prefixes(k): v for k, v in tensors.items()}
+    key_layout = ("official DINOv2/T-CoRe" if _is_official_layout(stripped) else
+                  "tcore" if "cls_pos_embed" in state else "timm")
+    described = {**found, "pos_grid": grid}
+    n_backbone = int(sum(v.numel() for v in state.values()))
+    head = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    report.update(what=_what(described, f"the {key_layout} layout", name, nesting, n_backbone, prefix, head),
+                  key_layout=key_layout, architecture=described, matches=name, loads_strictly=False)
     if name is not None:
         try:
             check_state_dict(TCoReViT(**ARCHITECTURES[name]), state, str(path))

@@ -2,8 +2,9 @@
 
 The built-in clip is generated here (no data files): two textured objects move across a textured
 background, one of them passes behind a textured occluder, and the ground-truth masks of every
-frame are known. Copying the first mask to every frame scores a J&F below 0.5 on it, so a good
-score shows that propagation really follows the objects.
+frame are known. Copying the first mask to every frame scores a J&F below 50 % on it, so a good
+score shows that propagation really follows the objects. `tcore demo` prints J&F, J and F in percent
+with one decimal, as the paper and `tcore eval` do (`DemoResult.scores` keeps `davis_scores`'s fractions).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import InvalidInputError
+from .files import writing
 
 __all__ = ["make_demo_clip", "run_demo", "DemoResult"]
 
@@ -57,7 +61,7 @@ def make_demo_clip(n_frames: int = 24, size: tuple[int, int] = (480, 640), seed:
         frames: (T, H, W, 3) uint8 RGB; masks: (T, H, W) uint8 ids (0 background, 1 and 2 objects).
     """
     if n_frames < 2:
-        raise ValueError(f"n_frames={n_frames}: the demo needs at least 2 frames")
+        raise InvalidInputError(f"n_frames={n_frames}: the demo needs at least 2 frames")
     rng = np.random.default_rng(seed)
     h, w = size
     background = _texture(rng, (h, w + w // 2), 90.0, np.array([[0.35, 0.45, 0.30], [0.75, 0.70, 0.55]]))
@@ -113,10 +117,13 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
     """
     from . import metrics
     from .io import write_masks, write_overlay
+    from .models import load_backbone
     from .propagation import iter_masks
 
     if (video is None) != (mask is None):
-        raise ValueError("video and mask: give both (your own data) or neither (the built-in clip)")
+        raise InvalidInputError("video and mask (command line: --video and --mask): give both (your own data) or "
+                                "neither (the built-in clip)")
+    model = load_backbone(model)  # before the clip is made: weights that cannot be had are said at once
     gt = None
     if video is None:
         video, gt = make_demo_clip()
@@ -130,7 +137,8 @@ def run_demo(model: Any = None, video: Any = None, mask: Any = None, out_dir: st
     overlay_path = mask_dir = None
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
         palette = stream.palette
         from .io import read_video
 

@@ -1,17 +1,19 @@
 """Devices: `device=` (and `--device`) checked before any work, naming what this machine has.
 
     >>> resolve_device(None)        # the best available: CUDA, then Apple MPS, then the CPU
-    >>> resolve_device("cuda:1")    # ValueError listing the available devices when there is no GPU 1
+    >>> resolve_device("cuda:1")    # without a GPU 1: InvalidInputError listing the available devices
 
 A device string torch does not parse ("gpu") or a device this machine lacks ("cuda" on a CPU-only
-build) is a `ValueError` that names the argument, the value and the available devices, raised
-before a model is loaded or a frame decoded.
+build) is an `InvalidInputError` (a ValueError) that names the argument, the value and the
+available devices, raised before a model is loaded or a frame decoded.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["available_devices", "resolve_device"]
 
@@ -58,23 +60,23 @@ def resolve_device(device: Any = None, argument: str = "device") -> torch.device
         argument: the argument's name in errors ("device", or "--device" for the command line).
 
     Raises:
-        ValueError: not a device name, or a device this machine does not have; the message lists
-            the available devices.
-        TypeError: neither None, a string nor a `torch.device`.
+        InvalidInputError: not a device name, or a device this machine does not have; the message
+            lists the available devices.
+        InvalidTypeError: neither None, a string nor a `torch.device`.
     """
     if device is None:  # "cuda" without an index: the current device (under torchrun, each rank picks its own)
         return torch.device(available_devices()[0].partition(":")[0])
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{argument}: expected a device name such as 'cuda' or 'cpu', or a torch.device, "
-                        f"got {type(device).__name__}")
+        raise InvalidTypeError(f"{argument}: expected a device name such as 'cuda' or 'cpu', or a torch.device, "
+                               f"got {type(device).__name__}")
     available = ", ".join(available_devices())
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"{argument}={device!r}: not a device name; available here: {available} (or leave it "
-                         "unset for the best one)") from None
+        raise InvalidInputError(f"{argument}={device!r}: not a device name; available here: {available} (or leave it "
+                                "unset for the best one)") from None
     reason = _missing_reason(parsed)
     if reason is not None:
-        raise ValueError(f"{argument}={device!r}: {reason}; available here: {available} (or leave it unset for "
-                         "the best one)")
+        raise InvalidInputError(f"{argument}={device!r}: {reason}; available here: {available} (or leave it unset for "
+                                "the best one)")
     return parsed

@@ -1,19 +1,31 @@
-"""File helpers shared by tcore and training, without torch: sha256 of a file and atomic writes.
+"""File helpers shared by tcore and training, without torch: sha256 of a file, atomic writes, and
+write errors the user can fix named with their path.
 
 `write_atomic` is the one way a file that someone may read at any moment is written (Hub weights,
 evaluation results, training checkpoints and manifests, benchmark tables): the content goes to a
 temporary file in the same folder, which is then renamed over the target with `os.replace`, so a
 reader sees the old file or the new one, never half of one, and a crash leaves the old one.
+
+`writing(path)` turns the write errors a user can fix (a full disk or quota, no permission, a
+read-only file system) into a `tcore.errors.FileAccessError` that names the path, the moment the
+write fails; `write_atomic` and every tcore writer (masks, overlays, results) go through it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-__all__ = ["sha256sum", "write_atomic", "write_text_atomic"]
+from .errors import FileAccessError, UserError
+
+__all__ = ["sha256sum", "write_atomic", "write_text_atomic", "writing"]
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -43,8 +55,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object], *, dur
 
     Returns:
         `path`, as a Path.
+
+    Raises:
+        FileAccessError: a full disk, no permission or a read-only file system (names `path`).
     """
     path = Path(path)
+    with writing(path):
+        return _write_atomic(path, write, durable, temporary)
+
+
+def _write_atomic(path: Path, write: Callable[[str], object], durable: bool,
+                  temporary: str | os.PathLike | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if temporary is None:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -71,6 +92,32 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object], *, dur
 def write_text_atomic(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
     """`write_atomic` of a UTF-8 text file."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), durable=durable)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Name `path` in a write error the user can fix, raised in the block, as a `FileAccessError`.
+
+    A full disk or quota (ENOSPC, EDQUOT, EFBIG), no permission (EACCES, EPERM) and a read-only
+    file system (EROFS) become a one-line `FileAccessError` naming `path`, raised from the OS
+    error; any other exception (a bug) passes unchanged.
+
+    Args:
+        path: the file or folder being written.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as err:
+        if err.errno in _NO_SPACE:
+            fix = "free some space there, or write to another disk"
+        elif err.errno in _NO_PERMISSION:
+            fix = "write to a folder you can write to"
+        else:
+            raise
+        raise FileAccessError(f"could not write {str(path)!r}: {os.strerror(err.errno)} (errno {err.errno}); "
+                              f"{fix}") from err
 
 
 def _fsync(path: Path, flags: int) -> None:

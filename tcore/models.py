@@ -22,9 +22,10 @@ from .backbone import Pretrained, TCoReBackbone, TimmViTBackbone
 from .checkpoint import (convert_state_dict, filter_pretrained_for_timm, find_architecture, load_checkpoint,
                          read_checkpoint)
 from .devices import resolve_device
-from .errors import CheckpointError
-from .hub import CONFIG_NAME, fetch_folder, is_repo_id, read_config
-from .weights import default_tag, download, get_pretrained
+from .errors import (CheckpointError, InvalidInputError, InvalidTypeError, MissingFileError,
+                     WeightsUnavailableError)
+from .hub import CONFIG_NAME, backbone_kind, fetch_folder, is_repo_id
+from .weights import download, get_pretrained, hub_unreachable, release_cfg
 
 __all__ = ["tcore_vits16", "tcore_vitb16", "load_backbone", "create_registered_model", "Backbone"]
 
@@ -35,51 +36,74 @@ Backbone = Union[TCoReBackbone, TimmViTBackbone]
 
 # ------------------------------------------------------------------------------- T-CoRe backbones
 
+# pretrained-cfg keys that name where the weights come from (a caller's choice over the release)
+_WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
+
+
 def create_registered_model(arch: str, pretrained: bool = False, **kwargs: Any) -> TCoReBackbone:
     """What timm's registry entries `tcore_vits16` / `tcore_vitb16` build (see `tcore.timm_registry`).
 
+    The pretrained cfg is passed to timm here, not looked up in timm's registry, so a constructor
+    builds the right model whether or not the registration has happened. Released weights are
+    fetched by `tcore.weights.download` (the Hugging Face cache, sha256, a fast clear error
+    without network), then read by timm's loader (`weights_only=True`) through
+    `filter_pretrained_for_timm` (the official layout converted and checked strictly).
+
     Args:
         arch: "tcore_vits16" or "tcore_vitb16".
-        pretrained: load the weights of the pretrained cfg (timm's loader, `weights_only=True`, then
-            `filter_pretrained_for_timm`: the official layout converted and checked strictly).
-        **kwargs: timm's `build_model_with_cfg` arguments (pretrained_cfg, pretrained_cfg_overlay,
+        pretrained: load the weights of the pretrained cfg.
+        **kwargs: timm's `build_model_with_cfg` arguments (pretrained_cfg: a release tag, a dict
+            (an `hf-hub:`/`local-dir:` folder's) or None for the default tag; pretrained_cfg_overlay,
             features_only, ...) and `TCoReBackbone` arguments.
+
+    Raises:
+        WeightsUnavailableError: pretrained=True and the release cannot be had (names the model and the fixes).
     """
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(TCoReBackbone, arch, pretrained, pretrained_filter_fn=filter_pretrained_for_timm,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-                                **{**ARCHITECTURES[arch], **kwargs})
+    cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    release = None
+    if cfg is None or isinstance(cfg, str):  # a release tag, or the default one
+        entry = get_pretrained(arch, cfg or None)
+        cfg = release_cfg(entry)
+        if pretrained and not any(overlay.get(k) for k in _WEIGHT_SOURCES):
+            overlay["file"] = str(download(entry.name))
+            release = entry.name
+    model = build_model_with_cfg(TCoReBackbone, arch, pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay,
+                                 pretrained_filter_fn=filter_pretrained_for_timm,
+                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+                                 **{**ARCHITECTURES[arch], **kwargs})
+    if release and isinstance(model, TCoReBackbone):
+        model.release = release
+    return model
 
 
 def _build(arch: str, pretrained: bool | Pretrained | None, weights: str | None, **kwargs: Any) -> TCoReBackbone:
     if pretrained is None or pretrained is False:
         if weights is not None:
-            raise ValueError(f"weights={weights!r} has no effect with pretrained={pretrained}; "
-                             "pass pretrained=True to load those weights")
-        return create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch), **kwargs)
+            raise InvalidInputError(f"weights={weights!r} has no effect with pretrained={pretrained}; "
+                                    "pass pretrained=True to load those weights")
+        return create_registered_model(arch, pretrained=False, **kwargs)
     if pretrained is True:
-        entry = get_pretrained(arch, weights)
-        model = create_registered_model(arch, pretrained=False, pretrained_cfg=entry.tag, **kwargs)
-        model.load_checkpoint(download(entry.name))
-        return model
+        return create_registered_model(arch, pretrained=True, pretrained_cfg=get_pretrained(arch, weights).tag,
+                                       **kwargs)
     if weights is not None:
-        raise ValueError(f"weights={weights!r} names a release, but pretrained={pretrained!r} gives the weights; "
-                         "pass one of them")
+        raise InvalidInputError(f"weights={weights!r} names a release, but pretrained={pretrained!r} gives the "
+                                "weights; pass one of them")
     if isinstance(pretrained, Mapping):
-        model = create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch), **kwargs)
+        model = create_registered_model(arch, pretrained=False, **kwargs)
         model.load_checkpoint(pretrained)
         return model
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"pretrained: expected a bool, a path, a Hub repo id or a state dict, "
-                        f"got {type(pretrained).__name__}")
+        raise InvalidTypeError(f"pretrained: expected a bool, a path, a Hub repo id or a state dict, "
+                               f"got {type(pretrained).__name__}")
     path = Path(pretrained).expanduser()
     if not path.exists() and is_repo_id(str(pretrained)):
         path = fetch_folder(str(pretrained))
     elif not path.exists():
-        raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
-                                f"'org/name' (release tags go to weights=, e.g. weights='in1k')")
-    model = create_registered_model(arch, pretrained=False, pretrained_cfg=default_tag(arch),
-                                    pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        raise MissingFileError(f"pretrained={str(pretrained)!r}: no such file or folder, nor a Hub repo id "
+                               f"'org/name' (release tags go to weights=, e.g. weights='in1k')")
+    model = create_registered_model(arch, pretrained=False, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     model.load_checkpoint(path)
     return model
 
@@ -184,8 +208,8 @@ def _from_file(path: Path, pos_interp: PosInterp | None, **kwargs: Any) -> Backb
     num_heads = kwargs.pop("num_heads", None)
     if "cls_pos_embed" in state:  # official DINOv2 / T-CoRe layout (converted)
         if pos_interp not in (None, "tcore"):
-            raise ValueError(f"pos_interp={pos_interp!r}: {path} is a T-CoRe/DINOv2-layout checkpoint, whose "
-                             "position embeddings are resized by timm's rule (bicubic with antialias) only")
+            raise InvalidInputError(f"pos_interp={pos_interp!r}: {path} is a T-CoRe/DINOv2-layout checkpoint, whose "
+                                    "position embeddings are resized by timm's rule (bicubic with antialias) only")
         args = _infer_vit_args(state, str(path), num_heads)
         grid = int(round(state["pos_embed"].shape[1] ** 0.5))
         regs = state["reg_token"].shape[1] if "reg_token" in state else 0
@@ -204,14 +228,14 @@ def _from_folder(folder: Path, pos_interp: PosInterp | None, **kwargs: Any) -> B
     """A `save_pretrained` folder (tcore format) or a timm export (timm format).
 
     Raises:
-        FileNotFoundError: a folder without config.json (the message lists the checkpoint files in it).
+        MissingFileError: a folder without config.json (the message lists the checkpoint files in it).
     """
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(_no_config_message(folder))
-    architecture = read_config(folder).get("architecture")
-    if architecture == "TCoReBackbone":
+        raise MissingFileError(_no_config_message(folder))
+    kind = backbone_kind(folder)
+    if kind == "TCoReBackbone":
         return TCoReBackbone.from_pretrained(folder, **kwargs)
-    if architecture == "TimmViTBackbone":
+    if kind == "TimmViTBackbone":
         return TimmViTBackbone.from_pretrained(folder, **kwargs)
     return _from_timm(f"local-dir:{folder}", None, pos_interp, **kwargs)
 
@@ -235,7 +259,14 @@ def _from_timm(name: str, checkpoint: str | os.PathLike | None, pos_interp: PosI
 
     pretrained = kwargs.pop("pretrained", checkpoint is None)
     timm_kwargs = {"num_classes": 0, **kwargs}
-    net = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    if pretrained:
+        _check_timm_weights_reachable(name)
+    try:
+        net = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    except (OSError, ConnectionError) as err:  # huggingface_hub: not cached, offline, unreachable
+        if not (pretrained and type(err).__module__.startswith("huggingface_hub")):
+            raise
+        raise WeightsUnavailableError(_timm_unavailable_message(name, err)) from err
     if isinstance(net, FeatureAPI):  # a T-CoRe model (registered name, or a tcore-format Hub repo)
         if checkpoint is not None:
             net.load_checkpoint(checkpoint)
@@ -244,6 +275,37 @@ def _from_timm(name: str, checkpoint: str | os.PathLike | None, pos_interp: PosI
         load_checkpoint(net, checkpoint)
     regs = int(getattr(net, "num_reg_tokens", 0))
     return TimmViTBackbone(net, pos_interp or _default_pos_interp(regs), name=name, model_kwargs=timm_kwargs)
+
+
+def _timm_unavailable_message(name: str, cause: BaseException) -> str:
+    return (f"could not get the weights of the timm model {name!r} ({type(cause).__name__}: {cause}).\n"
+            "Three ways to fix it:\n"
+            f"  1. on a machine with internet, run `python -c \"import timm; timm.create_model('{name}', "
+            "pretrained=True)\"` (fills the Hugging Face cache; then copy ~/.cache/huggingface here or point "
+            "HF_HOME at it);\n"
+            "  2. pass a local file: checkpoint='path/to/file' in Python, or the file itself as --model on the "
+            "command line;\n"
+            "  3. check the connection to huggingface.co (HF_HUB_OFFLINE, HF_ENDPOINT, proxy settings).")
+
+
+def _check_timm_weights_reachable(name: str) -> None:
+    """Fail at once, with the fixes, when a timm name's Hub weights can be neither reached nor found
+    in the cache (timm's download would retry each file for about 25 s first)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    if name.startswith("hf-hub:"):
+        repo, files = name[len("hf-hub:"):], [CONFIG_NAME]
+    else:
+        cfg = None if name.startswith("local-dir:") else timm.models.get_pretrained_cfg(name)
+        if cfg is None or not cfg.hf_hub_id:
+            return
+        repo, files = cfg.hf_hub_id, ["model.safetensors", cfg.hf_hub_filename or "pytorch_model.bin"]
+    repo_id, _, revision = repo.partition("@")
+    cause = hub_unreachable(repo_id, files[0], revision or None)
+    if cause is not None and not any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision or None), str)
+                                     for f in files):
+        raise WeightsUnavailableError(_timm_unavailable_message(name, cause))
 
 
 def _module_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -299,8 +361,8 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
         model = "tcore_vits16"
     if isinstance(model, FeatureAPI):
         if checkpoint is not None or pos_interp is not None or kwargs:
-            raise ValueError("model: already a tcore backbone; checkpoint=, pos_interp= and other arguments "
-                             "do not apply")
+            raise InvalidInputError("model: already a tcore backbone; checkpoint=, pos_interp= and other arguments "
+                                    "do not apply")
         return model
     if isinstance(model, nn.Module):
         regs = int(getattr(model, "num_reg_tokens", 0))
@@ -310,7 +372,7 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
         return TimmViTBackbone(model, pos_interp or _default_pos_interp(regs), name=name,
                                model_kwargs=_module_kwargs(model))
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model: expected a module, a name or a path, got {type(model).__name__}")
+        raise InvalidTypeError(f"model: expected a module, a name or a path, got {type(model).__name__}")
     text = str(model)
     arch, _, tag = text.partition(".")
     if arch in _CONSTRUCTORS:
@@ -319,7 +381,7 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
     path = Path(text).expanduser()
     if path.exists() and not text.startswith(("hf-hub:", "local-dir:")):
         if checkpoint is not None:
-            raise ValueError("checkpoint: model= is already a path; give the checkpoint once")
+            raise InvalidInputError("checkpoint: model= is already a path; give the checkpoint once")
         if path.is_dir():
             return _from_folder(path, pos_interp, **kwargs)
         return _from_file(path, pos_interp, **kwargs)
@@ -328,6 +390,6 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
     import timm
 
     if not text.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(text.partition(".")[0]):
-        raise FileNotFoundError(f"model={text!r}: no such file, and neither a tcore model "
-                                f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
+        raise MissingFileError(f"model={text!r}: no such file, and neither a tcore model "
+                               f"({', '.join(_CONSTRUCTORS)}) nor a timm model name")
     return _from_timm(text, checkpoint, pos_interp, **kwargs)

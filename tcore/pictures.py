@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InvalidInputError
 from .io import write_images
+from .propagation.budget import check_working_size
 from .propagation.encoder import VideoEncoder
 
 __all__ = [
@@ -82,12 +84,12 @@ def fit_pca(features: torch.Tensor, quantiles: tuple[float, float] = (0.01, 0.99
         The basis (exact eigen-decomposition of the covariance, in float64 on the CPU).
 
     Raises:
-        ValueError: fewer than 3 feature channels or fewer than 2 feature vectors.
+        InvalidInputError: fewer than 3 feature channels or fewer than 2 feature vectors.
     """
     x = features.detach().reshape(-1, features.shape[-1]).to("cpu", torch.float64)  # (N, D)
     if x.shape[1] < 3 or x.shape[0] < 2:
-        raise ValueError(f"features: expected at least 2 vectors of at least 3 channels (..., D), "
-                         f"got shape {tuple(features.shape)}")
+        raise InvalidInputError(f"features: expected at least 2 vectors of at least 3 channels (..., D), "
+                                f"got shape {tuple(features.shape)}")
     mean = x.mean(0)
     centred = x - mean
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
@@ -234,6 +236,8 @@ class FeaturePictures:
                  n_fit_frames: int = _N_FIT_FRAMES) -> None:
         opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device,
                                    batch_size=batch_size, precision=precision)
+        check_working_size(opened.size, opened.encoder.backbone, topk=0, n_context=0, batch_size=batch_size,
+                           device=opened.encoder.device)  # before any frame is decoded
         self.frames = opened.frames
         self.encoder = opened.encoder
         self.patch_size = opened.patch_size
@@ -265,12 +269,12 @@ class FeaturePictures:
         """(row, col) of the feature cell that holds pixel `point` = (x, y) of a frame.
 
         Raises:
-            ValueError: the point lies outside the frame.
+            InvalidInputError: the point lies outside the frame.
         """
         (height, width), (work_h, work_w) = self.frames.size, self.encoder.size
         x, y = point
         if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"point: (x, y) = ({x:g}, {y:g}) lies outside the {width}x{height} frame")
+            raise InvalidInputError(f"point: (x, y) = ({x:g}, {y:g}) lies outside the {width}x{height} frame")
         row = int((y + 0.5) * work_h / height) // self.patch_size  # pixel centres, as the bilinear resize
         col = int((x + 0.5) * work_w / width) // self.patch_size
         return min(row, self.grid[0] - 1), min(col, self.grid[1] - 1)

@@ -13,39 +13,18 @@ the release table (`tcore.weights`, no torch); the model code is imported when a
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from timm.models import generate_default_cfgs, register_model
 
-from .weights import PAPER, PretrainedWeights, get_pretrained, list_models
+from .weights import get_pretrained, list_models, release_cfg
 
 if TYPE_CHECKING:
     from .backbone import TCoReBackbone
 
 __all__ = ["default_cfgs"]  # timm's register_model appends the entrypoints
 
-
-def _cfg(entry: PretrainedWeights) -> dict[str, Any]:
-    """timm's pretrained cfg of a release."""
-    return dict(
-        hf_hub_id=entry.repo_id + (f"@{entry.revision}" if entry.revision else ""),
-        hf_hub_filename=entry.filename,
-        num_classes=0,
-        fixed_input_size=False,
-        **asdict(entry.preprocessing),
-        first_conv="patch_embed.proj",
-        classifier="head",
-        license=entry.license,
-        description=f"T-CoRe {entry.arch}, {entry.data}, {entry.epochs} epochs (dense features; "
-                    f"DAVIS-2017 J&F {entry.scores.davis_jf})",
-        origin_url=PAPER["code"],
-        paper_name=PAPER["name"],
-        paper_ids=f"arXiv:{PAPER['arxiv']}",
-    )
-
-
-default_cfgs = generate_default_cfgs({name: _cfg(get_pretrained(name)) for name in list_models()})
+default_cfgs = generate_default_cfgs({name: release_cfg(get_pretrained(name)) for name in list_models()})
 
 
 def _create(arch: str, pretrained: bool, **kwargs: Any) -> TCoReBackbone:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .errors import CheckpointError, WeightsUnavailableError
+from .errors import CheckpointError, InvalidInputError, WeightsUnavailableError
 from .files import sha256sum
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "download",
     "fetch_file",
     "get_pretrained",
+    "hub_unreachable",
     "list_models",
     "list_tags",
     "pinned_releases",
+    "release_cfg",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -57,13 +60,17 @@ class PaperScores:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How T-CoRe weights expect their input, in timm's pretrained-cfg keys: ImageNet normalisation
-    as in the official training; for dense features the whole frame, resized bilinearly (no crop)."""
+    """How T-CoRe weights expect their input, in timm's pretrained-cfg keys (what
+    `timm.data.resolve_model_data_config` returns): ImageNet normalisation as in the official
+    training, and for dense features the whole frame, resized bilinearly to the paper's DAVIS size
+    480x880 without keeping the aspect ratio ("squash", nothing cropped). Classification with
+    `timm.data.create_transform` gets the same whole, stretched frame; pass
+    `input_size=(3, 224, 224)` (the pretraining crop) for a smaller one."""
 
-    input_size: tuple[int, int, int] = (3, 224, 224)
+    input_size: tuple[int, int, int] = (3, 480, 880)
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
-    crop_mode: str = "center"
+    crop_mode: str = "squash"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -84,6 +91,7 @@ class PretrainedWeights:
     license: str = "apache-2.0"
     license_note: str = "the official repository's licence; the Hub card states none for the weights"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    hub_datasets: tuple[str, ...] = ()  # the pretraining data as Hub dataset ids (a model card's `datasets`)
 
     @property
     def name(self) -> str:
@@ -93,13 +101,16 @@ class PretrainedWeights:
 _PRETRAINED: dict[str, dict[str, PretrainedWeights]] = {
     "tcore_vits16": {
         "k400": PretrainedWeights("tcore_vits16", "k400", "ckpt/vits16_400ep_K400.pth", "Kinetics-400", 400,
-                                  PaperScores(64.7, 63.5, 66.0, 37.8, 47.0, 75.2)),
+                                  PaperScores(64.7, 63.5, 66.0, 37.8, 47.0, 75.2),
+                                  hub_datasets=("kinetics-400",)),
         "in1k": PretrainedWeights("tcore_vits16", "in1k", "ckpt/vits16_100ep_INET.pth", "ImageNet-1k", 100,
-                                  PaperScores(64.1, 62.1, 66.1, 39.7, 46.2, 75.5)),
+                                  PaperScores(64.1, 62.1, 66.1, 39.7, 46.2, 75.5),
+                                  hub_datasets=("ILSVRC/imagenet-1k",)),
     },
     "tcore_vitb16": {
         "k400": PretrainedWeights("tcore_vitb16", "k400", "ckpt/vitb16_200ep_K400.pth", "Kinetics-400", 200,
-                                  PaperScores(66.4, 64.6, 68.2, 38.9, 47.1, 75.8)),
+                                  PaperScores(66.4, 64.6, 68.2, 38.9, 47.1, 75.8),
+                                  hub_datasets=("kinetics-400",)),
     },
 }
 _DEFAULT_TAGS = {"tcore_vits16": "k400", "tcore_vitb16": "k400"}
@@ -121,7 +132,7 @@ def list_tags(arch: str) -> list[str]:
 def default_tag(arch: str) -> str:
     """The tag `pretrained=True` loads when `weights=` is not given."""
     if arch not in _DEFAULT_TAGS:
-        raise ValueError(f"unknown model {arch!r}; released weights: {', '.join(list_models())}")
+        raise InvalidInputError(f"unknown model {arch!r}; released weights: {', '.join(list_models())}")
     return _DEFAULT_TAGS[arch]
 
 
@@ -133,19 +144,41 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     """
     arch, _, name_tag = name.partition(".")
     if tag is not None and name_tag and tag != name_tag:
-        raise ValueError(f"weights: {name!r} names tag {name_tag!r} but weights={tag!r} was given")
+        raise InvalidInputError(f"weights: {name!r} names tag {name_tag!r} but weights={tag!r} was given")
     if arch not in _PRETRAINED:
-        raise ValueError(f"unknown model {name!r}; released weights: {', '.join(list_models())}")
+        raise InvalidInputError(f"unknown model {name!r}; released weights: {', '.join(list_models())}")
     tag = tag or name_tag or default_tag(arch)
     if tag not in _PRETRAINED[arch]:
-        raise ValueError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
-                         f"(default {default_tag(arch)!r})")
+        raise InvalidInputError(f"weights={tag!r}: {arch} has weights {sorted(_PRETRAINED[arch])} "
+                                f"(default {default_tag(arch)!r})")
     return _PRETRAINED[arch][tag]
 
 
 def pinned_releases() -> dict[str, str]:
     """sha256 -> release name, for entries whose file is pinned."""
     return {e.sha256: e.name for tags in _PRETRAINED.values() for e in tags.values() if e.sha256}
+
+
+def release_cfg(entry: PretrainedWeights) -> dict[str, Any]:
+    """timm's pretrained cfg of a release (timm's registry entry, and what the constructors build with):
+    the Hub file, the preprocessing, licence and paper."""
+    return dict(
+        architecture=entry.arch,
+        tag=entry.tag,
+        hf_hub_id=entry.repo_id + (f"@{entry.revision}" if entry.revision else ""),
+        hf_hub_filename=entry.filename,
+        num_classes=0,
+        fixed_input_size=False,
+        **asdict(entry.preprocessing),
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license=entry.license,
+        description=f"T-CoRe {entry.arch}, {entry.data}, {entry.epochs} epochs (dense features; "
+                    f"DAVIS-2017 J&F {entry.scores.davis_jf})",
+        origin_url=PAPER["code"],
+        paper_name=PAPER["name"],
+        paper_ids=f"arXiv:{PAPER['arxiv']}",
+    )
 
 
 # --------------------------------------------------------------------------------------- download
@@ -158,14 +191,52 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env.upper() in {"1", "ON", "YES", "TRUE"}
 
 
+_PROBE_TIMEOUT_S = 5.0  # one request, no retries: how long an unreachable Hub may take to say so
+
+
 def _hf_hub_download(repo_id: str, filename: str, *, revision: str | None, cache_dir: str | None,
-                     force_download: bool = False) -> str:
+                     force_download: bool = False, local_files_only: bool = False,
+                     token: str | bool | None = None) -> str:
     """`huggingface_hub.hf_hub_download` tagged with this library (tests patch this one function)."""
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                           force_download=force_download, local_files_only=_offline(),
+    return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                           force_download=force_download, local_files_only=local_files_only or _offline(),
                            library_name="tcore", library_version=__version__)
+
+
+def hub_unreachable(repo_id: str, filename: str, revision: str | None = None,
+                    token: str | bool | None = None) -> Exception | None:
+    """Why the Hub cannot be reached, from one request without retries; None when it answers, or
+    when HF_HUB_OFFLINE is set (nothing is asked then).
+
+    `hf_hub_download` retries a failed connection five times with back-off (about 25 s of
+    warnings) before it gives up on a file it does not have; this request tells in a moment.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
+
+    if _offline():
+        return None
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=token,
+                             timeout=_PROBE_TIMEOUT_S)
+    except HfHubHTTPError:
+        return None  # the Hub answered (missing file, gated repo, ...): hf_hub_download reports it
+    except (HTTPError, OSError) as err:  # connection refused, DNS failure, timeout, proxy error
+        return err
+    return None
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InvalidInputError(f"{repo_id!r}: not a valid Hugging Face repo id ({err}); a repo id is 'org/name' "
+                                "with letters, digits, '-', '_' and '.', and a local path must exist") from err
 
 
 def _unavailable_message(what: str, repo_id: str, filename: str, revision: str | None, cause: Exception,
@@ -186,25 +257,36 @@ def _unavailable_message(what: str, repo_id: str, filename: str, revision: str |
 
 
 def fetch_file(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | None = None,
-               force_download: bool = False, what: str | None = None, fetch_command: str | None = None) -> Path:
+               force_download: bool = False, local_files_only: bool = False, token: str | bool | None = None,
+               what: str | None = None, fetch_command: str | None = None) -> Path:
     """A file of a Hub repo through the Hugging Face cache (honours HF_HUB_OFFLINE, HF_HOME).
 
+    A Hub that cannot be reached is found out with one request (a few seconds at most); the
+    cached file is then used if there is one, without the Hub client's retries.
+
     Args:
-        repo_id, filename, revision, cache_dir, force_download: as `huggingface_hub.hf_hub_download`.
+        repo_id, filename, revision, cache_dir, force_download, local_files_only, token: as
+            `huggingface_hub.hf_hub_download`.
         what: what the error message says could not be had (default: the repo id).
         fetch_command: the command the error message suggests (default: `hf download REPO`).
 
     Raises:
+        InvalidInputError: `repo_id` is not a valid Hub repo id.
         WeightsUnavailableError: offline (or unreachable) and not cached; says how to fix it.
     """
+    _check_repo_id(repo_id)
+    offline = local_files_only or _offline()
+    unreachable = None if offline else hub_unreachable(repo_id, filename, revision, token)
     try:
-        return Path(_hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                     force_download=force_download))
+        return Path(_hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                                     force_download=force_download,
+                                     local_files_only=offline or unreachable is not None))
     except (OSError, ConnectionError, ValueError) as err:
         # huggingface_hub raises LocalEntryNotFoundError (a FileNotFoundError), OfflineModeIsEnabled
         # (a ConnectionError) or HTTP errors (OSError); all mean "the file cannot be had now".
         raise WeightsUnavailableError(_unavailable_message(
-            what or repo_id, repo_id, filename, revision, err, fetch_command or f"hf download {repo_id}")) from err
+            what or repo_id, repo_id, filename, revision, unreachable or err,
+            fetch_command or f"hf download {repo_id}")) from err
 
 
 def download(name: str, *, revision: str | None = None, cache_dir: str | None = None,

@@ -121,6 +121,18 @@ def test_page_handlers_show_tcore_errors_as_their_own_message():
     assert shown.value.message == str(api.value)
 
 
+def test_a_bug_in_a_page_handler_keeps_its_traceback():
+    gr = pytest.importorskip("gradio")
+    from tcore.app.ui import _shown
+
+    def broken():
+        raise ValueError("an internal invariant broke")
+
+    with pytest.raises(ValueError, match="an internal invariant broke") as raised:
+        _shown(broken)()
+    assert not isinstance(raised.value, gr.Error)  # not shown in the page as the user's mistake
+
+
 def test_build_app_makes_the_page_with_the_chosen_model():
     pytest.importorskip("gradio")
     from tcore.app import build_app

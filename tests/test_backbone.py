@@ -4,16 +4,20 @@ outputs (the golden files of the shared test data). It is a timm
 VisionTransformer: timm's methods keep timm's meaning, DINOv2's get_intermediate_layers works."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import golden_inputs, shared_path
+from helpers import REPO, golden_inputs, shared_path
 
 import tcore
-from tcore.architecture import resize_pos_grid
+from tcore.architecture import TCoReArgs, resize_pos_grid
 from tcore.checkpoint import to_official_state_dict
+from tcore.errors import InvalidInputError, InvalidTypeError
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -276,3 +280,68 @@ def test_timm_feature_extraction_works():
                             num_heads=2)
     maps = net(torch.randn(1, 3, 64, 96))
     assert [tuple(m.shape) for m in maps] == [(1, 64, 4, 6), (1, 64, 4, 6)]
+
+
+# ------------------------------------------------------------------ one source for the architecture
+
+_TINY = dict(embed_dim=32, depth=1, num_heads=2)
+
+
+def _another_value(default):
+    """A valid value other than the tiny model's (or the default) for any architecture argument."""
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return 2 * default
+    return default + 0.25
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TCoReArgs)])
+def test_every_architecture_argument_round_trips_through_save_pretrained(name, tmp_path):
+    """TCoReArgs is the one declaration: a new field is taken by the constructors, recorded by the Hub
+    mixin and config.json, and rebuilt by from_pretrained, with no other edit."""
+    value = _another_value(_TINY.get(name, getattr(TCoReArgs(), name)))
+    model = tcore.TCoReBackbone(**{**_TINY, name: value})
+    assert getattr(model.args, name) == value and model._hub_mixin_config[name] == value
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_args"][name] == value
+    loaded = tcore.TCoReBackbone.from_pretrained(tmp_path)
+    assert loaded.args == model.args
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_constructors_signature_lists_the_architecture_arguments():
+    params = inspect.signature(tcore.TCoReBackbone).parameters
+    for field in dataclasses.fields(TCoReArgs):
+        assert params[field.name].default == field.default, field.name
+    assert "pretrained" in params
+
+
+def test_standard_vit_arguments_that_agree_with_the_architecture_are_accepted():
+    model = tcore.TCoReBackbone(**_TINY, dynamic_img_size=True, class_token=True, no_embed_class=True, qkv_bias=True,
+                                in_chans=3, reg_tokens=4, init_values=1e-5, pos_embed="learn")
+    assert model.args == tcore.TCoReBackbone(**_TINY).args
+
+
+@pytest.mark.parametrize("argument, value", [("class_token", False), ("dynamic_img_size", False), ("in_chans", 1),
+                                             ("no_embed_class", False), ("init_values", None),
+                                             ("norm_layer", torch.nn.BatchNorm1d)])
+def test_standard_vit_arguments_that_contradict_the_architecture_are_refused_by_name(argument, value):
+    with pytest.raises(InvalidInputError, match=rf"^TCoReBackbone: {argument}="):
+        tcore.TCoReBackbone(**_TINY, **{argument: value})
+
+
+def test_an_unknown_argument_is_named():
+    with pytest.raises(InvalidTypeError, match=r"unknown argument embd_dim=64; the architecture's are \['embed_dim'"):
+        tcore.TCoReBackbone(embd_dim=64)
+
+
+def test_the_training_recipe_builds_its_backbone_from_the_same_arguments():
+    from training.config import load_config
+    from training.model import build_student
+
+    cfg = load_config(str(REPO / "training/configs/tiny.yaml"), ["model.layerscale_init=0.5", "model.mlp_ratio=2.0"])
+    assert isinstance(cfg.model, TCoReArgs)
+    backbone = build_student(cfg.model).backbone
+    assert backbone.args == TCoReArgs(**cfg.model.as_kwargs())
+    assert backbone.blocks[0].mlp.fc1.out_features == 2 * 64 and float(backbone.blocks[0].ls1.gamma.detach()[0]) == 0.5

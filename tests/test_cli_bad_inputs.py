@@ -7,9 +7,11 @@ outside the output folder before and after. `--debug` shows the traceback (two s
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from helpers import bomb_png
 from PIL import Image, ImageFilter
 
 from tcore._lock import LOCK_NAME, FolderLock
@@ -53,6 +56,18 @@ def _soft_rgb_mask(path: Path) -> Path:
     rgb[12:36, 16:48] = (255, 0, 0)
     Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(3)).save(path)
     return path
+
+
+def _two_masks_for_frame_0(folder: Path) -> Path:
+    _mask(folder / "00000.png")
+    _mask(folder / "00000.PNG")
+    return folder
+
+
+def _with_a_gif(folder: Path) -> Path:
+    _frames(folder)
+    Image.new("RGB", (64, 48)).save(folder / "00003.gif")
+    return folder
 
 
 def _davis(root: Path) -> Path:
@@ -138,6 +153,21 @@ CASES = [
     Case("propagate: extreme aspect ratio", lambda t, m: (
         _propagate(t, "--model", str(m), video=_frames(t / "thin", (16, 2000)), mask=_mask(t / "thin.png", (16, 2000))),
         "--size 176 22896", t / "out")),
+    Case("propagate: a decompression-bomb frame", lambda t, m: (
+        _propagate(t, video=bomb_png(t / "bomb" / "00000.png").parent),
+        f"frame 0 ({t / 'bomb' / '00000.png'}) is refused: Image size (900000000 pixels)", t / "out")),
+    Case("propagate: a decompression-bomb mask", lambda t, m: (
+        _propagate(t, mask=bomb_png(t / "bomb.png")), f"mask '{t / 'bomb.png'}' is refused", t / "out")),
+    Case("propagate: two masks for one frame", lambda t, m: (
+        _propagate(t, "--model", str(m), mask=_two_masks_for_frame_0(t / "masks")),
+        "two masks for frame 0 ('00000'): 00000.PNG and 00000.png", t / "out")),
+    Case("propagate: a frame folder with a GIF in it", lambda t, m: (
+        _propagate(t, "--model", str(m), video=_with_a_gif(t / "frames")), "(00003.gif)", t / "out")),
+    Case("propagate: --size too small for the top-k", lambda t, m: (
+        _propagate(t, "--model", str(m), "--size", "16", "16"), "(command line: --size 48 48)", t / "out")),
+    Case("features: --point outside the frame", lambda t, m: (
+        ["features", str(_frames(t / "f")), "-o", str(t / "p.gif"), "--point", "100", "10", "--model", str(m)],
+        "point: (x, y) = (100, 10) lies outside the 64x48 frame", t / "none")),
     Case("eval: -o is a file", lambda t, m: (
         ["eval", "davis", "--root", str(_davis(t / "davis")), "-o", str(_file(t / "res"))], str(t / "res"), t / "res")),
     Case("eval: -o inside the dataset", lambda t, m: (
@@ -224,7 +254,7 @@ def test_debug_shows_the_traceback_and_its_absence_hints_at_it(tmp_path):
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert plain.stderr.splitlines() == [plain.stderr.splitlines()[0], "(run with --debug for the traceback)"]
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert "ValueError: --device='gpu'" in debug.stderr
+    assert "InvalidInputError: --device='gpu'" in debug.stderr
 
 
 def test_out_of_memory_is_one_line_with_the_fix_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
@@ -245,4 +275,57 @@ def test_out_of_memory_is_one_line_with_the_fix_and_a_bug_keeps_its_traceback(tm
     monkeypatch.setattr(tcore.propagation, "iter_masks", fail("an internal invariant broke"))
     with pytest.raises(RuntimeError, match="an internal invariant broke"):  # not the user's mistake: traceback
         main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error", [ValueError, TypeError, OSError, FileNotFoundError, ImportError, KeyError])
+def test_a_bug_keeps_its_traceback_whatever_built_in_error_it_raises(error, tmp_path, monkeypatch):
+    import tcore.propagation
+
+    def broken(*args, **kwargs):
+        raise error("an internal invariant broke")
+
+    monkeypatch.setattr(tcore.propagation, "iter_masks", broken)
+    with pytest.raises(error, match="an internal invariant broke"):  # not the user's mistake: no one-line verdict
+        main(_propagate(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["propagate", "eval"])
+def test_a_busy_output_folder_is_refused_before_the_model_loads(command, tmp_path, monkeypatch, capsys):
+    import tcore.models
+
+    def load_backbone(*args, **kwargs):
+        pytest.fail("the model was loaded before the output folder was claimed")
+
+    monkeypatch.setattr(tcore.models, "load_backbone", load_backbone)
+    if command == "propagate":
+        argv, busy = _propagate(tmp_path), tmp_path / "out"
+    else:
+        argv, busy = ["eval", "davis", "--root", str(_davis(tmp_path / "davis")), "-o", str(tmp_path / "res")], \
+            tmp_path / "res" / "davis"
+    with FolderLock(busy, "test"):
+        assert main(argv) == 1
+    assert f"{busy} is in use by another test run: pid {os.getpid()}" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_the_run_at_once_naming_the_file(tiny_model, tmp_path, monkeypatch, capsys):
+    from tcore.io.video import _FolderFrames
+
+    decoded = []
+    decode = _FolderFrames._frame
+    monkeypatch.setattr(_FolderFrames, "_frame", lambda self, i: decoded.append(i) or decode(self, i))
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv = _propagate(tmp_path, "--model", str(tiny_model), "--size", "48", "64", "--batch-size", "1",
+                      video=_frames(tmp_path / "frames", n=40))
+    monkeypatch.setattr(Image.Image, "save", full)  # after the inputs are made: every mask write fails
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tcore: error: could not write '{tmp_path / 'out' / '.partial' / '00000.png'}': No space "
+                          "left on device (errno 28); free some space there")
+    assert len(decoded) < 20, decoded  # stopped as the write failed (prefetch reads a few ahead), not at the end
+    assert "tcore-prefetch" not in [t.name for t in threading.enumerate()]  # and its decoding thread is gone
     assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.evaluation import (DatasetError, ManifestMismatchError, evaluate, format_table, read_davis, read_jhmdb,
                               read_vip, shard_videos)
+from tcore.evaluation.datasets import paper_split
 from tcore.evaluation.results import paper_scores
 from tcore.io import DAVIS_PALETTE
 from tcore.metrics import DAVIS_GLOBAL_COLUMNS, MIoUAccumulator, davis_scores
@@ -160,6 +161,10 @@ def test_eval_davis_cli_end_to_end_writes_masks_csvs_summary_and_prints_the_tabl
     assert summary["n_predicted"] == 2 and summary["n_resumed"] == 0 and summary["paper"] is None
     assert not (results / ".partial").exists()
     assert _listing(davis_root) == before  # the dataset folder is untouched
+    # its val.txt lists 2 sequences, not the paper's 30: decided by content, not by the file's path
+    assert summary["split"].endswith("ImageSets/2017/val.txt") and not summary["official_split"]
+    assert not summary["paper_protocol"] and "NOT the paper's protocol" in captured.out.splitlines()[1]
+    assert "note: split: 2 videos from " in captured.out and "0 of them among the paper's 30" in captured.out
 
 
 def test_davis_outputs_are_the_front_end_masks_and_scores_are_the_official_metric(davis_root, tiny_model, tmp_path):
@@ -188,7 +193,7 @@ def test_resume_skips_finished_videos_scores_them_again_and_redoes_incomplete_on
                "--size", *map(str, SMALL), "--device", "cpu", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0 and "resumed: 2 of 2 videos" in captured.out
-    assert captured.err == ""  # --quiet: no progress bars
+    assert "davis videos" not in captured.err  # --quiet: no progress bars
     again = json.loads((results / "summary.json").read_text())
     assert again["n_resumed"] == 2 and again["n_predicted"] == 0
     assert _mtimes(results) == stamps  # nothing predicted again
@@ -259,7 +264,7 @@ def test_wrong_root_gives_one_clear_error_line(davis_root, jhmdb_root, tiny_mode
     if case == "parent":
         assert f"Did you mean --root {dataset}" in errors[0]
     if case == "other_layout":
-        assert "no ImageSets/2017/val.txt" in errors[0]
+        assert "no JPEGImages/480p" in errors[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -297,12 +302,11 @@ def test_list_files_in_the_official_formats_name_videos_under_root(davis_root, j
     jhmdb_list.write_text("data/JHMDB/joint_positions/run/clip_b/joint_positions.mat "
                           "data/JHMDB/Rename_Images/run/clip_b")
     dataset = read_jhmdb(jhmdb_root, jhmdb_list)
-    assert [v.name for v in dataset.videos] == ["run/clip_b"] and dataset.official_split
+    assert [v.name for v in dataset.videos] == ["run/clip_b"] and not dataset.official_split  # 1 of the paper's 268
     assert dataset.videos[0].labels == jhmdb_root / "joint_positions/run/clip_b/joint_positions.mat"
     vip_list = tmp_path / "vip_vallist.txt"
     vip_list.write_text("data/VIP/Images/videos3 data/VIP/Annotations/Category_ids/videos3\n")
     assert [v.name for v in read_vip(vip_root, vip_list).videos] == ["videos3"]
-    assert [v.name for v in read_vip(vip_root).videos] == ["videos3", "videos12"]  # numeric order
     for text, message in (("pair\npair\n", "listed twice"), ("../pair\n", "leaves the dataset folder"),
                           ("a b c\n", "expected a video name"), ("\n", "no video listed")):
         davis_list.write_text(text)
@@ -312,24 +316,74 @@ def test_list_files_in_the_official_formats_name_videos_under_root(davis_root, j
         read_davis(davis_root, tmp_path / "absent.txt")
 
 
+# ------------------------------------------------------------------------ the paper's splits
+
+
+def test_the_papers_splits_ship_with_tcore_with_their_licence_and_source():
+    from importlib import resources
+
+    splits = resources.files("tcore.evaluation") / "splits"
+    names = {p.name for p in splits.iterdir()}
+    assert {"davis_vallist_480_880.txt", "jhmdb_vallist.txt", "vip_vallist.txt", "LICENSE-T-CORE", "README.md"} <= names
+    assert "Apache License" in (splits / "LICENSE-T-CORE").read_text()
+    assert "yafeng19/T-CORE" in (splits / "README.md").read_text()
+    assert [len(set(paper_split(b))) for b in ("davis", "jhmdb", "vip")] == [30, 268, 50]
+    assert paper_split("davis")[:2] == ("bike-packing", "blackswan") and paper_split("vip")[0] == "videos338"
+    assert all(name.count("/") == 1 for name in paper_split("jhmdb"))  # <action>/<clip>, as read_jhmdb names them
+
+
+def test_official_split_is_decided_by_the_set_of_videos_not_by_the_file(tmp_path):
+    root = tmp_path / "DAVIS"
+    frames, masks = make_demo_clip(2, (16, 16), seed=0)
+    for name in paper_split("davis"):  # the paper's 30 sequences, one frame each
+        (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
+        Image.fromarray(frames[0]).save(root / "JPEGImages" / "480p" / name / "00000.jpg")
+        _save_palette_png(root / "Annotations" / "480p" / name / "00000.png", masks[0])
+    dataset = read_davis(root)  # no ImageSets/2017/val.txt: the list shipped with tcore
+    assert dataset.official_split and dataset.split.startswith("the paper's split (30 videos")
+    mine = tmp_path / "anywhere" / "my_list.txt"
+    mine.parent.mkdir()
+    mine.write_text("\n".join(reversed(paper_split("davis"))))  # other path, order and format: same set
+    assert read_davis(root, mine).official_split
+    mine.write_text("\n".join(paper_split("davis")[:29]))
+    assert not read_davis(root, mine).official_split
+    split = root / "ImageSets" / "2017" / "val.txt"  # the official file's path, with 2 sequences in it
+    split.parent.mkdir(parents=True)
+    split.write_text("blackswan\ndog\n")
+    assert not read_davis(root).official_split
+
+
+def test_without_a_list_jhmdb_and_vip_take_the_papers_split_and_name_what_is_missing(jhmdb_root, vip_root):
+    with pytest.raises(DatasetError, match=r"268 of the 268 videos of the paper's jhmdb split are missing \(first: "
+                                           r"Rename_Images/swing_baseball/.*pass --list \(list_file=\)"):
+        read_jhmdb(jhmdb_root)
+    with pytest.raises(DatasetError, match=r"49 of the 50 videos of the paper's vip split .* Images/videos338"):
+        read_vip(vip_root)
+
+
 # ---------------------------------------------------------------------------------- JHMDB
 
 
-def test_eval_jhmdb_writes_keypoints_and_pck_and_warns_without_a_list(jhmdb_root, tiny_model, tmp_path, caplog):
+def test_eval_jhmdb_writes_keypoints_and_pck_and_warns_for_a_list_that_is_not_the_papers(jhmdb_root, tiny_model,
+                                                                                         tmp_path, caplog):
     before = _listing(jhmdb_root)
+    (tmp_path / "mine.txt").write_text("catch/clip_a\nrun/clip_b\n")
+    out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="tcore.evaluation.runner"):
-        summary = _run("jhmdb", jhmdb_root, tiny_model, tmp_path, size=None)  # the jhmdb preset: 320x320
+        summary = _run("jhmdb", jhmdb_root, tiny_model, out, size=None,  # the jhmdb preset: 320x320
+                       list_file=tmp_path / "mine.txt")
     assert _listing(jhmdb_root) == before
     assert "NOT the paper's split" in caplog.text
-    assert not summary["official_split"] and any("split" in n for n in summary["notes"])
+    assert not summary["official_split"] and not summary["paper_protocol"]
+    assert any(n.startswith("split: 2 videos from") and "paper's 268" in n for n in summary["notes"])
     assert summary["working_sizes"] == [[320, 320]]
-    pred = np.load(tmp_path / "jhmdb" / "catch" / "clip_a.npy")
+    pred = np.load(out / "jhmdb" / "catch" / "clip_a.npy")
     assert pred.shape == (5, 15, 2) and pred.dtype == np.float32
     assert 0 <= summary["scores"]["PCK@0.1"] <= summary["scores"]["PCK@0.2"] <= 100
     assert set(summary["details"]["PCK"]) == {"PCK@0.1", "PCK@0.2", "PCK@0.3", "PCK@0.4", "PCK@0.5"}
     strict = summary["details"]["PCK_vanished_as_misses"]  # the stricter rule, reported alongside
     assert set(strict) == set(summary["details"]["PCK"]) and all(0 <= v <= 100 for v in strict.values())
-    rows = (tmp_path / "jhmdb" / "per-clip_results.csv").read_text().splitlines()
+    rows = (out / "jhmdb" / "per-clip_results.csv").read_text().splitlines()
     assert rows[0].startswith("Clip,PCK@0.1") and [r.split(",")[0] for r in rows[1:]] == ["catch/clip_a", "run/clip_b"]
     assert "PCK@0.1" in format_table(summary) and "2 clips" in format_table(summary)
 
@@ -343,9 +397,9 @@ def test_cli_list_precision_and_batch_size_reach_the_run(jhmdb_root, tiny_model,
                "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "jhmdb" / "summary.json").read_text())
-    assert rc == 0 and summary["videos"] == ["catch/clip_a"] and summary["official_split"]
+    assert rc == 0 and summary["videos"] == ["catch/clip_a"] and not summary["official_split"]
     assert summary["manifest"]["protocol"]["precision"] == "bf16" and "note: precision bf16" in out
-    assert "not the paper's split" not in out and "1 clip " in out
+    assert "NOT the paper's protocol" in out and "1 clip " in out
 
 
 # ------------------------------------------------------------------------------------ VIP
@@ -353,7 +407,8 @@ def test_cli_list_precision_and_batch_size_reach_the_run(jhmdb_root, tiny_model,
 
 def test_eval_vip_writes_part_pngs_and_a_global_miou_including_frame_0(vip_root, tiny_model, tmp_path):
     before = _listing(vip_root)
-    summary = _run("vip", vip_root, tiny_model, tmp_path)
+    (tmp_path / "mine.txt").write_text("videos3\nvideos12\n")
+    summary = _run("vip", vip_root, tiny_model, tmp_path, list_file=tmp_path / "mine.txt")
     assert _listing(vip_root) == before
     assert summary["videos"] == ["videos3", "videos12"]
     check = MIoUAccumulator()
@@ -431,7 +486,7 @@ def test_read_davis_on_the_shared_data_lists_the_val_sequences():
     root = shared_path("data", "davis")
     dataset = read_davis(root)
     assert [v.name for v in dataset.videos] == ["car-shadow", "dog"]  # bmx-trees is not in val.txt
-    assert dataset.split.endswith("ImageSets/2017/val.txt") and dataset.official_split
+    assert dataset.split.endswith("ImageSets/2017/val.txt") and not dataset.official_split  # 2 of the paper's 30
 
 
 @pytest.mark.slow
@@ -471,8 +526,10 @@ def test_real_jhmdb_clip_with_dinov2_weights_gives_a_sensible_pck(tmp_path, caps
     """The shared catch clip (fast motion): copying frame 0's joints scores PCK@0.2 = 1.5."""
     root = shared_path("data", "jhmdb")
     weights = shared_path("weights", "dinov2_vits14_imgfocus.safetensors")
-    rc = main(["eval", "jhmdb", "--root", str(root), "--model", str(weights), "-o", str(tmp_path),
-               "--device", "cpu", "--quiet"])
+    clips = tmp_path / "clips.txt"  # the shared data holds one clip, not the paper's 268
+    clips.write_text("".join(f"catch/{p.name}\n" for p in (root / "joint_positions" / "catch").iterdir()))
+    rc = main(["eval", "jhmdb", "--root", str(root), "--list", str(clips), "--model", str(weights), "-o",
+               str(tmp_path), "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0
     print("\n" + out)

@@ -157,14 +157,20 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_killed_propagate_leaves_no_incomplete_masks_in_sight_and_the_next_run_completes(tiny_model, tmp_path,
-                                                                                          caplog):
+def _five_frames_and_a_first_mask(tmp_path: Path) -> Path:
+    """`tmp_path/frames/` (five 48x64 PNG frames of the demo clip) and `tmp_path/first.png`; returns the folder."""
     frames, masks = make_demo_clip(5, (48, 64), seed=1)
     video = tmp_path / "frames"
     video.mkdir()
     for t in range(5):
         Image.fromarray(frames[t]).save(video / f"{t:05d}.png")
     _palette_png(tmp_path / "first.png", masks[0])
+    return video
+
+
+def test_a_killed_propagate_leaves_no_incomplete_masks_in_sight_and_the_next_run_completes(tiny_model, tmp_path,
+                                                                                          caplog):
+    video = _five_frames_and_a_first_mask(tmp_path)
     out, ready = tmp_path / "masks", tmp_path / "ready"
     (out / "notes.txt").parent.mkdir()
     (out / "notes.txt").write_text("the user's own file")
@@ -211,3 +217,43 @@ def test_a_staged_folder_shows_files_only_when_complete_and_never_touches_a_new_
             (out / LOCK_NAME).write_text(json.dumps(dataclasses.asdict(LockHolder(**{**holder, "token": "new"}))))
     assert (out / PARTIAL_DIR / "00001.png").exists() and (out / LOCK_NAME).exists()  # the new holder's now
     assert sorted(p.name for p in out.glob("*.png")) == ["00000.png"]
+
+
+# The run, held in the main thread while it draws the overlay's third frame (masks and overlay half written).
+_HELD_OVERLAY = """
+import sys, time
+from pathlib import Path
+import tcore.io
+module = sys.modules["tcore.io.overlay"]  # (tcore.io.overlay is also the name of the function)
+ready, draw, drawn = Path(sys.argv[1]), module.overlay, []
+def draw_then_hang(*args, **kwargs):
+    drawn.append(1)
+    if len(drawn) == 3:
+        ready.touch()
+        time.sleep(600)
+    return draw(*args, **kwargs)
+module.overlay = draw_then_hang
+from tcore.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_stops_a_propagate_like_ctrl_c_removing_its_partial_files(tiny_model, tmp_path):
+    pytest.importorskip("av")
+    video = _five_frames_and_a_first_mask(tmp_path)
+    out, overlay, ready = tmp_path / "masks", tmp_path / "overlay.mp4", tmp_path / "ready"
+    argv = ["propagate", str(video), str(tmp_path / "first.png"), "-o", str(out), "--overlay", str(overlay),
+            "--model", str(tiny_model), "--size", "64", "96", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_OVERLAY, str(ready), *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_for(ready, proc)
+        partial = list(tmp_path.glob(f".overlay.partial-{proc.pid}.mp4"))
+        assert partial and any((out / ".partial").iterdir())  # the overlay and masks it was writing
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=_TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr.decode()[-3000:]
+    assert stderr.decode().splitlines() == ["tcore: terminated (SIGTERM); partial outputs were removed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.png", "frames", "ready"]  # nothing left behind

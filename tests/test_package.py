@@ -3,6 +3,7 @@ package never imports training code, and the command line works."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import subprocess
@@ -37,6 +38,7 @@ def _is_editable(dist: metadata.Distribution) -> bool:
     return bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
 
 
+@functools.lru_cache(maxsize=None)
 def _installed_files() -> list[str]:
     """Files of the installed distribution; for an editable install, those of a freshly built wheel."""
     dist = _installed_distribution()
@@ -53,6 +55,12 @@ def test_wheel_contains_the_tcore_package_only():
     tops = {name.split("/")[0] for name in _installed_files()}
     tops = {t for t in tops if not t.endswith((".dist-info", ".data")) and t not in {"..", "__pycache__"}}
     assert tops == {"tcore"}, tops
+
+
+def test_wheel_ships_the_papers_split_lists_with_their_licence():
+    splits = {name for name in _installed_files() if name.startswith("tcore/evaluation/splits/")}
+    assert splits == {f"tcore/evaluation/splits/{name}" for name in (
+        "davis_vallist_480_880.txt", "jhmdb_vallist.txt", "vip_vallist.txt", "LICENSE-T-CORE", "README.md")}
 
 
 def test_tests_import_the_installed_package_not_a_shadow():

@@ -68,7 +68,8 @@ def test_demo_with_real_weights_scores_well_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = {line[:24].strip(): float(line[24:31]) for line in out.stdout.splitlines()[1:3]}
     print(out.stdout)
-    assert rows["tcore propagation"] >= 0.75 and rows["copy the first mask"] <= 0.5
+    assert out.stdout.splitlines()[0].split() == ["(percent)", "J&F", "J", "F"]
+    assert rows["tcore propagation"] >= 75.0 and rows["copy the first mask"] <= 50.0
     assert (tmp_path / "overlay.gif").stat().st_size > 0 and len(list((tmp_path / "masks").glob("*.png"))) == 24
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 import tcore
+from tcore.errors import InsufficientMemoryError, InvalidInputError
 from tcore.io import FrameReadError, read_mask, read_video
 
 # ------------------------------------------------------------------ 1. frames of every image mode
@@ -157,17 +158,43 @@ def _thin_frames(tmp_path) -> tuple[str, np.ndarray]:
     return str(folder), mask
 
 
-def test_an_extreme_aspect_ratio_stops_before_decoding_with_a_size_that_fits(tmp_path, monkeypatch, tiny_backbone):
+@pytest.fixture
+def undecoded(tmp_path, monkeypatch) -> tuple[str, np.ndarray, list[int]]:
+    """`_thin_frames`, and the list of the frames decoded from it (a guard must leave it empty)."""
     from tcore.io.video import _FolderFrames
 
-    folder, mask = _thin_frames(tmp_path)
-    decoded = []
+    decoded: list[int] = []
     monkeypatch.setattr(_FolderFrames, "_frame", lambda self, i: decoded.append(i))
+    return (*_thin_frames(tmp_path), decoded)
+
+
+def test_an_extreme_aspect_ratio_stops_before_decoding_with_a_size_that_fits(undecoded, tiny_backbone):
+    folder, mask, decoded = undecoded
     with pytest.raises(ValueError, match=r"frames of 16x2000 \(HxW\) get the working size 480x60000 .*30x3750 = "
                                          r"112500 patch tokens per frame, above the limit of 16384.*"
                                          r"size=\(176, 22896\).*--size 176 22896") as err:
         tcore.propagate_masks(folder, mask, model=tiny_backbone, device="cpu", progress=False)
     assert decoded == [] and "explicit size is used as given" in str(err.value)
+
+
+def test_a_size_with_fewer_grid_cells_than_the_top_k_names_a_size_for_python_and_the_command_line(undecoded,
+                                                                                                  tiny_backbone):
+    folder, mask, decoded = undecoded
+    with pytest.raises(InvalidInputError, match=r"the working size 16x16 gives a 1x1 feature grid \(1 cell of 16x16 "
+                                                r"pixels\), fewer than the 7 keys .* at least size=\(48, 48\) "
+                                                r"\(command line: --size 48 48\)"):
+        tcore.propagate_masks(folder, mask, model=tiny_backbone, size=(16, 16), device="cpu", progress=False)
+    assert decoded == []
+
+
+def test_a_size_that_cannot_fit_in_memory_stops_before_decoding_with_an_estimate(undecoded, tiny_backbone):
+    folder, mask, decoded = undecoded
+    with pytest.raises(InsufficientMemoryError, match=r"working size 100000x100000 has 6250x6250 = 39062500 patch "
+                                                      r"tokens per frame and needs at least [\d,.]+ GB .*more than the "
+                                                      r"[\d,.]+ GB this cpu device has; pass a smaller size, e.g. "
+                                                      r"size=\(\d+, \d+\) \(command line: --size \d+ \d+\)"):
+        tcore.propagate_masks(folder, mask, model=tiny_backbone, size=(100000, 100000), device="cpu", progress=False)
+    assert decoded == []
 
 
 def test_an_explicit_size_is_obeyed_whatever_its_token_count(tmp_path, tiny_backbone):

@@ -21,8 +21,8 @@ import tcore
 from tcore.checkpoint import to_official_state_dict
 from tcore.errors import CheckpointError
 
-TCORE_PREPROCESSING = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
-                       "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "center"}
+TCORE_PREPROCESSING = {"input_size": (3, 480, 880), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+                       "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "squash"}
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(mixin, "HfApi", FakeApi)
     model = tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2)
     assert model.push_to_hub("someone/tcore-tiny").endswith("/commit/0")
-    assert json.loads(pushed["config.json"])["architecture"] == "TCoReBackbone"
+    assert json.loads(pushed["config.json"])["backbone"] == "TCoReBackbone"
     assert b'from_pretrained("someone/tcore-tiny")' in pushed["README.md"] and "model.safetensors" in pushed
 
 
@@ -159,14 +159,130 @@ def test_from_pretrained_refuses_another_kind_of_backbone(tmp_path):
         tcore.TCoReBackbone.from_pretrained(tmp_path / "dino")
 
 
+# ------------------------------------------- the calls users try first, each in a fresh process
+
+_AS_USERS_CALL = """
+import importlib.util, json, shutil, sys
+from pathlib import Path
+
+import tcore
+importlib.util.find_spec("timm")  # what transformers and optimum do when they are imported
+import timm, torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+
+golden, tmp = sys.argv[1], Path(sys.argv[2])
+TINY = dict(embed_dim=64, depth=2, num_heads=2)
+out = {"registered": timm.list_models("tcore*"),
+       "random_head": type(tcore.tcore_vits16(pretrained=False, **TINY).head).__name__}
+ref = tcore.tcore_vits16(pretrained=golden, **TINY)
+x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+
+
+def same(model):
+    \"\"\"Its patch tokens equal tcore.tcore_vits16(pretrained=<the same file>)'s.\"\"\"
+    with torch.no_grad():
+        return torch.equal(model.eval().patch_tokens(x), ref.patch_tokens(x))
+
+
+out["checkpoint_path="] = same(timm.create_model("tcore_vits16", checkpoint_path=golden, **TINY))
+model = timm.create_model("tcore_vits16", dynamic_img_size=True, **TINY)
+timm.models.load_checkpoint(model, golden)
+out["load_checkpoint"] = same(model)
+out["frame"] = list(create_transform(**resolve_model_data_config(model))(Image.new("RGB", (854, 480))).shape)
+
+ref.save_pretrained(tmp / "tiny")
+snapshot = tmp / "hub" / "models--someone--tcore-tiny" / "snapshots" / ("c" * 40)
+shutil.copytree(tmp / "tiny", snapshot)
+(snapshot.parents[1] / "refs").mkdir()
+(snapshot.parents[1] / "refs" / "main").write_text("c" * 40)
+out["from_pretrained(dir)"] = same(tcore.TCoReBackbone.from_pretrained(tmp / "tiny", local_files_only=True))
+out["from_pretrained(repo)"] = same(tcore.TCoReBackbone.from_pretrained("someone/tcore-tiny", revision="c" * 40))
+out["local-dir:"] = same(timm.create_model(f"local-dir:{tmp / 'tiny'}", pretrained=True))
+out["hf-hub:"] = same(timm.create_model("hf-hub:someone/tcore-tiny", pretrained=True))
+
+for name, kwargs in {"reset_classifier(10)": {}, "num_classes=10, global_pool='avg'": dict(num_classes=10,
+                                                                                            global_pool="avg")}.items():
+    tuned = timm.create_model("tcore_vits16", **TINY, **kwargs)
+    if not kwargs:
+        tuned.reset_classifier(10)
+    torch.nn.init.normal_(tuned.head.weight)
+    tuned.save_pretrained(tmp / "tuned")
+    back = [tcore.TCoReBackbone.from_pretrained(tmp / "tuned"), timm.create_model(f"local-dir:{tmp / 'tuned'}",
+                                                                                  pretrained=True)]
+    with torch.no_grad():
+        out[name] = [list(tuned.eval()(x).shape)] + [torch.equal(b.eval()(x), tuned(x)) for b in back]
+    shutil.rmtree(tmp / "tuned")
+
+snippet = (tmp / "tiny" / "README.md").read_text().split("```python\\n")[1].split("```")[0]
+namespace = {}
+exec(snippet, namespace)  # the model card's usage, as written
+out["card snippet"] = [list(namespace["tokens"].shape), type(namespace["same"]).__name__]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def as_users_call(tmp_path_factory):
+    """The timm and Hugging Face calls of issue 19, run in one fresh interpreter on the official tiny ViT."""
+    tmp = tmp_path_factory.mktemp("as_users_call")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "hub")}
+    run = subprocess.run([sys.executable, "-c", _AS_USERS_CALL, str(shared_path("golden", "vit_tiny_official.pth")),
+                          str(tmp)], capture_output=True, text=True, cwd=tmp, env=env)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_registration_survives_a_find_spec_probe_before_timm_is_imported(as_users_call):
+    assert as_users_call["registered"] == ["tcore_vitb16", "tcore_vits16"]
+    assert as_users_call["random_head"] == "Identity"  # no 1000-class head
+
+
+def test_timm_loads_the_released_layout_through_checkpoint_path_and_load_checkpoint(as_users_call):
+    assert as_users_call["checkpoint_path="] is True and as_users_call["load_checkpoint"] is True
+
+
+def test_timms_data_config_keeps_the_whole_frame(as_users_call):
+    assert as_users_call["frame"] == [3, 480, 880]  # a 480x854 frame, stretched to the paper's size, not cropped
+
+
+def test_one_hub_format_loads_in_tcore_and_in_timm(as_users_call):
+    for call in ("from_pretrained(dir)", "from_pretrained(repo)", "local-dir:", "hf-hub:"):
+        assert as_users_call[call] is True, call
+
+
+@pytest.mark.parametrize("how", ["reset_classifier(10)", "num_classes=10, global_pool='avg'"])
+def test_a_fine_tuned_model_comes_back_with_its_head(as_users_call, how):
+    assert as_users_call[how] == [[1, 10], True, True]  # from_pretrained, timm local-dir:
+
+
+def test_the_model_cards_usage_runs_as_written(as_users_call):
+    assert as_users_call["card snippet"] == [[1, 30, 55, 64], "TCoReBackbone"]
+
+
+def test_the_model_card_installs_from_the_repository_and_carries_the_papers_numbers(tmp_path):
+    model = tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
+    model.release = "tcore_vits16.in1k"
+    model.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert 'pip install "tcore @ git+https://github.com/yafeng19/T-CORE"' in card.text
+    assert card.data.base_model == "yafeng19/T-CORE" and card.data.datasets == ["ILSVRC/imagenet-1k"]
+    results = {(r.dataset_name, r.metric_name): r for r in card.data.eval_results}
+    assert results[("DAVIS-2017 val", "J&F")].metric_value == 64.1 and results[("VIP", "mIoU")].metric_value == 39.7
+    assert results[("JHMDB", "PCK@0.1")].metric_value == 46.2 and len(results) == 6
+    assert all(r.verified is False and r.source_name.startswith("reported by the paper") for r in results.values())
+
+
 # ------------------------------------------------------------------------- exports for stock timm
 
 _STOCK_TIMM = """
-import sys, timm, torch
+import pathlib, sys, timm, torch
 model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
 x = torch.load(sys.argv[2])
 with torch.no_grad():
     torch.save(model.forward_features(x), sys.argv[3])
+card = (pathlib.Path(sys.argv[1]) / "README.md").read_text()
+exec(card.split("```python\\n")[1].split("```")[0], {})  # the export's model card usage, as written
 print(type(model).__name__, timm.data.resolve_data_config(model=model)["interpolation"], "tcore" in sys.modules)
 """
 

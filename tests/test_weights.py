@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, shared_path
+from helpers import REPO, free_port, shared_path
 
 import tcore
 from tcore import weights as W
 from tcore.architecture import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 from tcore.checkpoint import convert_state_dict, to_official_state_dict
-from tcore.errors import CheckpointError, WeightsUnavailableError
+from tcore.errors import CheckpointError, InvalidInputError, WeightsUnavailableError
 from tcore.files import sha256sum
 
 
@@ -198,6 +202,7 @@ def test_cached_release_loads_offline_through_hf_hub_download(monkeypatch, tmp_p
     monkeypatch.setattr(W, "_hf_hub_download", lambda *a, **k: real(*a, **{**k, "cache_dir": str(cache)}))
     loaded = tcore.tcore_vits16(pretrained=True, weights="in1k")
     assert torch.equal(loaded.pos_embed, src.pos_embed)
+    assert loaded.release == "tcore_vits16.in1k"  # what save_pretrained's model card names as its base model
 
 
 def test_pinned_sha256_mismatch_is_an_error(monkeypatch, tmp_path):
@@ -213,7 +218,8 @@ def test_pinned_sha256_mismatch_is_an_error(monkeypatch, tmp_path):
 def test_save_pretrained_then_from_pretrained_gives_identical_outputs(tiny_backbone, tmp_path):
     tiny_backbone.save_pretrained(tmp_path / "export", config={"source": "test"})
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert config["architecture"] == "TCoReBackbone" and config["pos_interp"] == "tcore"
+    assert config["backbone"] == "TCoReBackbone" and config["pos_interp"] == "tcore"
+    assert config["architecture"] == "tcore_vits16"  # timm's name: timm.create_model("local-dir:...") reads it too
     assert config["model_args"]["num_heads"] == 2 and config["source"] == "test"
     loaded = tcore.TCoReBackbone.from_pretrained(str(tmp_path / "export"))
     assert torch.equal(features(loaded), features(tiny_backbone))
@@ -382,3 +388,144 @@ def test_imagenet_statistics_live_in_one_place():
     assert tcore.TCoReBackbone(embed_dim=64, depth=1, num_heads=2).mean == mean
     white = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten()
     assert torch.allclose(white, (1 - torch.tensor(mean)) / torch.tensor(std))
+
+
+# ------------------------------------------------------------------------- model files, checked
+
+def _saved(tmp_path: Path, **config_changes) -> Path:
+    """A tiny save_pretrained folder whose config.json has `config_changes` applied (None deletes a key)."""
+    folder = tmp_path / "model"
+    tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in config_changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model_args=None), r"model_args is missing; expected an object"),
+    (dict(model_args=[32, 1, 2]), r"model_args is a list; expected an object"),
+    (dict(model_args={"embed_dim": "32", "depth": 1, "num_heads": 2}),
+     r"model_args\.embed_dim is '32' \(str\); expected int"),
+    (dict(model_args={"embed_dim": 32, "depth": 1.5, "num_heads": 2}),
+     r"model_args\.depth is 1\.5 \(float\); expected int"),
+    (dict(model_args={"embed_dim": 32, "depth": 1, "num_heads": 2, "embd_dim": 8}), r"unknown key\(s\) \['embd_dim'\]"),
+    (dict(backbone="Something"), r"'backbone' is 'Something'"),
+    (dict(format_version="3"), r"format_version is '3'; expected an int"),
+])
+def test_a_broken_config_json_is_one_line_naming_the_file_and_the_key(tmp_path, change, message):
+    folder = _saved(tmp_path, **change)
+    with pytest.raises(CheckpointError, match=message) as err:
+        tcore.TCoReBackbone.from_pretrained(folder)
+    assert str(err.value).startswith(str(folder / "config.json")) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content, message", [("[1, 2]", "expected a JSON object"), ("{not json", "not valid JSON")])
+def test_a_config_json_that_is_not_an_object_is_named(tmp_path, content, message):
+    folder = _saved(tmp_path)
+    (folder / "config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        tcore.load_backbone(folder)
+
+
+@pytest.mark.parametrize("call", [lambda: tcore.TCoReBackbone.from_pretrained("org/na me"),
+                                  lambda: tcore.tcore_vits16(pretrained="org/na me"),
+                                  lambda: tcore.load_backbone("org/na me")])
+def test_an_invalid_repo_id_is_named_as_such(call):
+    with pytest.raises(InvalidInputError, match=r"'org/na me': not a valid Hugging Face repo id") as err:
+        call()
+    assert "cannot be downloaded" not in str(err.value)
+
+
+def test_weights_with_nan_or_inf_are_refused_naming_the_file_and_the_tensor(tiny_backbone, tmp_path):
+    ckpt = official_layout(tiny_backbone)
+    ckpt["teacher"]["backbone.blocks.1.attn.qkv.weight"][0, :3] = torch.tensor([float("nan"), float("inf"), 1.0])
+    torch.save(ckpt, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match=r"diverged\.pth: tensor 'blocks\.1\.attn\.qkv\.weight' holds 2 NaN/inf"):
+        tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tmp_path / "diverged.pth")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_every_file_written_gets_the_umasks_permissions(tmp_path, umask):
+    from tcore.hub import export_for_timm
+
+    model = tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
+    old = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path / "tcore")
+        export_for_timm(model, tmp_path / "timm")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*/*")}
+    assert len(modes) == 6 and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_from_pretrained_takes_the_standard_hub_arguments(tiny_backbone, tmp_path):
+    tiny_backbone.save_pretrained(tmp_path / "export")
+    cache = fake_hub_cache(tmp_path / "hub", "someone/tcore-tiny", {
+        "config.json": tmp_path / "export" / "config.json",
+        "model.safetensors": tmp_path / "export" / "model.safetensors"}, commit="c" * 40)
+    hub_args = dict(local_files_only=True, token="hf_not_used_offline", revision="c" * 40, force_download=False)
+    loaded = tcore.TCoReBackbone.from_pretrained("someone/tcore-tiny", cache_dir=cache, **hub_args)
+    local = tcore.TCoReBackbone.from_pretrained(tmp_path / "export", cache_dir=cache, **hub_args)
+    assert torch.equal(features(loaded), features(tiny_backbone)) and torch.equal(features(local), features(loaded))
+
+
+# ------------------------------------------------------------------- no network: one message, at once
+
+_NO_NETWORK = """
+import contextlib, functools, io, json, sys, time
+import timm, torch
+import tcore, tcore.demo
+from tcore.cli import main
+
+repo, out = sys.argv[1], sys.argv[2]
+# the demo's built-in clip, made small: what is checked is how the model's absence is reported
+tcore.demo.make_demo_clip = functools.partial(tcore.demo.make_demo_clip, n_frames=2, size=(32, 32))
+calls = {
+    "tcore.tcore_vits16()": lambda: tcore.tcore_vits16(),
+    "timm.create_model('tcore_vits16.in1k', pretrained=True)":
+        lambda: timm.create_model("tcore_vits16.in1k", pretrained=True),
+    "torch.hub.load(source='local')": lambda: torch.hub.load(repo, "tcore_vitb16", source="local"),
+    "TCoReBackbone.from_pretrained('org/name')": lambda: tcore.TCoReBackbone.from_pretrained("someone/absent"),
+    "load_backbone(<timm name>)": lambda: tcore.load_backbone("vit_small_patch14_dinov2.lvd142m"),
+    "tcore demo": lambda: main(["demo", "-o", out, "--quiet"]),
+}
+results = {}
+for name, call in calls.items():
+    start, stderr = time.perf_counter(), io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            outcome = f"returned {call()!r}"
+        except Exception as err:
+            outcome = f"{type(err).__name__}: {err}"
+    results[name] = dict(outcome=outcome, stderr=stderr.getvalue(), seconds=time.perf_counter() - start)
+print(json.dumps(results))
+"""
+
+
+def test_without_network_every_entry_point_fails_at_once_with_the_fix_list(tmp_path):
+    """No HF_HUB_OFFLINE, an endpoint that refuses connections, an empty cache: each entry point
+    names what it could not get and the three fixes, without the Hub client's ~25 s of retries."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-c", _NO_NETWORK, str(REPO), str(tmp_path / "demo")], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, result in results.items():
+        text = result["outcome"] + result["stderr"]
+        assert "Three ways to fix it" in text and "Connect" in text, (name, text)
+        assert "Retrying" not in run.stderr + text, name
+        assert result["seconds"] < 10, (name, result["seconds"])  # the retries alone take ~25 s
+    assert results["tcore.tcore_vits16()"]["outcome"].startswith(
+        "WeightsUnavailableError: could not get tcore_vits16.k400")
+    assert "could not get tcore_vits16.in1k" in results["timm.create_model('tcore_vits16.in1k', pretrained=True)"][
+        "outcome"]
+    assert "timm model 'vit_small_patch14_dinov2.lvd142m'" in results["load_backbone(<timm name>)"]["outcome"]
+    assert results["tcore demo"]["outcome"] == "returned 1"
+    assert results["tcore demo"]["stderr"].startswith("tcore: error: could not get tcore_vits16.k400")

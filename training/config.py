@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from tcore.architecture import TCoReArgs
 from tcore.errors import InvalidInputError
 
 __all__ = [
@@ -29,13 +30,8 @@ class ConfigError(InvalidInputError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    embed_dim: int = 384                     # ViT width D (ViT-S 384, ViT-B 768)
-    depth: int = 12                          # ViT blocks
-    num_heads: int = 6                       # ViT attention heads (ViT-S 6, ViT-B 12)
-    patch_size: int = 16                     # patch size in pixels
-    num_register_tokens: int = 4             # register tokens after CLS
-    img_size: int = 224                      # crop size the position table is learned for
+class ModelConfig(TCoReArgs):
+    # the backbone's arguments are tcore.architecture.TCoReArgs' fields (embed_dim, depth, num_heads, ...)
     drop_path_rate: float = 0.1              # stochastic depth, uniform over blocks (student only)
     head_hidden_dim: int = 2048              # DINO head MLP width
     head_bottleneck_dim: int = 256           # DINO head bottleneck before the prototypes

@@ -195,9 +195,7 @@ class Student(nn.Module):
 
 def build_student(cfg: ModelConfig) -> Student:
     """Student backbone (tcore, random init, train mode), head and PMM."""
-    backbone = TokenBackbone(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                             patch_size=cfg.patch_size, num_register_tokens=cfg.num_register_tokens,
-                             img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate)
+    backbone = TokenBackbone(**cfg.as_kwargs())
     head = DINOHead(cfg.embed_dim, cfg.head_n_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                     cfg.head_n_layers)
     pmm = PatchMatchingModule(cfg.embed_dim, cfg.pmm_num_heads, cfg.pmm_num_blocks, cfg.pmm_branch_scale)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ..io import DAVIS_PALETTE
 
 __all__ = [
@@ -50,14 +51,14 @@ def ids_from_layers(layers: list[np.ndarray], size: tuple[int, int]) -> np.ndarr
         (H, W) uint8 ids in 0..8 (`OBJECT_COLOURS[i - 1]` is object i's colour).
 
     Raises:
-        ValueError: a layer of another size (the page lost the frame size).
+        InvalidInputError: a layer of another size (the page lost the frame size).
     """
     ids = np.zeros(size, dtype=np.uint8)
     colours = np.asarray(OBJECT_COLOURS, dtype=np.int64)  # (N, 3)
     for layer in layers:
         if layer.ndim != 3 or layer.shape[2] != 4 or tuple(layer.shape[:2]) != tuple(size):
-            raise ValueError(f"painted mask: a layer of shape {layer.shape} does not match the {size[1]}x{size[0]} "
-                             "frames; open the video again to reset the editor")
+            raise InvalidInputError(f"painted mask: a layer of shape {layer.shape} does not match the "
+                                    f"{size[1]}x{size[0]} frames; open the video again to reset the editor")
         painted = layer[..., 3] >= _PAINTED_ALPHA
         rgb = layer[painted, :3].astype(np.int64)  # (P, 3)
         nearest = ((rgb[:, None, :] - colours[None]) ** 2).sum(-1).argmin(1)  # (P,)
@@ -71,8 +72,8 @@ def parse_size(height: float | None, width: float | None) -> tuple[int, int] | N
     if h == 0 and w == 0:
         return None
     if h <= 0 or w <= 0:
-        raise ValueError(f"size: give both the height and the width (got {h} x {w}), or leave both at 0 "
-                         "for the preset's size")
+        raise InvalidInputError(f"size: give both the height and the width (got {h} x {w}), or leave both at 0 "
+                                "for the preset's size")
     return h, w
 
 
@@ -108,8 +109,8 @@ def _load(model: str, device: str) -> Any:
     if model.startswith(RANDOM_PREFIX):
         arch = model[len(RANDOM_PREFIX):]
         if arch not in _RANDOM_ARCHS:
-            raise ValueError(f"model {model!r}: random weights exist for "
-                             f"{', '.join(RANDOM_PREFIX + a for a in _RANDOM_ARCHS)}")
+            raise InvalidInputError(f"model {model!r}: random weights exist for "
+                                    f"{', '.join(RANDOM_PREFIX + a for a in _RANDOM_ARCHS)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return models.load_backbone(getattr(models, arch)(pretrained=False), device=device)

@@ -20,10 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import InvalidInputError, MissingDependencyError, user_error_message
+
 try:
     import gradio as gr
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError('tcore app needs Gradio, installed by the "app" extra: pip install "tcore[app]"') from err
+    raise MissingDependencyError('tcore app needs Gradio, installed by the "app" extra: pip install "tcore[app]"') \
+        from err
 
 from ..io import overlay, read_mask, read_video, write_mask
 from ..pictures import FeaturePictures
@@ -44,7 +47,6 @@ PRESET_CHOICES = [
     ("JHMDB: 320x320", "jhmdb"),
     ("VIP: long side 880, top-10", "vip"),
 ]
-_API_ERRORS = (ValueError, TypeError, OSError, ImportError)  # tcore's user-facing errors
 _INTRO = """\
 # tcore · T-CoRe label propagation
 Open a video, give the first frame's mask (paint it, one colour per object, or upload a PNG), and
@@ -64,13 +66,18 @@ def launch_options() -> dict[str, Any]:
 
 
 def _shown(fn: Callable) -> Callable:
-    """Run a page handler; tcore's error messages are shown in the page (and nothing changes)."""
+    """Run a page handler; a user's mistake (`tcore.errors.UserError`, or too little memory) is shown
+    in the page as its message (and nothing changes); anything else is a bug and keeps its traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _API_ERRORS as err:
-            raise gr.Error(str(err), duration=None, title="tcore") from err
+        except Exception as err:
+            message = user_error_message(err, memory_fix="use a smaller working size (Size), or a device with more "
+                                                         "memory (Device)")
+            if message is None:
+                raise
+            raise gr.Error(message, duration=None, title="tcore") from err
     return wrapper
 
 
@@ -317,9 +324,9 @@ def run(page: Page, video: str | None, mask_png: str | None, model_name: str, pr
         width: float, device_name: str, progress: gr.Progress = gr.Progress()) -> Updates:
     """Propagate the first mask through the video: the overlay, the downloads and a status line."""
     if not video:
-        raise ValueError("video: open a video first (upload one, or use the demo clip)")
+        raise InvalidInputError("video: open a video first (upload one, or use the demo clip)")
     if not mask_png:
-        raise ValueError("first mask: paint the objects on frame 0 or upload a mask PNG first")
+        raise InvalidInputError("first mask: paint the objects on frame 0 or upload a mask PNG first")
     size = parse_size(height, width)
     progress(0, desc="loading the model")
     backbone = page.models.get(model_name, _device(device_name))
@@ -339,7 +346,7 @@ def show_features(page: Page, video: str | None, pictures: FeaturePictures | Non
     The `FeaturePictures` is made again only when the video or a setting changed.
     """
     if not video:
-        raise ValueError("video: open a video first (upload one, or use the demo clip)")
+        raise InvalidInputError("video: open a video first (upload one, or use the demo clip)")
     settings = (video, model_name, preset, parse_size(height, width), _device(device_name))
     if pictures is None or key != settings:
         progress(0, desc="loading the model")

@@ -94,11 +94,12 @@ def _missing_output(benchmark: str, video: Video, path: Path) -> DatasetError:
 
 @contextlib.contextmanager
 def _naming(benchmark: str, video: Video) -> Iterator[None]:
-    """Metric errors name the video they come from."""
+    """A metric's refusal (ground truth it cannot score, e.g. an object missing from DAVIS frame 0)
+    is a `DatasetError` that names the video."""
     try:
         yield
     except ValueError as err:
-        raise ValueError(f"{benchmark} video {video.name!r}: {err}") from err
+        raise DatasetError(f"{benchmark} video {video.name!r}: {err}") from err
 
 
 def _bar(iterable: Iterable, total: int, enabled: bool, desc: str):

@@ -3,14 +3,19 @@
 
 * DAVIS-2017 (semi-supervised VOS, val): ``<root>/JPEGImages/480p/<seq>/00000.jpg``,
   ``<root>/Annotations/480p/<seq>/00000.png`` (palette PNGs, 0 background, 1..K objects, 255 void)
-  and the split ``<root>/ImageSets/2017/val.txt``.
+  and the split ``<root>/ImageSets/2017/val.txt`` (without it, the paper's list shipped with tcore).
 * JHMDB (pose propagation): ``<root>/Rename_Images/<action>/<clip>/00001.png`` and
   ``<root>/joint_positions/<action>/<clip>/joint_positions.mat`` (``pos_img``: 2 x 15 joints x T
-  frames, 1-based pixels; read with scipy, the ``eval`` extra). The split is a list file
-  (the official ``jhmdb_vallist.txt``); without one every clip found is used.
+  frames, 1-based pixels; read with scipy, the ``eval`` extra). The split is the paper's list
+  shipped with tcore (268 clips), or a list file.
 * VIP (part propagation): ``<root>/Images/videos<N>/<frame>.jpg`` and
   ``<root>/Annotations/Category_ids/videos<N>/<frame>.png`` (grey class ids 0..19). The split is
-  a list file (the official ``vip_vallist.txt``); without one, every annotated ``videos*`` folder.
+  the paper's list shipped with tcore (50 videos), or a list file.
+
+The paper's three lists (the official T-CoRe repository's ``davis_vallist_480_880.txt``,
+``jhmdb_vallist.txt`` and ``vip_vallist.txt``, Apache-2.0) ship in ``tcore/evaluation/splits/``
+with their licence and source. Whether a split is the paper's is decided by its content: the set
+of videos must equal the paper's list, whatever file it came from.
 
 A list file has one video per line: one or two whitespace-separated paths (frames, annotations,
 in either order, as in the official lists ``<.mat path> <frames dir>``) or a bare video name. Only
@@ -24,12 +29,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingDependencyError, MissingFileError
+from ..io._images import read_image
 
 __all__ = [
     "BENCHMARK_NAMES",
@@ -39,6 +45,8 @@ __all__ = [
     "davis_ground_truth",
     "frame_names",
     "jhmdb_ground_truth",
+    "paper_split",
+    "paper_split_file",
     "read_davis",
     "read_index_png",
     "read_jhmdb",
@@ -56,6 +64,13 @@ _JHMDB_LABELS = ("joint_positions",)
 _JHMDB_MAT = "joint_positions.mat"
 _VIP_FRAMES = ("Images",)
 _VIP_LABELS = ("Annotations", "Category_ids")
+# how a list file names a benchmark's videos: the layout folders a path's video id follows, and a file name to drop
+_LIST_FORMAT: dict[str, tuple[tuple[tuple[str, ...], ...], str | None]] = {
+    "davis": ((_DAVIS_FRAMES, _DAVIS_LABELS), None),
+    "jhmdb": ((_JHMDB_FRAMES, _JHMDB_LABELS), _JHMDB_MAT),
+    "vip": ((_VIP_FRAMES, _VIP_LABELS), None),
+}
+_PAPER_SPLIT_FILES = {"davis": "davis_vallist_480_880.txt", "jhmdb": "jhmdb_vallist.txt", "vip": "vip_vallist.txt"}
 
 _LAYOUT_HELP = {
     "davis": ("the DAVIS-2017 trainval layout (JPEGImages/480p, Annotations/480p, ImageSets/2017/val.txt); "
@@ -96,8 +111,9 @@ class Dataset:
         benchmark: "davis", "jhmdb" or "vip".
         root: the dataset folder.
         videos: the videos, in the split's order.
-        split: where the video list came from (a file path, or a description).
-        official_split: False when the list is not the paper's split (JHMDB or VIP without a list).
+        split: where the video list came from (a file path, or "the paper's split (...)").
+        official_split: True when the set of videos equals the paper's list (`paper_split`),
+            whatever file named them; False for any other set (a subset, another split).
     """
 
     benchmark: str
@@ -115,7 +131,7 @@ def _check_root(root: str | os.PathLike, benchmark: str, marker: tuple[str, ...]
     path = Path(root).expanduser()
     if not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "no such folder"
-        raise FileNotFoundError(f"root {str(path)!r}: {what}; expected {_LAYOUT_HELP[benchmark]}")
+        raise MissingFileError(f"root {str(path)!r}: {what}; expected {_LAYOUT_HELP[benchmark]}")
     if not path.joinpath(*marker).exists():
         raise DatasetError(f"root {str(path)!r}: no {'/'.join(marker)}; expected {_LAYOUT_HELP[benchmark]}"
                            + _suggest_subfolder(path, marker))
@@ -158,7 +174,7 @@ def _read_list(list_file: str | os.PathLike, anchors: tuple[tuple[str, ...], ...
     """Video ids from a list file (see the module docstring for the accepted lines)."""
     path = Path(list_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"list file {str(path)!r}: no such file")
+        raise MissingFileError(f"list file {str(path)!r}: no such file")
     ids: list[str] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -188,6 +204,56 @@ def _read_list(list_file: str | os.PathLike, anchors: tuple[tuple[str, ...], ...
     if not ids:
         raise DatasetError(f"list file {path}: no video listed")
     return ids
+
+
+def paper_split_file(benchmark: str) -> Path:
+    """The list file of the paper's split of a benchmark, shipped with tcore.
+
+    Args:
+        benchmark: "davis", "jhmdb" or "vip".
+
+    Returns:
+        The path of the packaged ``davis_vallist_480_880.txt``, ``jhmdb_vallist.txt`` or
+        ``vip_vallist.txt`` (the official T-CoRe lists; see ``splits/README.md`` next to them).
+    """
+    from importlib import resources
+
+    if benchmark not in _PAPER_SPLIT_FILES:
+        raise InvalidInputError(f"benchmark={benchmark!r}: the paper's splits are {', '.join(_PAPER_SPLIT_FILES)}")
+    return Path(str(resources.files(__package__).joinpath("splits", _PAPER_SPLIT_FILES[benchmark])))
+
+
+@lru_cache(maxsize=None)
+def paper_split(benchmark: str) -> tuple[str, ...]:
+    """The video names of the paper's split, in its list's order.
+
+    Returns:
+        30 DAVIS-2017 val sequences ("bike-packing", ...), 268 JHMDB clips ("<action>/<clip>") or
+        50 VIP videos ("videos338", ...), named as the readers name them.
+    """
+    anchors, strip_file = _LIST_FORMAT[benchmark]
+    return tuple(_read_list(paper_split_file(benchmark), anchors, strip_file))
+
+
+def _split(benchmark: str, list_file: str | os.PathLike | None) -> tuple[list[str], str, bool]:
+    """(video names, where they came from, whether they are the paper's split) of a list file, or of
+    the paper's list when `list_file` is None."""
+    if list_file is None:
+        names = list(paper_split(benchmark))
+        return names, f"the paper's split ({len(names)} videos, {_PAPER_SPLIT_FILES[benchmark]} shipped with tcore)", True
+    anchors, strip_file = _LIST_FORMAT[benchmark]
+    names = _read_list(list_file, anchors, strip_file)
+    return names, str(Path(list_file).expanduser()), set(names) == set(paper_split(benchmark))
+
+
+def _check_paper_videos_present(root: Path, names: Sequence[str], frames_dir: tuple[str, ...], benchmark: str) -> None:
+    """The paper's split needs every one of its videos: name how many `root` lacks, and the way out."""
+    missing = [n for n in names if not root.joinpath(*frames_dir, n).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"root {str(root)!r}: {len(missing)} of the {len(names)} videos of the paper's {benchmark} split are "
+            f"missing (first: {'/'.join(frames_dir)}/{missing[0]}); get the whole dataset ({_LAYOUT_HELP[benchmark]}), "
+            f"or pass --list (list_file=) naming the videos you have, one per line (not the paper's split)")
 
 
 def frame_names(folder: Path) -> list[str]:
@@ -223,12 +289,6 @@ def _check_labels_per_frame(video: Video, benchmark: str) -> None:
                                           if benchmark == "davis" else ""))
 
 
-def _natural(name: str) -> tuple:
-    from ..io._common import natural_key
-
-    return natural_key(Path(name))
-
-
 # ------------------------------------------------------------------------------------- readers
 
 
@@ -238,57 +298,51 @@ def read_davis(root: str | os.PathLike, list_file: str | os.PathLike | None = No
     Args:
         root: the folder holding JPEGImages/480p, Annotations/480p and ImageSets/2017/val.txt.
         list_file: another split: sequence names (as val.txt) or the official
-            ``davis_vallist_480_880.txt`` (``<JPEG dir> <Annotation dir>`` per line).
+            ``davis_vallist_480_880.txt`` (``<JPEG dir> <Annotation dir>`` per line). Default: the
+            dataset's ImageSets/2017/val.txt, else the paper's list shipped with tcore.
 
     Returns:
         The `Dataset`; every frame of every sequence has its annotation.
 
     Raises:
         FileNotFoundError: `root` or `list_file` does not exist.
-        DatasetError: a wrong layout, a missing sequence folder or annotation.
+        DatasetError: a wrong layout, a missing sequence folder or annotation (with the paper's
+            list: how many of its sequences are missing).
     """
-    path = _check_root(root, "davis", _DAVIS_FRAMES if list_file else _DAVIS_SPLIT)
+    path = _check_root(root, "davis", _DAVIS_FRAMES)
     for folder in (_DAVIS_FRAMES, _DAVIS_LABELS):
         _require_dir(path.joinpath(*folder), f"root {str(path)!r}", "davis")
+    if list_file is None and path.joinpath(*_DAVIS_SPLIT).is_file():
+        list_file = path.joinpath(*_DAVIS_SPLIT)  # the dataset's own split file
+    names, split, official = _split("davis", list_file)
     if list_file is None:
-        split_file = path.joinpath(*_DAVIS_SPLIT)
-        names = _read_list(split_file, (_DAVIS_FRAMES, _DAVIS_LABELS))
-        split = str(split_file)
-    else:
-        names = _read_list(list_file, (_DAVIS_FRAMES, _DAVIS_LABELS))
-        split = str(Path(list_file).expanduser())
+        _check_paper_videos_present(path, names, _DAVIS_FRAMES, "davis")
     videos = _frame_label_videos(path, names, _DAVIS_FRAMES, _DAVIS_LABELS, "davis", "davis sequence")
-    return Dataset("davis", path, videos, split, official_split=True)
+    return Dataset("davis", path, videos, split, official)
 
 
 def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
-    """The JHMDB clips of `list_file` (the paper's split), else every clip with joint positions.
+    """The JHMDB clips of the paper's split (268 clips, shipped with tcore), or of `list_file`.
 
     Args:
         root: the folder holding Rename_Images/ and joint_positions/.
-        list_file: the official ``jhmdb_vallist.txt`` (``<.mat path> <frames dir>`` per line; any
-            path prefix) or ``<action>/<clip>`` names, one per line. Without it every clip found is
-            used (``official_split=False``: not the paper's split).
+        list_file: another split: a list in the official ``jhmdb_vallist.txt`` format
+            (``<.mat path> <frames dir>`` per line; any path prefix) or ``<action>/<clip>`` names,
+            one per line. Default: the paper's list.
 
     Returns:
         The `Dataset` (clips named ``<action>/<clip>``).
 
     Raises:
         FileNotFoundError: `root` or `list_file` does not exist.
-        DatasetError: a wrong layout, a clip without frames or without joint_positions.mat.
+        DatasetError: a wrong layout, a clip without frames or without joint_positions.mat (with the
+            paper's list: how many of its clips are missing).
     """
     path = _check_root(root, "jhmdb", _JHMDB_LABELS)
     _require_dir(path.joinpath(*_JHMDB_FRAMES), f"root {str(path)!r}", "jhmdb")
-    if list_file is not None:
-        names = _read_list(list_file, (_JHMDB_FRAMES, _JHMDB_LABELS), strip_file=_JHMDB_MAT)
-        split, official = str(Path(list_file).expanduser()), True
-    else:
-        mats = path.joinpath(*_JHMDB_LABELS).glob(f"*/*/{_JHMDB_MAT}")
-        names = sorted(f"{m.parent.parent.name}/{m.parent.name}" for m in mats)
-        if not names:
-            raise DatasetError(f"root {str(path)!r}: no joint_positions/<action>/<clip>/{_JHMDB_MAT} found; "
-                               f"expected {_LAYOUT_HELP['jhmdb']}")
-        split, official = "every clip with joint positions (not the paper's split)", False
+    names, split, official = _split("jhmdb", list_file)
+    if list_file is None:
+        _check_paper_videos_present(path, names, _JHMDB_FRAMES, "jhmdb")
     videos = []
     for name in names:
         video = Video(name, path.joinpath(*_JHMDB_FRAMES, name), path.joinpath(*_JHMDB_LABELS, name, _JHMDB_MAT))
@@ -300,19 +354,21 @@ def read_jhmdb(root: str | os.PathLike, list_file: str | os.PathLike | None = No
 
 
 def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> Dataset:
-    """The VIP videos of `list_file`, else every ``videos*`` folder of Images/ with annotations.
+    """The VIP videos of the paper's split (50 videos, shipped with tcore), or of `list_file`.
 
     Args:
         root: the folder holding Images/ and Annotations/Category_ids/.
-        list_file: the official ``vip_vallist.txt`` (``<Images/videosN> <Annotations/Category_ids/videosN>``
-            per line; any path prefix) or ``videosN`` names.
+        list_file: another split: a list in the official ``vip_vallist.txt`` format
+            (``<Images/videosN> <Annotations/Category_ids/videosN>`` per line; any path prefix) or
+            ``videosN`` names. Default: the paper's list.
 
     Returns:
         The `Dataset`; every frame of every video has its annotation.
 
     Raises:
         FileNotFoundError: `root` or `list_file` does not exist.
-        DatasetError: a wrong layout, a missing video folder or annotation.
+        DatasetError: a wrong layout, a missing video folder or annotation (with the paper's list:
+            how many of its videos are missing).
     """
     top_level = Path(root).expanduser() / _VIP_LABELS[-1]
     if top_level.is_dir() and not Path(root).expanduser().joinpath(*_VIP_LABELS).exists():
@@ -320,20 +376,10 @@ def read_vip(root: str | os.PathLike, list_file: str | os.PathLike | None = None
                            f"lists expect Annotations/Category_ids/; link it: mkdir {Path(root) / 'Annotations'} && "
                            f"ln -s ../Category_ids {Path(root) / 'Annotations' / 'Category_ids'}")
     path = _check_root(root, "vip", _VIP_LABELS)
-    images = path.joinpath(*_VIP_FRAMES)
-    _require_dir(images, f"root {str(path)!r}", "vip")
-    if list_file is not None:
-        names = _read_list(list_file, (_VIP_FRAMES, _VIP_LABELS))
-        split, official = str(Path(list_file).expanduser()), True
-    else:
-        labels = path.joinpath(*_VIP_LABELS)
-        names = sorted((p.name for p in images.iterdir()
-                        if p.is_dir() and p.name.startswith("videos") and (labels / p.name).is_dir()),
-                       key=_natural)
-        if not names:
-            raise DatasetError(f"root {str(path)!r}: no Images/videos* folder with annotations; "
-                               f"expected {_LAYOUT_HELP['vip']}")
-        split, official = "every annotated videos* folder (not the paper's split)", False
+    _require_dir(path.joinpath(*_VIP_FRAMES), f"root {str(path)!r}", "vip")
+    names, split, official = _split("vip", list_file)
+    if list_file is None:
+        _check_paper_videos_present(path, names, _VIP_FRAMES, "vip")
     videos = _frame_label_videos(path, names, _VIP_FRAMES, _VIP_LABELS, "vip", "vip video")
     return Dataset("vip", path, videos, split, official)
 
@@ -345,15 +391,13 @@ def read_index_png(path: Path) -> np.ndarray:
     """(H, W) uint8 ids of a label PNG: palette indices ("P") or grey values ("L").
 
     Raises:
-        DatasetError: an unreadable file, or a colour image whose channels differ.
+        DatasetError: an unreadable file (or one above PIL's decompression-bomb limit), or a colour
+            image whose channels differ.
     """
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
-                raise DatasetError(f"{path}: label image of mode {image.mode!r}; expected palette or grey ids")
-            ids = np.asarray(image)
-    except (OSError, SyntaxError, EOFError) as err:
-        raise DatasetError(f"{path}: unreadable label image ({err})") from err
+    image = read_image(path, f"label image {path}", DatasetError)  # upright, as frames are read
+    if image.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
+        raise DatasetError(f"{path}: label image of mode {image.mode!r}; expected palette or grey ids")
+    ids = np.asarray(image)
     if ids.ndim == 3:  # grey ids saved as RGB: all channels equal
         if not (ids[..., :3] == ids[..., :1]).all():
             raise DatasetError(f"{path}: a colour label image; expected palette indices or grey class ids")
@@ -385,7 +429,8 @@ def jhmdb_ground_truth(video: Video) -> np.ndarray:
     try:
         from scipy.io import loadmat
     except ImportError as err:
-        raise ImportError('reading JHMDB joint_positions.mat needs scipy: pip install "tcore[eval]"') from err
+        raise MissingDependencyError(
+            'reading JHMDB joint_positions.mat needs scipy: pip install "tcore[eval]"') from err
     try:
         contents = loadmat(str(video.labels))
     except (OSError, ValueError, TypeError) as err:

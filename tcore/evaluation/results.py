@@ -23,7 +23,7 @@ import torch
 from .._lock import is_lock_file
 from .._version import __version__
 from ..errors import InvalidInputError
-from ..files import sha256sum, write_text_atomic  # results are written through tcore's one atomic writer
+from ..files import sha256sum, write_text_atomic, writing  # results are written through tcore's one atomic writer
 
 __all__ = [
     "COLUMNS",
@@ -197,15 +197,16 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
 
     Raises:
         ManifestMismatchError: another run's outputs and not `overwrite`.
-        ValueError: a non-empty folder that is not a tcore results folder, or a path that is a file.
+        InvalidInputError: a non-empty folder that is not a tcore results folder, or a path that is a file.
+        FileAccessError: the folder cannot be made (a full disk, no permission).
     """
     manifest_path = folder / MANIFEST_NAME
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"out_dir: {folder} is a file; give a folder for the results")
+        raise InvalidInputError(f"out_dir: {folder} is a file; give a folder for the results")
     if folder.is_dir() and _contents(folder):
         if not manifest_path.is_file():
-            raise ValueError(f"out_dir: {folder} is not empty and holds no {MANIFEST_NAME}, so it is not a tcore "
-                             f"results folder; pick a new or empty folder with -o (out_dir=)")
+            raise InvalidInputError(f"out_dir: {folder} is not empty and holds no {MANIFEST_NAME}, so it is not a "
+                                    f"tcore results folder; pick a new or empty folder with -o (out_dir=)")
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as err:
@@ -221,7 +222,8 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
         else:
             shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
             return
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(manifest_path, manifest)
 
 
@@ -273,7 +275,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
         summary: the dict `evaluate` returns.
 
     Returns:
-        Text lines (percent, one decimal), with notes when the run is not the paper's protocol.
+        Text lines (percent, one decimal). A run of DAVIS, JHMDB or VIP that is not the paper's
+        protocol (`summary["paper_protocol"]` False: another split, size or precision) says so on
+        the line under the header; the notes say why.
     """
     benchmark = summary["benchmark"]
     columns = COLUMNS[benchmark]
@@ -291,6 +295,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
         rows.append((f"paper: {summary['paper']['name']}", summary["paper"]["scores"]))
     width = max(len(label) for label, _ in rows) + 2
     lines = [header, " " * width + "".join(f"{c:>10}" for c in columns)]
+    if benchmark in _PAPER_BENCHMARKS and not summary.get("paper_protocol", True):
+        lines.insert(1, "NOT the paper's protocol (see the notes): these numbers do not compare with the paper's")
     for label, scores in rows:
         lines.append(f"{label:<{width}}" + "".join(_cell(scores.get(c)) for c in columns))
     lines += [f"note: {note}" for note in summary.get("notes", [])]

@@ -22,6 +22,7 @@ import torch
 from .._lock import FolderLock, FolderLockedError
 from .._outputs import check_output_folder, missing_folders, remove_if_empty
 from ..devices import resolve_device
+from ..errors import InvalidInputError, UserError
 from ..distributed import DistInfo, all_gather_objects, broadcast_object, torchrun_env
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
@@ -50,15 +51,15 @@ def read_dataset(benchmark: str, root: str | os.PathLike, list_file: str | os.Pa
         split: YouTube-VOS / MOSE only: the split folder ("valid" by default).
 
     Raises:
-        ValueError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
+        InvalidInputError: an unknown benchmark name, or `split` for DAVIS, JHMDB or VIP.
     """
     if benchmark in ("ytvos", "mose"):
         return (read_ytvos if benchmark == "ytvos" else read_mose)(root, list_file, split or "valid")
     if benchmark not in _READERS:
-        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+        raise InvalidInputError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
     if split is not None:
-        raise ValueError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
-                         f"split as a list file (--list)")
+        raise InvalidInputError(f"split={split!r}: only ytvos and mose have split folders; {benchmark} takes its "
+                                f"split as a list file (--list)")
     return _READERS[benchmark](root, list_file)
 
 
@@ -74,7 +75,7 @@ def shard_videos(videos: Sequence[_T], rank: int, world_size: int) -> list[_T]:
         `videos[rank::world_size]`; the shards of all ranks partition `videos`.
     """
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
+        raise InvalidInputError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
     return list(videos[rank::world_size])
 
 
@@ -102,15 +103,21 @@ def _init_distributed() -> tuple[DistInfo, bool]:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size()), True
 
 
+class _OtherRankFailed(UserError, RuntimeError):
+    """Another rank stopped on the user's mistake (its message follows the rank)."""
+
+
 def _raise_if_any_failed(dist_info: DistInfo, error: BaseException | None) -> None:
-    """Collective: every rank raises when one failed (its own error, or a note naming the rank)."""
-    messages = all_gather_objects(None if error is None else f"{type(error).__name__}: {error}", dist_info)
+    """Collective: every rank raises when one failed (its own error, or a note naming the rank:
+    one line when that rank's error is the user's to fix, a bug otherwise)."""
+    report = None if error is None else (isinstance(error, UserError), f"{type(error).__name__}: {error}")
+    reports = all_gather_objects(report, dist_info)
     if error is not None:
         raise error
-    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
     if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"evaluation failed on rank {rank}: {message}")
+        rank, (users, message) = failed[0]
+        raise (_OtherRankFailed if users else RuntimeError)(f"evaluation failed on rank {rank}: {message}")
 
 
 def _pick_device(device: str | torch.device | None, dist_info: DistInfo) -> torch.device:
@@ -125,8 +132,8 @@ def _check_outside(results: Path, root: Path) -> None:
     """Results are never written into the dataset folder."""
     out, data = results.expanduser().resolve(), root.resolve()
     if out == data or data in out.parents:
-        raise ValueError(f"out_dir: {results} is inside the dataset folder {root}; results are never written into "
-                         f"the dataset: pick a folder outside it with -o (out_dir=)")
+        raise InvalidInputError(f"out_dir: {results} is inside the dataset folder {root}; results are never written "
+                                f"into the dataset: pick a folder outside it with -o (out_dir=)")
 
 
 def _protocol(benchmark: str, size: tuple[int, int] | None, precision: str) -> dict[str, Any]:
@@ -149,10 +156,21 @@ def _working_sizes(dataset: Dataset, patch_size: int, size: tuple[int, int] | No
     return [list(s) for s in sorted(sizes)]
 
 
+def _split_note(dataset: Dataset) -> str:
+    """What a split that is not the paper's is, and how to get the paper's."""
+    from .datasets import paper_split
+
+    paper = paper_split(dataset.benchmark)
+    shared = len({v.name for v in dataset.videos} & set(paper))
+    return (f"split: {len(dataset.videos)} videos from {dataset.split}, {shared} of them among the paper's "
+            f"{len(paper)}: not the paper's split; without --list (list_file=) tcore uses the paper's")
+
+
 def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> list[str]:
     notes = []
     if not dataset.official_split:
-        notes.append(f"split: {dataset.split}; pass --list (list_file=) with the official list to reproduce the paper")
+        notes.append(_split_note(dataset) if dataset.benchmark in _PAPER_BENCHMARKS
+                     else f"split: {dataset.split} (not the benchmark's validation split)")
     if size is not None:
         notes.append("--size (size=) overrides the paper's working size: not comparable with the paper")
     if precision != "fp32":
@@ -161,6 +179,11 @@ def _notes(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> li
         notes.append(f"{dataset.benchmark}: the paper reports no number for it (T-CoRe evaluates DAVIS, JHMDB and "
                      "VIP); the protocol is the paper's DAVIS hyper-parameters at short side 480, aspect kept")
     return notes
+
+
+def _is_paper_protocol(dataset: Dataset, size: tuple[int, int] | None, precision: str) -> bool:
+    """A run the paper's numbers compare with: its benchmark, its split (by content), its size, fp32."""
+    return dataset.benchmark in _PAPER_BENCHMARKS and dataset.official_split and size is None and precision == "fp32"
 
 
 def evaluate(
@@ -197,9 +220,9 @@ def evaluate(
             `tcore.evaluation.vos`).
         model: as `propagate_masks`'s `model=` (None: tcore_vits16, Kinetics-400); loaded once.
         out_dir: the results folder.
-        list_file: the split (DAVIS default ImageSets/2017/val.txt; JHMDB/VIP the official
-            jhmdb_vallist.txt / vip_vallist.txt; without one every clip/video found, with a note;
-            YouTube-VOS / MOSE: a subset, one video name per line).
+        list_file: the split. Default: the paper's (DAVIS: the dataset's ImageSets/2017/val.txt,
+            else the paper's list; JHMDB, VIP: the paper's lists, shipped with tcore); a list that
+            is not the paper's set of videos is noted. YouTube-VOS / MOSE: a subset, one video name per line.
         split: YouTube-VOS / MOSE: the split folder ("valid" by default; "train" has ground truth).
         overwrite: delete this benchmark's outputs in `out_dir` and start again.
         device: None picks CUDA (each rank its local GPU), then MPS, then CPU.
@@ -214,24 +237,28 @@ def evaluate(
         released model's numbers from the registry, or None); "details" (DAVIS official fractions
         and per-sequence J/F, all PCK alphas per joint and per clip, VIP IoU per class and per
         video); "n_videos", "n_resumed", "n_predicted"; "model", "protocol", "manifest",
-        "working_sizes", "split", "official_split", "notes", "out_dir", "files".
+        "working_sizes", "split", "official_split" (the set of videos equals the paper's list),
+        "paper_protocol" (that split, the preset's size, fp32: comparable with the paper), "notes",
+        "out_dir", "files".
 
     Raises:
-        FileNotFoundError: a missing dataset folder, list file or model.
+        MissingFileError: a missing dataset folder, list file or model.
         DatasetError: a dataset that does not have the official layout.
         ManifestMismatchError: `out_dir` holds another run's outputs (pass overwrite=True).
         FolderLockedError: another live evaluation writes into ``<out_dir>/<benchmark>/`` (one run per
-            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`).
-        ValueError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
+            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`), checked before the
+            model is loaded.
+        InvalidInputError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
             video the propagation refuses (the message names it).
-        PermissionError: `out_dir` is not writable.
+        FileAccessError: `out_dir` is not writable, or a write fails (a full disk: names the file).
+        (Each is a `tcore.errors.UserError`; anything else is a bug.)
     """
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+        raise InvalidInputError(f"benchmark={benchmark!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+        raise InvalidInputError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     if size is not None and (len(size) != 2 or min(size) < 1):
-        raise ValueError(f"size={size!r}: expected (H, W) in pixels")
+        raise InvalidInputError(f"size={size!r}: expected (H, W) in pixels")
     resolve_device(device)  # a device this machine lacks is named before anything is read
     dataset = read_dataset(benchmark, root, list_file, split)
     results = check_output_folder(Path(out_dir).expanduser() / benchmark, "out_dir")
@@ -294,16 +321,14 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
     if dist_info.rank == 0:
         try:
             prepare_results_folder(results, manifest, overwrite)
-        except (ValueError, OSError) as err:
+        except Exception as err:  # every rank must learn that rank 0 failed, or the others wait forever
             error = err
     _raise_if_any_failed(dist_info, error)
     backbone.to(torch_device)
 
     is_main = dist_info.rank == 0
-    if is_main and not dataset.official_split:
-        _logger.warning("%s: no list file given, so all %d videos found under %s are evaluated: this is NOT the "
-                        "paper's split; pass --list (list_file=) with the official %s_vallist.txt to reproduce it",
-                        benchmark, len(dataset.videos), dataset.root, benchmark)
+    if is_main and benchmark in _PAPER_BENCHMARKS and not dataset.official_split:
+        _logger.warning("%s: NOT the paper's split (%s)", benchmark, _split_note(dataset))
     settings = RunSettings(size, torch_device, batch_size, precision, progress and is_main, f"r{dist_info.rank}")
     counts = _predict_shard(dataset, results, dist_info, lock, backbone, settings)
 
@@ -327,6 +352,7 @@ def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock 
             "root": str(dataset.root),
             "split": dataset.split,
             "official_split": dataset.official_split,
+            "paper_protocol": _is_paper_protocol(dataset, size, precision),
             "model": info,
             "protocol": protocol,
             "working_sizes": _working_sizes(dataset, int(backbone.patch_size), size),
@@ -374,12 +400,10 @@ def _predict_shard(dataset: Dataset, results: Path, dist_info: DistInfo, lock: F
 
 
 def _predict(bench: Any, video: Any, backbone: torch.nn.Module, results: Path, settings: RunSettings) -> None:
-    """Predict one video; errors name the video."""
+    """Predict one video; a user's error names the video (same class), anything else is a bug."""
     try:
         bench.predict(video, backbone, results, settings)
     except DatasetError:  # already names the video
         raise
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{bench.name} video {video.name!r}: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{bench.name} video {video.name!r}: {err}") from err
+    except UserError as err:
+        raise type(err)(f"{bench.name} video {video.name!r}: {err}") from err

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import MissingFileError
 from ..files import write_atomic
 from ..metrics import davis_scores
 from .benchmarks import Benchmark, RunSettings, Scored, _missing_output, _naming, _partial, _publish
@@ -79,7 +80,7 @@ def _video_names(frames_root: Path, labels_root: Path, list_file: str | os.PathL
         return sorted(p.name for p in frames_root.iterdir() if p.is_dir() and (labels_root / p.name).is_dir())
     path = Path(list_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"list file {str(path)!r}: no such file")
+        raise MissingFileError(f"list file {str(path)!r}: no such file")
     names = [line.strip().strip("/") for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DatasetError(f"list file {path}: no video listed")
@@ -150,7 +151,7 @@ def read_mose(root: str | os.PathLike, list_file: str | os.PathLike | None = Non
     """
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"root {str(base)!r}: no such folder; expected {_LAYOUT_HELP['mose']}")
+        raise MissingFileError(f"root {str(base)!r}: no such folder; expected {_LAYOUT_HELP['mose']}")
     folder = base / split if (base / split / "JPEGImages").is_dir() else base
     if not (folder / "JPEGImages").is_dir() or not (folder / "Annotations").is_dir():
         raise DatasetError(f"root {str(base)!r}: no JPEGImages/ and Annotations/ (nor {split}/ with them); "

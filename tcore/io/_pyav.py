@@ -1,7 +1,7 @@
 """Video files through PyAV (the optional `video` extra): a streaming decoder and an encoder.
 
 `av` is imported inside the functions here, never at module level, so `import tcore` and every
-other source work without it; its absence raises an ImportError that names the extra.
+other source work without it; its absence raises a `MissingDependencyError` (an ImportError) that names the extra.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ..errors import InvalidInputError, MissingDependencyError
 from .frames import FrameReadError, VideoFrames
 
 __all__ = ["VideoFileFrames", "import_av", "write_video"]
@@ -21,11 +22,11 @@ _ENCODERS = ("libx264", "h264", "mpeg4")  # first available wins
 
 
 def import_av() -> ModuleType:
-    """The `av` module, or an ImportError that says how to install it."""
+    """The `av` module, or a `MissingDependencyError` that says how to install it."""
     try:
         import av
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             'Video files need PyAV, installed by tcore\'s "video" extra: pip install "tcore[video]" '
             "(or pip install av). Without it, pass a folder of frames instead.") from err
     return av
@@ -52,7 +53,7 @@ class VideoFileFrames(VideoFrames):
             self._len: int | None = stream.frames or None
             first = next(_decode(container, stream), None)  # its size is after rotation
         if first is None:
-            raise ValueError(f"source: the video {str(path)!r} holds no frames")
+            raise InvalidInputError(f"source: the video {str(path)!r} holds no frames")
         self._size = first.shape[:2]
         self._reader: tuple[Any, Iterator[np.ndarray]] | None = None  # indexing: (container, frames)
         self._next_index = 0  # index of the frame the reader yields next
@@ -117,10 +118,10 @@ class VideoFileFrames(VideoFrames):
         try:
             container = av.open(str(self._path))
         except av.FFmpegError as err:
-            raise ValueError(f"source: {str(self._path)!r} could not be opened as a video: {err}") from err
+            raise InvalidInputError(f"source: {str(self._path)!r} could not be opened as a video: {err}") from err
         if not container.streams.video:
             container.close()
-            raise ValueError(f"source: {str(self._path)!r} has no video stream")
+            raise InvalidInputError(f"source: {str(self._path)!r} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return container, stream
@@ -164,13 +165,14 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
         The number of frames written.
 
     Raises:
-        ValueError: no frames, or frames of different sizes.
+        InvalidInputError: no frames, or frames of different sizes.
+        MissingDependencyError: this PyAV build has no video encoder tcore can use.
     """
     av = import_av()
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
-        raise ValueError(f"no frames to write to {str(path)!r}")
+        raise InvalidInputError(f"frames: nothing to write to {str(path)!r} (no frames given)")
     height, width = first.shape[0] // 2 * 2, first.shape[1] // 2 * 2
     codec = _pick_encoder(av)
     count = 0
@@ -183,7 +185,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
             stream.options = {"crf": "18"}
         for frame in itertools.chain([first], frames):
             if frame.shape != first.shape:
-                raise ValueError(f"frame {count} has shape {frame.shape} but frame 0 has {first.shape}")
+                raise InvalidInputError(f"frames: frame {count} has shape {frame.shape} but frame 0 has {first.shape}")
             even = np.ascontiguousarray(frame[:height, :width])
             container.mux(stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")))
             count += 1
@@ -198,4 +200,5 @@ def _pick_encoder(av: ModuleType) -> str:
         except (ValueError, av.FFmpegError):
             continue
         return name
-    raise ValueError(f"this PyAV build has none of the video encoders {_ENCODERS}; write a .gif instead")
+    raise MissingDependencyError(f"this PyAV build has none of the video encoders {_ENCODERS}; write a .gif instead, "
+                                 "or install a PyAV build with libx264 (pip install av)")

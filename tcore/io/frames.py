@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidTypeError
 from ._common import describe
 
 __all__ = ["FrameReadError", "VideoFrames"]
@@ -61,7 +61,7 @@ class VideoFrames(abc.ABC):
         try:
             i = operator.index(index)
         except TypeError:
-            raise TypeError(f"frames[index]: index must be an int or a slice, got {describe(index)}") from None
+            raise InvalidTypeError(f"frames[index]: index must be an int or a slice, got {describe(index)}") from None
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"frames[{i}]: index out of range for a video of {n} frames")

@@ -13,8 +13,10 @@ How `read_mask` reads a mask:
   * object ids (kept as given) when 255 does not occur together with other non-zero values and at
     most `MAX_GREY_IDS` (32) distinct non-zero values occur;
   * anything else is a soft mask (anti-aliased edges, a probability or saliency map, a JPEG):
-    a ValueError that suggests `threshold=`. To read a grey image with more ids, or with 255 as
+    an error that suggests `threshold=`. To read a grey image with more ids, or with 255 as
     void, pass it as a palette image (`image.putpalette(DAVIS_PALETTE.tobytes())`).
+  * integer ids above 255 (a 16-bit id mask, e.g. instance ids 1000, 2000): an error that says
+    how to renumber them 1..N (`threshold=` would merge every object into one).
 - colour image (RGB, RGBA: alpha ignored; JPEG): each distinct colour is one object, black is
   background, objects numbered 1..N in lexicographic (R, G, B) order; at most 254 colours. An
   image whose pixels all have R == G == B is read as a grey image. An anti-aliased colour mask
@@ -24,6 +26,11 @@ How `read_mask` reads a mask:
   the blends 191, 128, 64, ...). Two blended colours or more make a mask anti-aliased.
 - `threshold=T`: pixels whose grey value (colour images: luminance, ITU-R 601-2 as PIL's "L")
   is >= T are object 1, the rest background. Palette images refuse it (they hold ids already).
+
+A mask file is read upright, as viewers show it (its EXIF orientation applied, as for frames), and
+one that declares more pixels than PIL's decompression-bomb limit is refused naming the file
+(`tcore.io._images`). Every error is a `tcore.errors.UserError`: `InvalidInputError` (a
+ValueError), `InvalidTypeError` (a TypeError) or `MissingFileError` (a FileNotFoundError).
 """
 from __future__ import annotations
 
@@ -34,14 +41,16 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidInputError, InvalidTypeError, MissingFileError
+from ..files import writing
 from ._common import as_numpy, describe, is_path, is_tensor
+from ._images import read_image
 
 __all__ = ["DAVIS_PALETTE", "MAX_GREY_IDS", "read_mask", "write_mask", "write_masks"]
 
 MAX_GREY_IDS = 32  # a grey mask with more distinct non-zero values is taken to be soft
 _MAX_COLOURS = 254  # ids 1..254; 255 is void in palette PNGs
 _MAX_BLENDED_COLOURS = 2  # a colour mask with this many blended colours is anti-aliased
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 def _davis_palette() -> np.ndarray:
@@ -74,10 +83,11 @@ def read_mask(source: Any, threshold: float | None = None) -> tuple[np.ndarray, 
         palette: (256, 3) uint8 for a palette image (entries it lacks are DAVIS colours), else None.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: a soft mask without `threshold` (the message suggests one), values outside
-            [0, 255], more than 254 colours, `threshold` with a palette image, an unreadable file.
-        TypeError: an unsupported source or dtype.
+        MissingFileError: no such file.
+        InvalidInputError: a soft mask without `threshold` (the message suggests one), ids outside
+            [0, 255], more than 254 colours, `threshold` with a palette image, an unreadable file,
+            a file above PIL's decompression-bomb limit.
+        InvalidTypeError: an unsupported source or dtype.
     """
     _check_threshold(threshold)
     if is_path(source):
@@ -87,8 +97,8 @@ def read_mask(source: Any, threshold: float | None = None) -> tuple[np.ndarray, 
     elif isinstance(source, np.ndarray) or is_tensor(source):
         return _ids_from_array(as_numpy(source), threshold, f"mask ({describe(source)})"), None
     else:
-        raise TypeError(f"mask: expected a path, a PIL image, or an (H, W) numpy array or torch tensor "
-                        f"of object ids, got {describe(source)}")
+        raise InvalidTypeError(f"mask: expected a path, a PIL image, or an (H, W) numpy array or torch tensor "
+                               f"of object ids, got {describe(source)}")
     return _ids_from_image(image, threshold, label)
 
 
@@ -96,26 +106,22 @@ def _check_threshold(threshold: Any) -> None:
     if threshold is None:
         return
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold != threshold:
-        raise TypeError(f"threshold: expected a number such as 128 (or 0.5 for probabilities), got {threshold!r}")
+        raise InvalidTypeError(f"threshold: expected a number such as 128 (or 0.5 for probabilities), "
+                               f"got {threshold!r}")
 
 
 def _open_image(path: Path) -> Image.Image:
     if not path.is_file():
-        raise FileNotFoundError(f"mask: no such file: {str(path)!r}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except _PIL_ERRORS as err:
-        raise ValueError(f"mask {str(path)!r} could not be read as an image: {err}") from err
-    return image
+        raise MissingFileError(f"mask: no such file: {str(path)!r}")
+    return read_image(path, f"mask {str(path)!r}", InvalidInputError)
 
 
 def _ids_from_image(image: Image.Image, threshold: float | None,
                     label: str) -> tuple[np.ndarray, np.ndarray | None]:
     if image.mode in ("P", "PA"):
         if threshold is not None:
-            raise ValueError(f"{label}: threshold= binarises grey or colour masks, but this palette "
-                             f"image already holds object ids; drop threshold=")
+            raise InvalidInputError(f"{label}: threshold= binarises grey or colour masks, but this palette "
+                                    f"image already holds object ids; drop threshold=")
         ids = np.array(image.getchannel(0), dtype=np.uint8)
         ids[ids == 255] = 0  # void
         return ids, _as_palette(image.getpalette("RGB") or None)
@@ -131,9 +137,9 @@ def _ids_from_array(array: np.ndarray, threshold: float | None, label: str) -> n
         return _ids_from_colour(np.ascontiguousarray(array[..., :3]), threshold, label)
     if array.ndim != 2:
         hint = " Drop the leading dimension: mask[0]." if array.ndim == 3 and array.shape[0] == 1 else ""
-        raise ValueError(f"{label}: expected an (H, W) array of object ids.{hint}")
+        raise InvalidInputError(f"{label}: expected an (H, W) array of object ids.{hint}")
     if not (array.dtype == bool or np.issubdtype(array.dtype, np.number)) or np.iscomplexobj(array):
-        raise TypeError(f"{label}: expected integer, bool or float values")
+        raise InvalidTypeError(f"{label}: expected integer, bool or float values")
     return _ids_from_grey(array, threshold, label)
 
 
@@ -147,11 +153,10 @@ def _ids_from_grey(values: np.ndarray, threshold: float | None, label: str) -> n
     if np.issubdtype(values.dtype, np.floating):
         if np.isnan(low) or np.isnan(high) or not np.array_equal(values, np.round(values)):
             example = 0.5 if high <= 1 else 128
-            raise ValueError(f"{label}: has fractional values in [{low:g}, {high:g}], not object ids; "
-                             f"binarise it with threshold=, e.g. threshold={example}")
+            raise InvalidInputError(f"{label}: has fractional values in [{low:g}, {high:g}], not object ids; "
+                                    f"binarise it with threshold=, e.g. threshold={example}")
     if low < 0 or high > 255:
-        raise ValueError(f"{label}: object ids must be in [0, 255], got values in [{low:g}, {high:g}]; "
-                         f"for a soft 16-bit mask pass threshold= (e.g. threshold={high / 2:g})")
+        raise _out_of_range_error(values, low, high, label)
     ids = values.astype(np.uint8)
     levels = np.flatnonzero(np.bincount(ids.ravel(), minlength=256)[1:]) + 1  # non-zero values present
     if levels.size == 0 or levels.tolist() == [255]:
@@ -161,8 +166,26 @@ def _ids_from_grey(values: np.ndarray, threshold: float | None, label: str) -> n
     return ids
 
 
-def _soft_mask_error(label: str, levels: np.ndarray) -> ValueError:
-    return ValueError(
+def _out_of_range_error(values: np.ndarray, low: float, high: float, label: str) -> InvalidInputError:
+    """Grey values outside [0, 255]: ids to renumber (a few distinct values), else a soft 16-bit mask."""
+    prefix = f"{label}: object ids must be in [0, 255], got values in [{low:g}, {high:g}]"
+    if low < 0:
+        return InvalidInputError(f"{prefix}; negative values are not ids (a normalised or signed image?)")
+    present = np.unique(values)
+    n_ids = int(np.count_nonzero(present))
+    if n_ids <= MAX_GREY_IDS:  # a 16-bit id mask: threshold= would merge its objects into one
+        shown = ", ".join(f"{v:g}" for v in present[present != 0][:8]) + (", ..." if n_ids > 8 else "")
+        return InvalidInputError(
+            f"{prefix}: {n_ids} object id{'s' * (n_ids != 1)} ({shown}), a 16-bit id mask; renumber them 1..{n_ids} "
+            f"(0, if present, stays background), e.g. np.unique(mask, return_inverse=True)[1].reshape(mask.shape)"
+            f".astype(np.uint8)")
+    return InvalidInputError(
+        f"{prefix} with {present.size} distinct levels: a soft 16-bit mask (a probability or depth map), not object "
+        f"ids; binarise it with threshold=, e.g. threshold={high / 2:g} (command line: --threshold {high / 2:g})")
+
+
+def _soft_mask_error(label: str, levels: np.ndarray) -> InvalidInputError:
+    return InvalidInputError(
         f"{label} looks like a soft mask (anti-aliased edges, a probability or saliency map, or a "
         f"JPEG), not object ids: it has {levels.size} distinct non-zero grey levels "
         f"({levels[0]}..{levels[-1]}). Binarise it with threshold=, e.g. threshold=128 "
@@ -183,7 +206,7 @@ def _ids_from_colour(rgb: np.ndarray, threshold: float | None, label: str) -> np
     colours = np.unique(packed)
     colours = colours[colours != 0]
     if colours.size > _MAX_COLOURS:
-        raise ValueError(
+        raise InvalidInputError(
             f"{label} has {colours.size} distinct colours; a colour mask may hold at most "
             f"{_MAX_COLOURS} objects. A JPEG or anti-aliased mask has many colours: binarise it "
             f"with threshold=, e.g. threshold=128, or save the ids as a palette PNG")
@@ -242,9 +265,9 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"))
 
 
-def _anti_aliased_error(label: str, n_colours: int, n_blends: int, luminance: np.ndarray) -> ValueError:
+def _anti_aliased_error(label: str, n_colours: int, n_blends: int, luminance: np.ndarray) -> InvalidInputError:
     example = max(1, round(int(luminance.max()) / 2))  # half the brightest object's luminance
-    return ValueError(
+    return InvalidInputError(
         f"{label} looks anti-aliased (soft edges from a soft brush, a smooth resize or a JPEG), not one colour "
         f"per object: it has {n_colours} distinct colours, and {n_blends} of them are blends found only on the "
         f"borders between other colours. Save the mask without anti-aliasing (a hard brush, nearest-neighbour "
@@ -261,10 +284,10 @@ def _as_palette(palette: Any) -> np.ndarray:
         colours = colours.reshape(-1, 3)
     if (colours.ndim != 2 or colours.shape[1] != 3 or len(colours) > 256
             or not np.issubdtype(colours.dtype, np.integer)):
-        raise ValueError(f"palette: expected up to 256 RGB colours as an (N, 3) integer array or a flat "
-                         f"list of 3N values, got {describe(colours)}")
+        raise InvalidInputError(f"palette: expected up to 256 RGB colours as an (N, 3) integer array or a flat "
+                                f"list of 3N values, got {describe(colours)}")
     if colours.size and (colours.min() < 0 or colours.max() > 255):
-        raise ValueError(f"palette: colours must be in [0, 255], got [{colours.min()}, {colours.max()}]")
+        raise InvalidInputError(f"palette: colours must be in [0, 255], got [{colours.min()}, {colours.max()}]")
     return np.concatenate([colours.astype(np.uint8), DAVIS_PALETTE[len(colours):]])
 
 
@@ -272,15 +295,15 @@ def _check_ids(ids: Any, name: str) -> np.ndarray:
     """An (H, W) mask of object ids in [0, 254] as uint8, or an error naming `name`."""
     array = as_numpy(ids)
     if array.ndim != 2:
-        raise ValueError(f"{name}: expected an (H, W) mask of object ids, got {describe(ids)}")
+        raise InvalidInputError(f"{name}: expected an (H, W) mask of object ids, got {describe(ids)}")
     if array.dtype == bool:
         return array.astype(np.uint8)
     if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{name}: object ids must be integers, got {describe(ids)}; "
-                        f"convert with .round().astype(np.uint8) or threshold the probabilities")
+        raise InvalidTypeError(f"{name}: object ids must be integers, got {describe(ids)}; "
+                               f"convert with .round().astype(np.uint8) or threshold the probabilities")
     if array.size and (array.min() < 0 or array.max() > _MAX_COLOURS):
-        raise ValueError(f"{name}: object ids must be in [0, {_MAX_COLOURS}] (255 is void in palette "
-                         f"PNGs), got values in [{array.min()}, {array.max()}]")
+        raise InvalidInputError(f"{name}: object ids must be in [0, {_MAX_COLOURS}] (255 is void in palette "
+                                f"PNGs), got values in [{array.min()}, {array.max()}]")
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
@@ -294,12 +317,17 @@ def write_mask(path: str | Path, ids: Any, palette: Any = None) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        FileAccessError: a full disk or no permission (names the file), as soon as the write fails.
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"path: indexed masks are PNG files, got {str(path)!r}; end the name with .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_png(path, _check_ids(ids, "ids"), _as_palette(palette))
+        raise InvalidInputError(f"path: indexed masks are PNG files, got {str(path)!r}; end the name with .png")
+    ids, colours = _check_ids(ids, "ids"), _as_palette(palette)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _write_png(path, ids, colours)
     return path
 
 
@@ -307,7 +335,8 @@ def _write_png(path: Path, ids: np.ndarray, palette: np.ndarray) -> None:
     """Write checked uint8 (H, W) ids with a (256, 3) uint8 palette as a "P" mode PNG."""
     image = Image.fromarray(ids)  # mode "L"
     image.putpalette(palette.tobytes())  # -> mode "P", 256 colours
-    image.save(path)
+    with writing(path):
+        image.save(path)
 
 
 def write_masks(out_dir: str | Path, masks: Any, palette: Any = None,
@@ -323,23 +352,27 @@ def write_masks(out_dir: str | Path, masks: Any, palette: Any = None,
 
     Returns:
         The paths written, in order.
+
+    Raises:
+        FileAccessError: a full disk or no permission (names the file), as soon as a write fails.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     colours = _as_palette(palette)
     names = None if names is None else list(names)
     if names is not None and (isinstance(masks, np.ndarray) or is_tensor(masks)) and len(masks) != len(names):
-        raise ValueError(f"names: {len(names)} names for {len(masks)} masks; pass one name per mask")
+        raise InvalidInputError(f"names: {len(names)} names for {len(masks)} masks; pass one name per mask")
     paths = []
     for t, ids in _iter_masks(masks):
         if names is not None and not 0 <= t < len(names):
-            raise ValueError(f"names: no name for mask {t} ({len(names)} names given)")
+            raise InvalidInputError(f"names: no name for mask {t} ({len(names)} names given)")
         name = f"{t:05d}" if names is None else names[t]
         path = out / f"{name}.png"
         _write_png(path, _check_ids(ids, f"masks[{t}]"), colours)
         paths.append(path)
     if not paths:
-        raise ValueError("masks: nothing to write (no masks given)")
+        raise InvalidInputError("masks: nothing to write (no masks given)")
     return paths
 
 
@@ -347,12 +380,13 @@ def _iter_masks(masks: Any) -> Iterator[tuple[int, Any]]:
     """(t, (H, W) mask) from a (T, H, W) array/tensor or an iterable of masks or (t, mask) pairs."""
     if isinstance(masks, np.ndarray) or is_tensor(masks):
         if masks.ndim != 3:
-            raise ValueError(f"masks: expected (T, H, W) object ids, got {describe(masks)}"
+            raise InvalidInputError(f"masks: expected (T, H, W) object ids, got {describe(masks)}"
                              + ("; for one mask use write_mask" if masks.ndim == 2 else ""))
         yield from enumerate(masks)
         return
     if isinstance(masks, (str, bytes, Path)) or not isinstance(masks, Iterable):
-        raise TypeError(f"masks: expected a (T, H, W) array or an iterable of (H, W) masks, got {describe(masks)}")
+        raise InvalidTypeError(f"masks: expected a (T, H, W) array or an iterable of (H, W) masks, "
+                               f"got {describe(masks)}")
     for position, item in enumerate(masks):
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, np.integer)):
             yield int(item[0]), item[1]

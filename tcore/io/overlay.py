@@ -12,6 +12,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 from PIL import GifImagePlugin, Image
 
+from ..errors import InvalidInputError
+from ..files import writing
 from ._common import describe, is_path, is_tensor
 from .masks import _as_palette, _check_ids, _iter_masks
 from .video import image_to_rgb, read_video
@@ -38,9 +40,9 @@ def overlay(frame: Any, ids: Any, palette: Any = None, alpha: float = 0.5) -> np
     rgb = _as_rgb(frame)
     ids = _check_ids(ids, "ids")
     if ids.shape != rgb.shape[:2]:
-        raise ValueError(f"ids: mask size (H, W) = {ids.shape} differs from the frame size {rgb.shape[:2]}")
+        raise InvalidInputError(f"ids: mask size (H, W) = {ids.shape} differs from the frame size {rgb.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a fill opacity in [0, 1], got {alpha!r}")
+        raise InvalidInputError(f"alpha: expected a fill opacity in [0, 1], got {alpha!r}")
     colours = _as_palette(palette)[ids]  # (H, W, 3)
     inside = ids > 0
     out = rgb.astype(np.float32)
@@ -55,7 +57,7 @@ def _as_rgb(frame: Any) -> np.ndarray:
         return image_to_rgb(frame, "frame")
     array = np.asarray(frame)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"frame: expected a uint8 (H, W, 3) RGB image, got {describe(frame)}")
+        raise InvalidInputError(f"frame: expected a uint8 (H, W, 3) RGB image, got {describe(frame)}")
     return array
 
 
@@ -90,8 +92,9 @@ def write_overlay(path: str | Path, frames: Any, masks: Any, palette: Any = None
         `path`.
 
     Raises:
-        ValueError: an unknown suffix, different numbers of frames and masks, or sizes that differ.
-        ImportError: a video suffix without PyAV (`pip install "tcore[video]"`).
+        InvalidInputError: an unknown suffix, different numbers of frames and masks, or sizes that differ.
+        MissingDependencyError: a video suffix without PyAV (`pip install "tcore[video]"`).
+        FileAccessError: a full disk or no permission (names the file), as soon as a write fails.
     """
     _check_suffix(Path(path))
     if is_path(frames) or isinstance(frames, (list, tuple, np.ndarray)) or is_tensor(frames):
@@ -112,13 +115,20 @@ def write_images(path: str | Path, images: Iterable[np.ndarray], fps: float = _D
         `path`.
 
     Raises:
-        ValueError: an unknown suffix, no images, images of different sizes or a bad fps.
-        ImportError: a video suffix without PyAV (`pip install "tcore[video]"`).
+        InvalidInputError: an unknown suffix, no images, images of different sizes or a bad fps.
+        MissingDependencyError: a video suffix without PyAV (`pip install "tcore[video]"`).
+        FileAccessError: a full disk or no permission (names the file), as soon as a write fails.
     """
     path = Path(path)
     suffix = _check_suffix(path)
     if not fps > 0:
-        raise ValueError(f"fps: expected a positive number of frames per second, got {fps!r}")
+        raise InvalidInputError(f"fps: expected a positive number of frames per second, got {fps!r}")
+    with writing(path):
+        _write_images(path, suffix, images, fps)
+    return path
+
+
+def _write_images(path: Path, suffix: str, images: Iterable[np.ndarray], fps: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if suffix == ".gif":
@@ -131,14 +141,13 @@ def write_images(path: str | Path, images: Iterable[np.ndarray], fps: float = _D
     except BaseException:
         path.unlink(missing_ok=True)  # no half-written file
         raise
-    return path
 
 
 def _check_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"path: cannot tell the format of {str(path)!r}; end it with .gif or one of "
-                         f"{', '.join(sorted(VIDEO_SUFFIXES))}")
+        raise InvalidInputError(f"path: cannot tell the format of {str(path)!r}; end it with .gif or one of "
+                                f"{', '.join(sorted(VIDEO_SUFFIXES))}")
     return suffix
 
 
@@ -150,10 +159,10 @@ def _overlaid(frames: Iterable[Any], masks: Any, palette: Any, alpha: float) -> 
     for count, frame in enumerate(frames, start=1):
         item = next(pending, None)
         if item is None:
-            raise ValueError(f"masks: no mask for frame {count - 1}: there are fewer masks than frames")
+            raise InvalidInputError(f"masks: no mask for frame {count - 1}: there are fewer masks than frames")
         yield overlay(frame, item[1], colours, alpha)
     if next(pending, None) is not None:
-        raise ValueError(f"masks: more masks than frames ({count} frames)")
+        raise InvalidInputError(f"masks: more masks than frames ({count} frames)")
 
 
 def _write_gif(fp: BinaryIO, images: Iterator[np.ndarray], fps: float) -> None:
@@ -166,10 +175,10 @@ def _write_gif(fp: BinaryIO, images: Iterator[np.ndarray], fps: float) -> None:
             fp.write(b"GIF89a" + struct.pack("<HHBBB", size[1], size[0], 0x70, 0, 0))  # no global palette
             fp.write(b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
         elif rgb.shape[:2] != size:
-            raise ValueError(f"frames: frame {count - 1} has size {rgb.shape[:2]} but frame 0 has {size}")
+            raise InvalidInputError(f"frames: frame {count - 1} has size {rgb.shape[:2]} but frame 0 has {size}")
         image = Image.fromarray(rgb).quantize(256, method=Image.Quantize.FASTOCTREE)
         for chunk in GifImagePlugin.getdata(image, duration=centiseconds * 10, include_color_table=True):
             fp.write(chunk)
     if count == 0:
-        raise ValueError("frames: nothing to write (no frames given)")
+        raise InvalidInputError("frames: nothing to write (no frames given)")
     fp.write(b";")

@@ -4,12 +4,16 @@ Every source decodes one frame at a time: indexing reads one frame, iteration st
 stays at a few frames whatever the video's length. Sources:
 
 - a folder of frames (jpg, jpeg, png, bmp, webp, tif, tiff), in natural order of the file stems
-  ("2.jpg" before "10.jpg"); other files and hidden files (".DS_Store", "._0001.jpg") are ignored;
+  ("2.jpg" before "10.jpg"), each upright (its EXIF orientation applied, as viewers show it); an
+  image of another format (gif, heic, avif, ...) is refused by name rather than skipped; other
+  files and hidden files (".DS_Store", "._0001.jpg") are ignored;
 - a video file (mp4, webm, avi, mov, mkv, ...), decoded with PyAV (the `video` extra);
 - a list or tuple of PIL images or (H, W, 3) uint8 arrays;
 - a numpy array (T, H, W, 3) or a torch tensor (T, 3, H, W): uint8 in [0, 255], or float in [0, 1].
-  A float video whose maximum is above 1 is taken to be in [0, 255] already; NaN, negative values
-  and values above 255 are errors.
+  A float video a little outside [0, 1] (within `FLOAT_SLACK`, e.g. the overshoot of a bicubic
+  resize: values in [-0.03, 1.02]) is read as [0, 1], clipped, with a warning; one whose maximum
+  is above 1 + `FLOAT_SLACK` is taken to be in [0, 255] already; NaN, other negative values and
+  values above 255 are errors.
 
 Image files and PIL images of every mode are read as 8-bit RGB, or refused (`image_to_rgb`):
 
@@ -24,6 +28,7 @@ Image files and PIL images of every mode are read as 8-bit RGB, or refused (`ima
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,13 +36,21 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ._common import describe, is_path, is_tensor, natural_key
+from ..errors import InvalidInputError, InvalidTypeError, MissingFileError
+from ._common import as_numpy, describe, is_path, is_tensor, natural_key
+from ._images import image_size, read_image
 from .frames import FrameReadError, VideoFrames
 
-__all__ = ["IMAGE_SUFFIXES", "FrameReadError", "VideoFrames", "image_to_rgb", "read_video"]
+__all__ = ["FLOAT_SLACK", "IMAGE_SUFFIXES", "UNREAD_IMAGE_SUFFIXES", "FrameReadError", "VideoFrames", "image_to_rgb",
+           "read_video"]
+
+_logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for a broken file
+# Image formats a frame folder may hold that are not read as frames: refused by name, never skipped.
+UNREAD_IMAGE_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jfif", ".jpe", ".jp2", ".j2k",
+                                   ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".dng", ".exr", ".psd", ".ico"})
+FLOAT_SLACK = 0.1  # a float video within [-0.1, 1.1] is a [0, 1] video that over- or undershoots a little
 _16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _16BIT_TO_8BIT = 257.0  # 65535 / 255: the full 16-bit range onto the full 8-bit range
 _REFUSED_MODES = {"F": "32-bit float values of unknown range", "LAB": "CIELab colours"}
@@ -85,13 +98,20 @@ class _FolderFrames(VideoFrames):
         super().__init__(str(folder))
         files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
         self._files = sorted((p for p in files if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+        unread = [p.name for p in sorted(files, key=natural_key) if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES]
+        if unread:
+            shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
+            raise InvalidInputError(
+                f"source: the frame folder {str(folder)!r} holds {len(unread)} image(s) in a format not read as "
+                f"frames ({shown}) beside {len(self._files)} frame(s); convert them to one of "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))} (e.g. PNG), or move them out of the folder")
         if not self._files:
             others = f"; it holds {len(files)} other files, e.g. {files[0].name!r}" if files else ""
-            raise ValueError(
+            raise InvalidInputError(
                 f"source: the folder {str(folder)!r} holds no frames (image files ending in "
                 f"{', '.join(sorted(IMAGE_SUFFIXES))}){others}. Pass a folder of frames or a video file.")
         _check_unique_stems(self._files)
-        self._size = _read_header_size(self._files[0])
+        self._size = image_size(self._files[0], f"frame 0 ({self._files[0]})", FrameReadError)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -106,14 +126,8 @@ class _FolderFrames(VideoFrames):
 
     def _frame(self, index: int) -> np.ndarray:
         path = self._files[index]
-        try:
-            with Image.open(path) as image:
-                frame = image_to_rgb(image, f"frame {index} ({path})")
-        except FrameReadError:
-            raise
-        except _PIL_ERRORS as err:
-            raise FrameReadError(f"frame {index} ({path}) could not be read: {err}") from err
-        return self._check_size(frame, index, str(path))
+        where = f"frame {index} ({path})"
+        return self._check_size(image_to_rgb(read_image(path, where, FrameReadError), where), index, str(path))
 
 
 def _check_unique_stems(files: list[Path]) -> None:
@@ -121,20 +135,10 @@ def _check_unique_stems(files: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in files:
         if path.stem in seen:
-            raise ValueError(
+            raise InvalidInputError(
                 f"source: the frame folder holds two images named {path.stem!r} "
                 f"({seen[path.stem].name} and {path.name}); keep one of them")
         seen[path.stem] = path
-
-
-def _read_header_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except _PIL_ERRORS as err:
-        raise FrameReadError(f"frame 0 ({path}) could not be read: {err}") from err
-    return height, width
 
 
 class _ImageListFrames(VideoFrames):
@@ -143,11 +147,11 @@ class _ImageListFrames(VideoFrames):
     def __init__(self, images: Sequence[Any]) -> None:
         super().__init__(f"<list of {len(images)} images>")
         if len(images) == 0:
-            raise ValueError("source: the list of frames is empty; a video needs at least one frame")
+            raise InvalidInputError("source: the list of frames is empty; a video needs at least one frame")
         for i, item in enumerate(images):
             if not isinstance(item, (Image.Image, np.ndarray)):
-                raise TypeError(f"source[{i}]: a list of frames must hold PIL images or uint8 "
-                                f"(H, W, 3) numpy arrays, got {describe(item)}")
+                raise InvalidTypeError(f"source[{i}]: a list of frames must hold PIL images or uint8 "
+                                       f"(H, W, 3) numpy arrays, got {describe(item)}")
         self._images = list(images)
         first = self._images[0]
         self._size = (first.height, first.width) if isinstance(first, Image.Image) else first.shape[:2]
@@ -206,33 +210,69 @@ def _check_array_layout(video: Any, tensor: bool) -> None:
     """Check the shape and dtype of an in-memory video; the error says how to fix it."""
     shape = tuple(video.shape)
     expected = "(T, 3, H, W) tensor" if tensor else "(T, H, W, 3) array"
-    hint = ""
-    if len(shape) == 5 and shape[0] == 1:
-        hint = " Drop the batch dimension: video[0]."
-    elif len(shape) == 3:
-        hint = " For a single frame add a time dimension: video[None]."
-    elif len(shape) == 4 and tensor and shape[-1] == 3:
-        hint = " It looks channels-last: pass video.permute(0, 3, 1, 2)."
-    elif len(shape) == 4 and not tensor and shape[1] == 3:
-        hint = " It looks channels-first: pass video.transpose(0, 2, 3, 1)."
     channels = shape[1] if tensor else shape[-1]
     if len(shape) != 4 or channels != 3 or shape[0] == 0:
-        raise ValueError(f"source: expected a non-empty RGB video as a {expected}, got {describe(video)}.{hint}")
+        raise InvalidInputError(f"source: expected a non-empty RGB video as a {expected}, got {describe(video)}."
+                                f"{_layout_hint(shape, tensor)}")
     if not (_is_float(video) or str(video.dtype) in ("uint8", "torch.uint8")):
-        fix = "video.to(torch.uint8)" if tensor else "video.astype(np.uint8)"
-        raise TypeError(f"source: a video {'tensor' if tensor else 'array'} must be uint8 in [0, 255] "
-                        f"or float in [0, 1], got {describe(video)}; convert it, e.g. {fix}")
+        raise InvalidTypeError(f"source: a video {'tensor' if tensor else 'array'} must be uint8 in [0, 255] "
+                               f"or float in [0, 1], got {describe(video)}; {_dtype_hint(video, tensor)}")
+
+
+def _layout_hint(shape: tuple[int, ...], tensor: bool) -> str:
+    """How to turn a video of the wrong layout into (T, H, W, 3) / (T, 3, H, W), or ""."""
+    grey = (" It looks like a grey video (T, H, W): repeat it to RGB, "
+            + ("video[:, None].expand(-1, 3, -1, -1)." if tensor else "np.repeat(video[..., None], 3, axis=-1)."))
+    if len(shape) == 5 and shape[0] == 1:
+        return " Drop the batch dimension: video[0]."
+    if len(shape) == 3:
+        if (shape[0] if tensor else shape[-1]) == 3:
+            return " For a single frame add a time dimension: video[None]."
+        return grey
+    if len(shape) == 4 and tensor and shape[-1] == 3:
+        return " It looks channels-last: pass video.permute(0, 3, 1, 2)."
+    if len(shape) == 4 and not tensor and shape[1] == 3:
+        return " It looks channels-first: pass video.transpose(0, 2, 3, 1)."
+    if len(shape) == 4 and (shape[1] if tensor else shape[-1]) == 1:
+        return (" It looks like a grey video with one channel: repeat it to RGB, "
+                + ("video.expand(-1, 3, -1, -1)." if tensor else "np.repeat(video, 3, axis=-1)."))
+    return ""
+
+
+def _dtype_hint(video: Any, tensor: bool) -> str:
+    """How to convert an integer video of another dtype to uint8 without wrapping its values."""
+    if str(video.dtype) in ("bool", "torch.bool"):
+        return "convert it, e.g. " + ("video.to(torch.uint8) * 255" if tensor else "video.astype(np.uint8) * 255")
+    values = as_numpy(video)  # torch has no min/max for every integer dtype (uint16)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if 0 <= low and high <= 255:  # the values fit: a plain cast keeps them
+        return "its values lie in [0, 255], so convert it: " + ("video.to(torch.uint8)" if tensor
+                                                                  else "video.astype(np.uint8)")
+    if 0 <= low and high <= 65535:  # 16-bit data: scale it as tcore reads 16-bit images (/ 257), never cast
+        return (f"its values lie in [{low:g}, {high:g}], 16-bit: scale them to 8 bits (a cast would wrap them), e.g. "
+                + ("(video.float() / 257).round().to(torch.uint8)" if tensor
+                   else "np.rint(video / 257).astype(np.uint8)")
+                + " (12-bit data: / 16)")
+    return (f"its values lie in [{low:g}, {high:g}]: scale them into [0, 255] first (a cast would wrap them), or "
+            "pass a float video in [0, 1]")
 
 
 def _float_scale(video: Any) -> float:
-    """255 for a float video in [0, 1], 1 for one in [0, 255] (its maximum is above 1)."""
+    """255 for a float video in [0, 1] (within `FLOAT_SLACK`), 1 for one in [0, 255] (its maximum is above)."""
     low, high = float(video.min()), float(video.max())
     if math.isnan(low) or math.isnan(high):
-        raise ValueError(f"source: the float video ({describe(video)}) contains NaN")
-    if low < 0 or high > 255:
-        raise ValueError(f"source: a float video must be in [0, 1] (or [0, 255]), got values in "
-                         f"[{low:g}, {high:g}]; undo any normalisation (x * std + mean) first")
-    return 1.0 if high > 1 else 255.0
+        raise InvalidInputError(f"source: the float video ({describe(video)}) contains NaN")
+    in_unit, in_bytes = -FLOAT_SLACK <= low and high <= 1 + FLOAT_SLACK, 0 <= low and high <= 255
+    if not (in_unit or in_bytes):
+        raise InvalidInputError(f"source: a float video must be in [0, 1] (or [0, 255]), got values in "
+                                f"[{low:g}, {high:g}]; undo any normalisation (x * std + mean) first")
+    if not in_unit:
+        return 1.0
+    if low < 0 or high > 1:
+        _logger.warning("source: the float video's values lie in [%g, %g], a little outside [0, 1] (the overshoot of "
+                        "a resize?): it is read as a [0, 1] video, clipped to that range; clip it yourself "
+                        "(video.clip(0, 1)) to silence this, or pass a [0, 255] video as uint8", low, high)
+    return 255.0
 
 
 def read_video(source: Any) -> VideoFrames:
@@ -249,12 +289,15 @@ def read_video(source: Any) -> VideoFrames:
         `.names`, `.size` (H, W), `.fps` (None when unknown).
 
     Raises:
-        FileNotFoundError: `source` is a path that does not exist.
-        ValueError: an empty folder or list, a single image file, a bad shape or value range, or a
-            file that is not a video. `FrameReadError` (a ValueError) when a frame cannot be read
-            or differs in size from frame 0 (raised when that frame is read).
-        TypeError: an unsupported source type or dtype.
-        ImportError: a video file without PyAV installed.
+        MissingFileError: `source` is a path that does not exist.
+        InvalidInputError: an empty folder or list, a folder holding images of a format not read
+            as frames, a single image file, a bad shape or value range, or a file that is not a
+            video. `FrameReadError` (an InvalidInputError) when a frame cannot be read (unreadable,
+            above PIL's decompression-bomb limit) or differs in size from frame 0 (raised when
+            that frame is read).
+        InvalidTypeError: an unsupported source type or dtype.
+        MissingDependencyError: a video file without PyAV installed.
+        (Each is a `tcore.errors.UserError` and the built-in error its name suggests.)
     """
     if isinstance(source, VideoFrames):
         return source
@@ -264,18 +307,18 @@ def read_video(source: Any) -> VideoFrames:
         return _ImageListFrames(source)
     if isinstance(source, np.ndarray) or is_tensor(source):
         return _ArrayFrames(source)
-    raise TypeError(f"source: expected a frame folder, a video file, a list of PIL images, a numpy "
-                    f"array (T, H, W, 3) or a torch tensor (T, 3, H, W), got {describe(source)}")
+    raise InvalidTypeError(f"source: expected a frame folder, a video file, a list of PIL images, a numpy "
+                           f"array (T, H, W, 3) or a torch tensor (T, 3, H, W), got {describe(source)}")
 
 
 def _open_path(path: Path) -> VideoFrames:
     if not path.exists():
-        raise FileNotFoundError(f"source: no such frame folder or video file: {str(path)!r}")
+        raise MissingFileError(f"source: no such frame folder or video file: {str(path)!r}")
     if path.is_dir():
         return _FolderFrames(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        raise ValueError(f"source: {str(path)!r} is a single image; a video is a folder of frames "
-                         f"or a video file. Pass the folder that holds the frames: {str(path.parent)!r}")
+        raise InvalidInputError(f"source: {str(path)!r} is a single image; a video is a folder of frames "
+                                f"or a video file. Pass the folder that holds the frames: {str(path.parent)!r}")
     from ._pyav import VideoFileFrames
 
     return VideoFileFrames(path)

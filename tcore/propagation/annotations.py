@@ -5,6 +5,10 @@ The semantics (documented in docs/propagation.md): an object is absent (probabil
 first frame whose mask shows it; at an annotated frame each object the mask shows takes exactly
 its pixels there, and every other pixel keeps its propagated labels for the other objects; the
 annotated frame joins the long-term memory like frame 0.
+
+In a folder of masks every image file is a mask (read as `tcore.read_mask` reads it) or an error
+that names it: a file named like no frame, two masks for one frame ("00000.png" and
+"00000.PNG"), an image format tcore does not read. Other files (notes, hidden files) are ignored.
 """
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
+from ..errors import InvalidInputError, InvalidTypeError
+from ..io import IMAGE_SUFFIXES
+from ..io._common import natural_key
+from ..io.video import UNREAD_IMAGE_SUFFIXES
 
 __all__ = ["Annotations", "MaskInput", "MasksInput", "read_annotations"]
 
@@ -50,18 +59,28 @@ class Annotations:
 
 
 def _folder_entries(folder: Path, names: Sequence[str]) -> dict[int, Path]:
-    """{frame index: PNG} for a folder of masks named like the frames (stems equal)."""
+    """{frame index: mask file} for a folder of masks named like the frames (stems equal)."""
     index = {name: i for i, name in enumerate(names)}
-    pngs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-    if not pngs:
-        raise ValueError(f"masks: folder {str(folder)!r} holds no .png mask; name each mask like its frame "
-                         f"(e.g. {names[0]}.png)")
-    entries = {}
-    for png in pngs:
-        if png.stem not in index:
-            raise ValueError(f"masks: {str(png)!r} names no frame of the video (frames are named "
-                             f"{names[0]!r} .. {names[-1]!r}); name each mask like its frame")
-        entries[index[png.stem]] = png
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
+    unread = [p.name for p in files if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES]
+    if unread:
+        raise InvalidInputError(f"masks: folder {str(folder)!r} holds {', '.join(unread[:5])}"
+                                f"{', ...' if len(unread) > 5 else ''}, in an image format not read as masks; save "
+                                f"masks as PNG (lossless: other formats blur the ids), or move the file out")
+    masks = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not masks:
+        raise InvalidInputError(f"masks: folder {str(folder)!r} holds no .png mask; name each mask like its frame "
+                                f"(e.g. {names[0]}.png)")
+    entries: dict[int, Path] = {}
+    for mask in masks:
+        if mask.stem not in index:
+            raise InvalidInputError(f"masks: {str(mask)!r} names no frame of the video (frames are named "
+                                    f"{names[0]!r} .. {names[-1]!r}); name each mask like its frame")
+        t = index[mask.stem]
+        if t in entries:
+            raise InvalidInputError(f"masks: folder {str(folder)!r} holds two masks for frame {t} ({mask.stem!r}): "
+                                    f"{entries[t].name} and {mask.name}; keep one of them")
+        entries[t] = mask
     return entries
 
 
@@ -72,14 +91,14 @@ def _entries(masks: Any, names: Sequence[str]) -> dict[int, tuple[str, Any]]:
     if not isinstance(masks, Mapping):
         return {0: (f"first_mask {str(masks)!r}" if isinstance(masks, (str, os.PathLike)) else "first_mask", masks)}
     if not masks:
-        raise ValueError("masks: an empty mapping; give at least one {frame_index: mask}")
+        raise InvalidInputError("masks: an empty mapping; give at least one {frame_index: mask}")
     entries = {}
     for key in masks:
         if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-            raise TypeError(f"masks: keys must be frame indices (int), got {key!r}")
+            raise InvalidTypeError(f"masks: keys must be frame indices (int), got {key!r}")
         if not 0 <= int(key) < len(names):
-            raise ValueError(f"masks[{key}]: frame index out of range for a video of {len(names)} frames "
-                             f"(0..{len(names) - 1})")
+            raise InvalidInputError(f"masks[{key}]: frame index out of range for a video of {len(names)} frames "
+                                    f"(0..{len(names) - 1})")
         entries[int(key)] = (f"masks[{int(key)}]", masks[key])
     return dict(sorted(entries.items()))
 
@@ -100,9 +119,10 @@ def read_annotations(masks: Any, names: Sequence[str], frame_size: tuple[int, in
         The `Annotations`.
 
     Raises:
-        ValueError: a mask of another size, a mask with no object, an index out of range, a PNG
-            named like no frame, an empty mapping or folder, more than 255 ids in all.
-        TypeError: a mapping key that is not an int.
+        InvalidInputError: a mask of another size, a mask with no object, an index out of range, a
+            mask file named like no frame, two mask files for one frame, an image format not read
+            as a mask, an empty mapping or folder, more than 255 ids in all.
+        InvalidTypeError: a mapping key that is not an int.
     """
     from ..io import read_mask
 
@@ -111,13 +131,13 @@ def read_annotations(masks: Any, names: Sequence[str], frame_size: tuple[int, in
     for t, (label, source) in _entries(masks, names).items():
         mask, mask_palette = read_mask(source, threshold=threshold)
         if tuple(mask.shape) != tuple(frame_size):
-            raise ValueError(f"{label}: size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the video frames' "
-                             f"{frame_size[1]}x{frame_size[0]}; resize the mask with nearest-neighbour "
-                             "interpolation (e.g. PIL Image.NEAREST) to the frame size")
+            raise InvalidInputError(f"{label}: size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the video "
+                                    f"frames' {frame_size[1]}x{frame_size[0]}; resize the mask with nearest-neighbour "
+                                    "interpolation (e.g. PIL Image.NEAREST) to the frame size")
         if mask.max(initial=0) == 0:
             what = "the first mask" if label.startswith("first_mask") else "the mask"
-            raise ValueError(f"{label}: no object in {what} (every pixel is background 0); give at least one "
-                             "non-zero id (for a soft grey mask use threshold=)")
+            raise InvalidInputError(f"{label}: no object in {what} (every pixel is background 0); give at least one "
+                                    "non-zero id (for a soft grey mask use threshold=)")
         ids[t] = mask
         if palette is None:
             palette = mask_palette

@@ -22,8 +22,10 @@ from typing import Any, Generic, Literal, TypeVar, Union, overload
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from ..precision import exact_fp32
 from .annotations import Annotations, MasksInput, read_annotations
+from .budget import check_working_size
 from .engine import Propagator
 from .encoder import VideoEncoder
 from .labels import decode_ids_on_device, decode_keypoints, finish_ids, keypoint_heatmaps, soft_onehot_at_grid
@@ -97,6 +99,17 @@ def _engine(preset: Preset) -> Propagator:
     """A streaming engine with the preset's settings."""
     return Propagator(topk=preset.topk, temperature=preset.temperature, radius=preset.radius,
                       n_context=preset.n_context, check_norms=False)  # FrameEncoder's features are L2-normalised
+
+
+def _open(video: VideoInput, model: Any, preset: PresetInput, size: tuple[int, int] | None,
+          device: str | torch.device | None, batch_size: int, precision: str) -> VideoEncoder:
+    """`VideoEncoder.open` for propagation (2 frames at least), its working size checked against
+    what the propagation needs (`tcore.propagation.budget`) before any frame is decoded."""
+    opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device, batch_size=batch_size,
+                               precision=precision, min_frames=2)
+    check_working_size(opened.size, opened.encoder.backbone, topk=opened.preset.topk,
+                       n_context=opened.preset.n_context, batch_size=batch_size, device=opened.encoder.device)
+    return opened
 
 
 def _propagate(opened: VideoEncoder, first: torch.Tensor, start: int,
@@ -251,8 +264,7 @@ def _mask_items(video: VideoInput, masks: MasksInput, *, model: Any, preset: Pre
 
     frames = read_video(video)
     annotations = read_annotations(masks, frames.names, tuple(frames.size), threshold)  # before the model loads
-    opened = VideoEncoder.open(frames, model=model, preset=preset, size=size, device=device, batch_size=batch_size,
-                               precision=precision, min_frames=2)
+    opened = _open(frames, model, preset, size, device, batch_size, precision)
     classes = annotations.classes
     first, later = _annotated_labels(annotations, opened)
     _warn_lost_objects(annotations, {annotations.start: first, **{t: lab for t, (lab, _) in later.items()}}, opened)
@@ -350,8 +362,9 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
             stretched: the paper's DAVIS protocol exactly), "jhmdb", "vip", or a `Preset` (e.g.
             `dataclasses.replace(tcore.PRESETS["davis"], topk=5)`) for other settings.
         size: (H, W) working size overriding the preset's size rule (floored to the patch size),
-            obeyed as given. Without it, a rule that gives more than `MAX_AUTO_TOKENS` (16384) patch
-            tokens per frame (an extreme aspect ratio) is an error that names a size that fits. Objects
+            obeyed as given when it can run (see `tcore.propagation.budget`: enough grid cells for the
+            top-k, and memory the device has). Without it, a rule that gives more than `MAX_AUTO_TOKENS`
+            (16384) patch tokens per frame (an extreme aspect ratio) is an error that names a size that fits. Objects
             that cover no cell of the feature grid where they are annotated are missing from the
             output: a warning (logger `tcore.propagation.api`) names them and a larger size.
         threshold: binarise grey or colour masks at this value (>= is object 1).
@@ -368,9 +381,13 @@ def propagate_masks(video: VideoInput, masks: MasksInput, *, model: Any = None, 
         `Propagation` (masks, ids, palette, (T, C, h, w) float32 soft labels).
 
     Raises:
-        ValueError: a mask of another size, with no object, at a frame index out of range; a
+        InvalidInputError: a mask of another size, with no object, at a frame index out of range; a
             soft or anti-aliased mask; a video of fewer than 2 frames; an unreadable frame (named);
-            a working size above the token limit; a device that is not available.
+            a working size above the token limit, or whose feature grid has fewer cells than
+            the top-k; a device that is not available.
+        InsufficientMemoryError: a working size whose estimated memory exceeds the device's total
+            (named with the estimate and a size that fits), before any frame is decoded.
+        (Each is a `tcore.errors.UserError`; see `tcore.read_video` and `tcore.read_mask` for theirs.)
     """
     stream = _mask_items(video, masks, model=model, preset=preset, size=size, threshold=threshold, device=device,
                          batch_size=batch_size, precision=precision, progress=progress, soft=soft,
@@ -439,9 +456,8 @@ def propagate_keypoints(video: VideoInput, first_keypoints: np.ndarray, *, model
     """
     points = np.asarray(first_keypoints, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
-        raise ValueError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
-    opened = VideoEncoder.open(video, model=model, preset=preset, size=size, device=device, batch_size=batch_size,
-                               precision=precision, min_frames=2)
+        raise InvalidInputError(f"first_keypoints: expected shape (K, 2) of (x, y) pixels, got {points.shape}")
+    opened = _open(video, model, preset, size, device, batch_size, precision)
     h_img, w_img = opened.frames.size
     work, p = opened.size, opened.patch_size
     grid_points = points * np.array([work[1] / w_img, work[0] / h_img]) / p  # (K, 2) in grid cells

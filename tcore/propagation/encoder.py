@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import resolve_device
+from ..errors import InvalidInputError
 from ..precision import exact_fp32
 from .presets import Preset, get_preset, working_size
 
@@ -53,9 +54,9 @@ class FrameEncoder:
     def __init__(self, backbone: torch.nn.Module, size: tuple[int, int], device: torch.device,
                  batch_size: int = 8, precision: str = "fp32") -> None:
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+            raise InvalidInputError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: expected at least 1")
+            raise InvalidInputError(f"batch_size={batch_size}: expected at least 1")
         self.backbone = backbone
         self.size = (int(size[0]), int(size[1]))
         self.device = device
@@ -134,7 +135,7 @@ class VideoEncoder:
             min_frames: fewer frames than this is an error (propagation needs 2).
 
         Raises:
-            ValueError: a video with fewer than `min_frames` frames, a device that is not
+            InvalidInputError: a video with fewer than `min_frames` frames, a device that is not
                 available, an unknown preset, a bad size, precision or batch size.
         """
         from ..io import read_video
@@ -142,7 +143,7 @@ class VideoEncoder:
 
         frames = read_video(video)
         if len(frames) < min_frames:
-            raise ValueError(f"video: propagation needs at least {min_frames} frames, got {len(frames)}")
+            raise InvalidInputError(f"video: propagation needs at least {min_frames} frames, got {len(frames)}")
         device = resolve_device(device)
         spec = get_preset(preset)
         backbone = load_backbone(model, device=device)

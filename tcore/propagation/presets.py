@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import InvalidInputError
+
 __all__ = ["MAX_AUTO_TOKENS", "Preset", "PRESETS", "get_preset", "scaled_size", "working_size"]
 
 SizeRule = Literal["short_side", "fixed", "long_side_64"]
@@ -53,13 +55,13 @@ class Preset:
     def __post_init__(self) -> None:
         rules = {"short_side": 1, "fixed": 2, "long_side_64": 1}  # numbers each size rule takes
         if self.size_rule not in rules:
-            raise ValueError(f"Preset.size_rule={self.size_rule!r}: expected one of {sorted(rules)}")
+            raise InvalidInputError(f"Preset.size_rule={self.size_rule!r}: expected one of {sorted(rules)}")
         size = tuple(self.size)
         if len(size) != rules[self.size_rule] or not all(isinstance(v, int) and v >= 1 for v in size):
-            raise ValueError(f"Preset.size={self.size!r}: size_rule {self.size_rule!r} takes "
-                             f"{rules[self.size_rule]} positive int(s) in pixels")
+            raise InvalidInputError(f"Preset.size={self.size!r}: size_rule {self.size_rule!r} takes "
+                                    f"{rules[self.size_rule]} positive int(s) in pixels")
         if self.output_resize not in ("floor", "pil"):
-            raise ValueError(f"Preset.output_resize={self.output_resize!r}: expected 'floor' or 'pil'")
+            raise InvalidInputError(f"Preset.output_resize={self.output_resize!r}: expected 'floor' or 'pil'")
         object.__setattr__(self, "size", size)
 
 
@@ -80,7 +82,7 @@ def get_preset(preset: str | Preset | None) -> Preset:
         return preset
     name = "default" if preset is None else preset
     if name not in PRESETS:
-        raise ValueError(f"preset={preset!r}: expected None or one of {sorted(PRESETS)}")
+        raise InvalidInputError(f"preset={preset!r}: expected None or one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
@@ -104,7 +106,7 @@ def working_size(original: tuple[int, int], preset: Preset, patch_size: int,
     """
     if size is not None:
         if len(size) != 2 or min(size) < patch_size:
-            raise ValueError(f"size={size!r}: expected (H, W), each at least the patch size {patch_size}")
+            raise InvalidInputError(f"size={size!r}: expected (H, W), each at least the patch size {patch_size}")
         return _floor_to(int(size[0]), patch_size), _floor_to(int(size[1]), patch_size)
     work = _size_by_rule(original, preset, patch_size)
     _check_tokens(work, original, preset, patch_size)
@@ -136,7 +138,7 @@ def _check_tokens(work: tuple[int, int], original: tuple[int, int], preset: Pres
     if tokens <= MAX_AUTO_TOKENS:
         return
     fit = scaled_size(work, 1.0, patch_size)
-    raise ValueError(
+    raise InvalidInputError(
         f"size: frames of {original[0]}x{original[1]} (HxW) get the working size {work[0]}x{work[1]} from preset "
         f"{preset.name!r} ({preset.size_rule} {'x'.join(map(str, preset.size))}): {grid[0]}x{grid[1]} = {tokens} "
         f"patch tokens per frame, above the limit of {MAX_AUTO_TOKENS} that tcore picks by itself (the paper's "
