@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch  # noqa: E402
 
 from train_step import ARCHS, add_model_arguments, build_step, header, make_config, memory, sync  # noqa: E402
-from training.data import ClipBatchDataset, StepSampler, build_loader, scan_videos, to_device_batch  # noqa: E402
+from training.data import ClipBatchDataset, StepSampler, build_loader, to_device_batch  # noqa: E402
+from training.videos import scan_videos  # noqa: E402
 from tcore.files import write_text_atomic  # noqa: E402
 from training.synthetic import make_frame_folders  # noqa: E402
 

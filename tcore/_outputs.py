@@ -6,7 +6,7 @@
         write files into staging ...                      # moved into `out` when the block completes
 
 `staged_folder` is how `tcore propagate -o` writes: the files go to `<folder>/.partial/` while the
-folder's lock (`tcore._lock.FolderLock`, `<folder>/tcore.lock`) is held, and are moved into the
+folder's lock (`tcore.locks.FolderLock`, `<folder>/tcore.lock`) is held, and are moved into the
 folder (a rename each, within one file system) only when all of them are written. A run that is
 killed leaves the folder's earlier contents as they were, plus `.partial/` and a stale lock file,
 which the next run into that folder takes over and clears. Standard library only.
@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Collection, Iterator
 
-from ._lock import FolderLock, LockLostError
+from .locks import FolderLock, LockLostError
 from .errors import FileAccessError, InvalidInputError
 from .files import writing
 

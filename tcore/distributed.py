@@ -1,9 +1,11 @@
-"""Where this process sits in a torchrun job, and the collectives that exchange small Python objects.
+"""Where this process sits in a torchrun job, the collectives that exchange small Python objects, and
+`claim_folder`: rank 0 takes a folder's lock and every rank learns the outcome.
 
 One module for both users: the evaluation (`tcore eval` under torchrun shards the videos, then
 gathers and broadcasts statuses and the summary over gloo) and the pretraining recipe
 (`training/dist.py` adds the process-group setup for NCCL / gloo and the tensor collectives on
-top). tcore never imports `training`; training imports this.
+top). Both claim their output folder with `claim_folder`. tcore never imports `training`; training
+imports this.
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them the process is rank 0 of 1, and every
 collective here returns at once without touching `torch.distributed`.
@@ -16,7 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["DistInfo", "torchrun_env", "broadcast_object", "all_gather_objects", "barrier"]
+from .errors import FileAccessError
+from .locks import FolderLock, FolderLockedError
+
+__all__ = ["DistInfo", "torchrun_env", "broadcast_object", "all_gather_objects", "barrier", "claim_folder"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,38 @@ def barrier(info: DistInfo) -> None:
         dist.barrier(device_ids=[info.local_rank])
     else:
         dist.barrier(group=info.group)
+
+
+def claim_folder(folder: str | os.PathLike, purpose: str, info: DistInfo, *, name: str) -> FolderLock | None:
+    """Rank 0 takes `folder`'s lock (one run per folder, `tcore.locks.FolderLock`) before anything is
+    written there; every rank learns the outcome (a collective), so that no rank works alone.
+
+    Args:
+        folder: the folder to own (created if missing).
+        purpose: what the run does ("training", "evaluation"); a run that finds the folder held is told.
+        info: this process's place in the job.
+        name: how the user named the folder ("out_dir", "train.output_dir=runs/x"): the error's prefix.
+
+    Returns:
+        The held lock on rank 0 (the caller releases it), None on the other ranks.
+
+    Raises:
+        FolderLockedError: on every rank, when another live run holds the folder; the message starts
+            with `name` and names that run (host, pid, since when) and what to do.
+        FileAccessError: on every rank, when the folder or its lock file cannot be made (permissions).
+    """
+    lock, refusal = None, None
+    if info.is_main:
+        lock = FolderLock(folder, purpose=purpose)
+        try:
+            lock.acquire()
+        except FolderLockedError as err:
+            lock, refusal = None, (FolderLockedError, f"{name}: {err}")
+        except OSError as err:
+            lock, refusal = None, (FileAccessError, f"{name}: cannot create {lock.path} ({err.strerror or err}); "
+                                                    "pick a folder you can write to")
+    refusal = broadcast_object(refusal, info)
+    if refusal is not None:
+        error_type, message = refusal
+        raise error_type(message)
+    return lock

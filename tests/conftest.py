@@ -19,6 +19,30 @@ def _no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="session")
+def tiny_frames(tmp_path_factory) -> Path:
+    """Eight synthetic videos as JPEG frame folders (layout "folders", 40x56 pixels, 3 to 30 frames):
+    the tiny training config's data. Shared by the whole session: tests only read it."""
+    from training.synthetic import make_frame_folders
+
+    root = tmp_path_factory.mktemp("tiny_frames")
+    make_frame_folders(root, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the in-process training runs of a module: the tiny config's kernels are
+    too small to share, and on a busy 2-core machine two OpenMP threads that wait for each other
+    cost seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_backbone():
     """A random tiny T-CoRe ViT (dim 64, depth 2, 2 heads, 4 registers, patch 16)."""

@@ -80,3 +80,38 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
                      + chunk(b"IEND", b""))
     return path
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 and on (state, ppid, ...) of /proc/<pid>/stat (Linux); None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie left unreaped counts as stopped for good). Linux."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def process_parent(pid: int) -> int:
+    """The parent pid of a running process. Linux."""
+    return int(_proc_stat(pid)[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...). Linux."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        stat = _proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None:
+            children.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found

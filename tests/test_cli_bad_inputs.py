@@ -22,7 +22,7 @@ import torch
 from helpers import bomb_png
 from PIL import Image, ImageFilter
 
-from tcore._lock import LOCK_NAME, FolderLock
+from tcore.locks import LOCK_NAME, FolderLock
 from tcore.cli import main
 from tcore.io import DAVIS_PALETTE
 

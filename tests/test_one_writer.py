@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcore._lock import LOCK_NAME, FolderLock, is_lock_file
+from tcore.locks import LOCK_NAME, FolderLock, is_lock_file
 from tcore.cli import main
 from tcore.demo import make_demo_clip
 from tcore.io import DAVIS_PALETTE
@@ -187,7 +187,7 @@ def test_a_killed_propagate_leaves_no_incomplete_masks_in_sight_and_the_next_run
         proc.kill()
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == ["notes.txt", LOCK_NAME]  # no PNG: nothing incomplete looks finished
-    with caplog.at_level("WARNING", logger="tcore._lock"):
+    with caplog.at_level("WARNING", logger="tcore.locks"):
         assert main(argv) == 0  # the next run takes the dead run's lock over and clears its leftovers
     assert any("took over the stale lock of a propagation run" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png",
@@ -197,7 +197,7 @@ def test_a_killed_propagate_leaves_no_incomplete_masks_in_sight_and_the_next_run
 def test_a_staged_folder_shows_files_only_when_complete_and_never_touches_a_new_holders_files(tmp_path):
     import dataclasses
 
-    from tcore._lock import LockHolder, LockLostError
+    from tcore.locks import LockHolder, LockLostError
     from tcore._outputs import PARTIAL_DIR, staged_folder
 
     out = tmp_path / "new" / "masks"

@@ -12,7 +12,8 @@ from training.augment import (BLUR_PROBS, PIPELINE_GLOBAL1, PIPELINE_GLOBAL2, PI
                               draw_current_plan, draw_photo, random_resized_crop_box)
 from training.config import AugmentConfig, load_config
 from training.batch import Batch
-from training.data import ClipBatchDataset, scan_videos, to_device_batch
+from training.data import ClipBatchDataset, to_device_batch
+from training.videos import scan_videos
 from training.synthetic import make_frame_folders, synthetic_frame
 
 

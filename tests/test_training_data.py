@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.data import (ClipBatchDataset, SampleStream, StepSampler, read_manifest,
-                           sample_frame_indices, scan_videos, write_manifest)
+from training.data import ClipBatchDataset, SampleStream, StepSampler
+from training.videos import read_manifest, sample_frame_indices, scan_videos, write_manifest
 from training.masking import batch_masks, block_mask, mask_indices, mask_upper_bound
 from training.synthetic import make_frame_folders
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tcore._lock import LOCK_NAME
+from tcore.locks import LOCK_NAME
 from training.lifecycle import die_with_launcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ time.sleep(60)
 _HOLDER = """
 import sys, time
 sys.path.append(sys.argv[2])  # training from the clone, tcore installed
-from tcore._lock import FolderLock
+from tcore.locks import FolderLock
 from training.lifecycle import release_on_sigterm
 lock = FolderLock(sys.argv[1], "training")
 lock.acquire()

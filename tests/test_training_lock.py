@@ -1,4 +1,5 @@
-"""tcore._lock.FolderLock: one writer per folder (atomic creation, heartbeat, stale takeover, loss).
+"""tcore.locks.FolderLock: one writer per folder (atomic creation, heartbeat, stale takeover, loss),
+and tcore.distributed.claim_folder, through which evaluation and training take it.
 
 In-process and fast; the end-to-end behaviour under torchrun is in test_training_one_run.py.
 """
@@ -16,7 +17,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from tcore._lock import LOCK_NAME, FolderLock, FolderLockedError, LockHolder, LockLostError
+from tcore.locks import LOCK_NAME, FolderLock, FolderLockedError, LockHolder, LockLostError
 
 
 def _dead_pid() -> int:
@@ -80,7 +81,7 @@ def test_another_hosts_lock_is_refused_until_its_heartbeat_is_stale(tmp_path, ca
         FolderLock(tmp_path, "training").acquire()
     stale = _plant(tmp_path, host="gpu-node-17", pid=4242, started=now - 7200, heartbeat=now - 121)
     lock = FolderLock(tmp_path, "training")
-    with caplog.at_level(logging.WARNING, logger="tcore._lock"):
+    with caplog.at_level(logging.WARNING, logger="tcore.locks"):
         assert lock.acquire() == stale
     assert "took over the stale lock of a training run (pid 4242 on host gpu-node-17" in caplog.text
     assert "its last heartbeat is 2 min old (stale after 120 s)" in caplog.text
@@ -90,7 +91,7 @@ def test_another_hosts_lock_is_refused_until_its_heartbeat_is_stale(tmp_path, ca
 
 def test_a_dead_process_of_this_host_is_taken_over_whatever_its_heartbeat(tmp_path, caplog):
     stale = _plant(tmp_path, pid=_dead_pid())  # heartbeat: now
-    with caplog.at_level(logging.WARNING, logger="tcore._lock"):
+    with caplog.at_level(logging.WARNING, logger="tcore.locks"):
         with FolderLock(tmp_path, "training") as lock:
             assert _on_disk(tmp_path)["token"] == lock._me.token
     assert f"process {stale.pid} is gone" in caplog.text
@@ -99,7 +100,7 @@ def test_a_dead_process_of_this_host_is_taken_over_whatever_its_heartbeat(tmp_pa
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process identity needs /proc")
 def test_a_pid_reused_by_another_process_is_taken_over(tmp_path, caplog):
     _plant(tmp_path, process="another-boot:12345")  # this live pid, but not the process that wrote the lock
-    with caplog.at_level(logging.WARNING, logger="tcore._lock"):
+    with caplog.at_level(logging.WARNING, logger="tcore.locks"):
         with FolderLock(tmp_path, "training"):
             pass
     assert f"pid {os.getpid()} now belongs to another process" in caplog.text
@@ -202,6 +203,23 @@ def test_describe_and_stale_reason_of_a_holder():
 
 
 def test_the_lock_module_imports_no_torch():
-    code = "import sys, tcore._lock; print('torch' in sys.modules)"
+    code = "import sys, tcore.locks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_claim_folder_takes_the_lock_or_names_the_folder_in_its_error(tmp_path):
+    from tcore.distributed import DistInfo, claim_folder
+    from tcore.errors import FileAccessError
+
+    lock = claim_folder(tmp_path / "run", "training", DistInfo(), name="train.output_dir=run")
+    try:
+        assert lock.held and (tmp_path / "run" / LOCK_NAME).is_file()
+        with pytest.raises(FolderLockedError, match=r"^train.output_dir=run: .* is in use by another training run"):
+            claim_folder(tmp_path / "run", "training", DistInfo(), name="train.output_dir=run")
+    finally:
+        lock.release()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileAccessError, match=r"^out_dir: cannot create .*file/run/tcore.lock \(Not a directory\); "
+                                              "pick a folder you can write to$"):
+        claim_folder(tmp_path / "file" / "run", "evaluation", DistInfo(), name="out_dir")

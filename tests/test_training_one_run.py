@@ -24,20 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcore._lock import LOCK_NAME, LockHolder
+from helpers import descendants, process_alive
+
+from tcore.locks import LOCK_NAME, LockHolder
 from training.checkpoint import load_checkpoint
-from training.synthetic import make_frame_folders
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 9
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    make_frame_folders(root, [20, 7, 12, 3, 30, 9, 15, 24], size=(40, 56), layout="folders")
-    return root
 
 
 def _torchrun(frames: Path, out: Path, stop: bool = True) -> list[str]:
@@ -55,37 +49,10 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()  # fields 3.. (state, ppid, ...)
-
-
-def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")  # an unreaped zombie has stopped for good
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        stat = _stat(int(entry.name)) if entry.name.isdigit() else None
-        if stat is not None:
-            children.setdefault(int(stat[1]), []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def _kill_all(proc: subprocess.Popen, pids: set[int]) -> None:
     """Clean up after a failure: the launcher and every process it started."""
-    for pid in {proc.pid} | pids | (_descendants(proc.pid) if proc.poll() is None else set()):
-        if _alive(pid):
+    for pid in {proc.pid} | pids | (descendants(proc.pid) if proc.poll() is None else set()):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -112,7 +79,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(frames, tmp_path_factory):
+def first_run(tiny_frames, tmp_path_factory):
     """The first run (over a crashed node's stale lock) and a second launch refused while it trains."""
     run = tmp_path_factory.mktemp("first") / "run"
     run.mkdir()
@@ -121,7 +88,7 @@ def first_run(frames, tmp_path_factory):
     (run / LOCK_NAME).write_text(json.dumps(asdict(crashed)))
 
     log, second_log = run.parent / "first.log", run.parent / "second.log"
-    first = _start(_torchrun(frames, run), log)
+    first = _start(_torchrun(tiny_frames, run), log)
     rank0 = stopped = None
     try:
         deadline = time.monotonic() + 300
@@ -129,7 +96,7 @@ def first_run(frames, tmp_path_factory):
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         t0 = time.monotonic()
-        second = _start(_torchrun(frames, run), second_log)
+        second = _start(_torchrun(tiny_frames, run), second_log)
         # The second launch takes many seconds to start: hold the first run's rank 0 still (alive, lock
         # held) before its last step if need be, so that the first run is surely running meanwhile.
         while second.poll() is None:
@@ -156,7 +123,7 @@ def test_a_second_launch_into_a_folder_in_use_stops_with_one_clear_error(first_r
     rc, output = first_run["second"]
     print(f"refused launch: {first_run['second_s']:.1f} s from start to exit")
     assert rc != 0
-    errors = [line for line in output.splitlines() if line.startswith("training.pretrain: error:")]
+    errors = [line for line in output.splitlines() if line.startswith("training: error:")]
     assert len(errors) == 1, output[-3000:]  # from rank 0 only
     assert (f"is in use by another training run: pid {first_run['rank0']} on host {socket.gethostname()}, "
             f"started 20") in errors[0]
@@ -179,22 +146,22 @@ def test_the_first_run_took_over_a_crashed_nodes_lock_and_ends_intact(first_run)
     assert not (run / LOCK_NAME).exists()  # released at the end
 
 
-def test_killing_torchrun_kills_every_rank_and_a_relaunch_resumes_exactly(first_run, frames, tmp_path):
+def test_killing_torchrun_kills_every_rank_and_a_relaunch_resumes_exactly(first_run, tiny_frames, tmp_path):
     run, log = tmp_path / "run", tmp_path / "killed.log"
-    launcher = _start(_torchrun(frames, run, stop=False), log)
+    launcher = _start(_torchrun(tiny_frames, run, stop=False), log)
     ranks: set[int] = set()
     try:
         _wait_for(run / "checkpoints" / "ckpt_00000001.pt", launcher, log)
-        ranks = _descendants(launcher.pid)
+        ranks = descendants(launcher.pid)
         rank0 = json.loads((run / LOCK_NAME).read_text())["pid"]
         assert rank0 in ranks and len(ranks) >= 2
         os.kill(launcher.pid, signal.SIGKILL)  # torchrun only: its ranks live in sessions of their own
         launcher.wait(timeout=30)
         at_kill = _files(run)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not [pid for pid in ranks if _alive(pid)], "ranks outlived torchrun"
+        assert not [pid for pid in ranks if process_alive(pid)], "ranks outlived torchrun"
         time.sleep(0.5)
         assert _files(run) == at_kill, "written after the kill"
     finally:
@@ -203,7 +170,7 @@ def test_killing_torchrun_kills_every_rank_and_a_relaunch_resumes_exactly(first_
     assert written[0] == "ckpt_00000001.pt" and written[-1] < f"ckpt_{STEPS:08d}.pt"  # killed mid-run
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == rank0  # the dead run's lock is left behind
 
-    relaunch = subprocess.run(_torchrun(frames, run), cwd=REPO, capture_output=True, text=True, timeout=300,
+    relaunch = subprocess.run(_torchrun(tiny_frames, run), cwd=REPO, capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert f"took over the stale lock of a training run (pid {rank0} on host {socket.gethostname()}" in relaunch.stderr

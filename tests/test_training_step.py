@@ -85,7 +85,7 @@ def test_plan_steps_names_an_uneven_global_batch_and_too_few_videos():
     cfg = load_config("training/configs/tiny.yaml", ["optim.global_batch_size=12"])
     plan = plan_steps(cfg, DistInfo(), 100)
     assert (plan.accum, plan.epoch_length, plan.total_steps, plan.end_step) == (3, 3, 6, 6)
-    with pytest.raises(ValueError, match="not a multiple of optim.batch_size_per_gpu=4 x 2 processes"):
+    with pytest.raises(ValueError, match="multiple of optim.batch_size_per_gpu=4 x 2 processes = 8"):
         plan_steps(cfg, DistInfo(rank=0, world_size=2), 100)
     auto = load_config("training/configs/tiny.yaml", ["optim.epoch_length=auto", "train.stop_at_step=1"])
     assert plan_steps(auto, DistInfo(), 17).epoch_length == 2 and plan_steps(auto, DistInfo(), 17).end_step == 1

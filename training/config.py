@@ -2,14 +2,21 @@
 
 Every field has the official recipe's value as its default (ViT-S/16 on Kinetics-400,
 docs/training-recipe.md). A YAML file overrides some of them, and `key=value` arguments after it
-override both (`optim.base_lr=0.002 data.root=/data/k400`). Unknown keys and values of the wrong
-type are errors that name the key.
+override both (`optim.base_lr=0.002 data.root=/data/k400`). Every value is checked when the config
+is built, before a process group, a data scan or a model exists: an unknown key names the closest
+valid one, a wrong type or a value out of range names the key, the value and what is allowed
+(`ConfigError`, a `tcore.errors.UserError`).
+
+Which keys change the training, and which only its bookkeeping, decides what a resumed run may
+change (`config_changes`, `NEVER_BLOCK_RESUME`; training/README.md has the table).
 
     cfg = load_config("training/configs/vits16_k400.yaml", ["optim.epochs=100"])
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +28,8 @@ from tcore.errors import InvalidInputError
 
 __all__ = [
     "ModelConfig", "DataConfig", "AugmentConfig", "MaskConfig", "LossConfig", "OptimConfig",
-    "TrainConfig", "Config", "load_config", "config_from_dict", "config_to_dict", "ConfigError",
+    "TrainConfig", "Config", "load_config", "config_from_dict", "config_to_dict", "ConfigError", "config_keys",
+    "check_world_size", "NEVER_BLOCK_RESUME", "config_changes", "resume_change_keys",
 ]
 
 
@@ -125,7 +133,8 @@ class TrainConfig:
     log_every: int = 10                      # steps between log lines (the only .item() syncs)
     checkpoint_every: int = 2808             # steps between checkpoints (0 = only at the end)
     keep_last: int = 3                       # checkpoints kept
-    resume: str = "auto"                     # auto: latest in output_dir; "": start fresh; or a file
+    resume: str = "auto"                     # auto: newest good checkpoint in output_dir; "": start fresh; or a file
+    resume_changes: str = ""                 # comma-separated keys a resume may change ("optim.base_lr,optim.epochs")
     stop_at_step: int = 0                    # > 0: checkpoint and exit after this step (job time limits)
     export_at_end: bool = True               # write export/ (tcore format + official layout) at the end
     tensorboard: bool = True                 # TensorBoard events when tensorboard is installed
@@ -145,6 +154,19 @@ class Config:
         _validate(self)
 
 
+# Keys a resumed run may change without train.resume_changes: its bookkeeping (where the frames and
+# the outputs are, workers, how often it logs and saves, what it keeps, when it stops, TensorBoard)
+# and how the same maths is computed (device, compilation, memory layout, where the augmentation runs:
+# these change rounding, not the recipe). Every other key changes the training: model, data sampling,
+# augmentation, masking, losses, optimiser, schedule, seed, precision.
+NEVER_BLOCK_RESUME = frozenset({
+    "data.root", "data.num_workers", "data.prefetch_factor", "data.pin_memory", "data.persistent_workers",
+    "augment.device", "train.output_dir", "train.device", "train.compile", "train.channels_last",
+    "train.log_every", "train.checkpoint_every", "train.keep_last", "train.resume", "train.resume_changes",
+    "train.stop_at_step", "train.export_at_end", "train.tensorboard",
+})
+
+
 # ------------------------------------------------------------------------------ type checking
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
@@ -152,7 +174,7 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, typing.get_args(tp)))}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -161,19 +183,20 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
                 return _check_value(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"{key}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
+        raise ConfigError(f"{key}={value!r}: fits none of the allowed types ({'; '.join(errors)})")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values, e.g. {key}=[0.3, 0.7]")
         return tuple(_check_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
         return float(value)
     if tp is int or tp is bool or tp is str:
         if type(value) is not tp:
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+            expected = {int: "an integer", bool: "true or false", str: "a string"}[tp]
+            raise ConfigError(f"{key}={value!r}: expected {expected}, got {type(value).__name__}")
         return value
     raise TypeError(f"{key}: unsupported config type {tp}")  # a schema bug, not user input
 
@@ -185,8 +208,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; "
-                          f"valid keys under {prefix or 'the top level'}: {sorted(names)}")
+        raise ConfigError(_unknown_key(prefix + str(unknown[0]), values[unknown[0]], prefix, sorted(names)))
     kwargs = {}
     for name, value in values.items():
         tp = hints[name]
@@ -197,28 +219,119 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def config_keys() -> list[str]:
+    """Every dotted key of the schema, in declaration order ("model.embed_dim", ...)."""
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+            for f in dataclasses.fields(typing.get_type_hints(Config)[section.name])]
+
+
+def _unknown_key(key: str, value: Any, prefix: str, names: list[str]) -> str:
+    """The error for an unknown key: the closest valid key, else the valid keys at that level.
+
+    An unknown section given with keys (`optm: {base_lr: 1}`, i.e. `optm.base_lr=1`) is matched as
+    the whole dotted key."""
+    if isinstance(value, Mapping) and value:
+        key = f"{key}.{next(iter(value))}"
+    close = difflib.get_close_matches(key, config_keys() + [f.name for f in dataclasses.fields(Config)], n=1,
+                                      cutoff=0.6)
+    if close:
+        return f"unknown config key {key!r}; did you mean {close[0]!r}?"
+    return f"unknown config key {key!r}; the keys under {prefix or 'the top level'} are {', '.join(names)}"
+
+
+# Allowed values of single fields: key -> (test, what is allowed). Rules between fields are in _validate.
+_AT_LEAST_1 = (lambda v: v >= 1, "must be >= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "must be >= 0")
+_POSITIVE = (lambda v: v > 0, "must be > 0")
+_UNIT = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+_FRACTIONS = (lambda v: 0 <= v[0] <= v[1] <= 1, "must be [low, high] with 0 <= low <= high <= 1")
+_RULES: dict[str, tuple[Any, str]] = {
+    "model.embed_dim": _AT_LEAST_1, "model.depth": _AT_LEAST_1, "model.num_heads": _AT_LEAST_1,
+    "model.patch_size": _AT_LEAST_1, "model.num_register_tokens": _AT_LEAST_0, "model.mlp_ratio": _POSITIVE,
+    "model.drop_path_rate": (lambda v: 0 <= v < 1, "must be in [0, 1)"), "model.head_hidden_dim": _AT_LEAST_1,
+    "model.head_bottleneck_dim": _AT_LEAST_1, "model.head_n_prototypes": _AT_LEAST_1,
+    "model.head_n_layers": _AT_LEAST_1, "model.pmm_num_heads": _AT_LEAST_1, "model.pmm_num_blocks": _AT_LEAST_1,
+    "model.pmm_branch_scale": _AT_LEAST_0, "model.layerscale_init": _POSITIVE,
+    "data.current_range": (lambda v: 0 <= v[0] < v[1] <= 1, "must be [low, high] with 0 <= low < high <= 1"),
+    "data.past_offset_range": _FRACTIONS, "data.future_offset_range": _FRACTIONS,
+    "data.num_workers": _AT_LEAST_0, "data.prefetch_factor": _AT_LEAST_1,
+    "augment.n_local_crops": _AT_LEAST_1,
+    "augment.global_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "must be [low, high] with 0 < low <= high <= 1"),
+    "augment.local_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "must be [low, high] with 0 < low <= high <= 1"),
+    "mask.probability": _UNIT, "mask.ratio_min_max": _FRACTIONS, "mask.min_num_patches": _AT_LEAST_1,
+    "mask.min_aspect": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "loss.dino_weight": _AT_LEAST_0, "loss.koleo_weight": _AT_LEAST_0, "loss.past_ibot_weight": _AT_LEAST_0,
+    "loss.future_ibot_weight": _AT_LEAST_0, "loss.mse_weight": _AT_LEAST_0, "loss.student_temp": _POSITIVE,
+    "loss.teacher_temp": _POSITIVE, "loss.warmup_teacher_temp": _POSITIVE,
+    "loss.warmup_teacher_temp_epochs": _AT_LEAST_0, "loss.center_momentum": _UNIT,
+    "optim.batch_size_per_gpu": (lambda v: v >= 2, "must be >= 2 (KoLeo needs two samples per micro-batch)"),
+    "optim.global_batch_size": _AT_LEAST_1, "optim.epochs": _AT_LEAST_1,
+    "optim.epoch_length": (lambda v: v == "auto" or v >= 1, "must be >= 1 or auto"),
+    "optim.warmup_epochs": _AT_LEAST_0, "optim.base_lr": _AT_LEAST_0, "optim.min_lr": _AT_LEAST_0,
+    "optim.weight_decay": _AT_LEAST_0, "optim.weight_decay_end": _AT_LEAST_0, "optim.momentum_teacher": _UNIT,
+    "optim.final_momentum_teacher": _UNIT, "optim.layerwise_decay": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "optim.patch_embed_lr_mult": _AT_LEAST_0, "optim.freeze_last_layer_epochs": _AT_LEAST_0,
+    "optim.pmm_lr_mult": _AT_LEAST_0, "optim.clip_grad": _AT_LEAST_0,
+    "optim.adamw_betas": (lambda v: all(0 <= b < 1 for b in v), "must be two values in [0, 1)"),
+    "train.output_dir": (lambda v: v != "", "must name a folder"), "train.seed": _AT_LEAST_0,
+    "train.log_every": _AT_LEAST_1, "train.checkpoint_every": _AT_LEAST_0, "train.keep_last": _AT_LEAST_1,
+    "train.stop_at_step": _AT_LEAST_0,
+}
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def _validate(cfg: Config) -> None:
-    m, o, d, a = cfg.model, cfg.optim, cfg.data, cfg.augment
-    if m.embed_dim % m.num_heads or m.embed_dim % m.pmm_num_heads:
-        raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by model.num_heads={m.num_heads} "
-                          f"and model.pmm_num_heads={m.pmm_num_heads}")
-    if m.pmm_num_blocks < 1:
-        raise ConfigError(f"model.pmm_num_blocks={m.pmm_num_blocks}: must be >= 1")
-    for name in ("global_size", "local_size"):
-        if getattr(a, name) % m.patch_size:
-            raise ConfigError(f"augment.{name}={getattr(a, name)} must be a multiple of model.patch_size")
-    if o.batch_size_per_gpu < 2:
-        raise ConfigError(f"optim.batch_size_per_gpu={o.batch_size_per_gpu}: KoLeo needs at least 2 samples")
+    """Every value in its allowed range, and the rules between fields (ConfigError naming key and value)."""
+    for key, (allowed, text) in _RULES.items():
+        value = _value(cfg, key)
+        if not allowed(value):
+            raise ConfigError(f"{key}={_show(value)}: {text}")
+    m, o, d = cfg.model, cfg.optim, cfg.data
+    for name in ("num_heads", "pmm_num_heads"):
+        if m.embed_dim % getattr(m, name):
+            raise ConfigError(f"model.{name}={getattr(m, name)}: must divide model.embed_dim={m.embed_dim}")
+    for key in ("model.img_size", "augment.global_size", "augment.local_size"):
+        value = _value(cfg, key)
+        if any(side % m.patch_size or side < m.patch_size for side in (value if isinstance(value, tuple) else [value])):
+            raise ConfigError(f"{key}={_show(value)}: must be a positive multiple of model.patch_size={m.patch_size}"
+                              + (" (each side)" if isinstance(value, tuple) else ""))
     if o.global_batch_size % o.batch_size_per_gpu:
-        raise ConfigError(f"optim.global_batch_size={o.global_batch_size} must be a multiple of "
+        raise ConfigError(f"optim.global_batch_size={o.global_batch_size}: must be a multiple of "
                           f"optim.batch_size_per_gpu={o.batch_size_per_gpu}")
+    if o.warmup_epochs > o.epochs:
+        raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs}: must be <= optim.epochs={o.epochs}")
     if d.current_range[0] - d.past_offset_range[1] < 0 or d.current_range[1] + d.future_offset_range[1] > 1:
-        raise ConfigError("data: current_range[0] - past_offset_range[1] must be >= 0 and "
-                          "current_range[1] + future_offset_range[1] <= 1 (as the reference asserts)")
-    if o.epoch_length != "auto" and o.epoch_length < 1:
-        raise ConfigError(f"optim.epoch_length={o.epoch_length}: must be >= 1 or 'auto'")
-    if not 0 <= cfg.mask.probability <= 1:
-        raise ConfigError(f"mask.probability={cfg.mask.probability}: must be in [0, 1]")
+        raise ConfigError(f"data.current_range={_show(d.current_range)}: current_range[0] - past_offset_range[1] "
+                          f"must be >= 0 and current_range[1] + future_offset_range[1] <= 1 (as the reference "
+                          f"asserts); past_offset_range={_show(d.past_offset_range)}, "
+                          f"future_offset_range={_show(d.future_offset_range)}")
+    if d.layout == "kinetics" and not d.split:
+        raise ConfigError("data.split='': the kinetics layout needs a split folder (data.split=train)")
+    resume_change_keys(cfg)  # names known keys only
+
+
+def _show(value: Any) -> str:
+    """A value as the user writes it in an override: lists in brackets."""
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, tuple) else str(value)
+
+
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """The global batch splits evenly over `world_size` processes of `optim.batch_size_per_gpu` each.
+
+    Raises:
+        ConfigError: naming both keys, the number of processes, and the nearest global batches that fit.
+    """
+    o = cfg.optim
+    per_step = o.batch_size_per_gpu * world_size
+    if o.global_batch_size % per_step:
+        lower = max(per_step, o.global_batch_size // per_step * per_step)
+        raise ConfigError(f"optim.global_batch_size={o.global_batch_size}: must be a positive multiple of "
+                          f"optim.batch_size_per_gpu={o.batch_size_per_gpu} x {world_size} processes = {per_step} "
+                          f"(e.g. optim.global_batch_size={lower}), or change optim.batch_size_per_gpu")
 
 
 # ------------------------------------------------------------------------------ loading
@@ -251,6 +364,44 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
     return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()}
             for s in (f.name for f in dataclasses.fields(Config))}
+
+
+def _flat(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{"optim": {"base_lr": x}} -> {"optim.base_lr": x}."""
+    return {f"{section}.{name}": value for section, fields in values.items() if isinstance(fields, Mapping)
+            for name, value in fields.items()}
+
+
+def config_changes(saved: Mapping[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """What differs between a checkpoint's config and this run's.
+
+    Args:
+        saved: the plain nested dict a checkpoint holds (`config_to_dict` of its run).
+        cfg: this run's config.
+
+    Returns:
+        (key, saved value, this run's value) for every key of this code's schema that differs, in
+        schema order; a key the checkpoint lacks (written by older code) counts with its default.
+    """
+    new, defaults, old = _flat(config_to_dict(cfg)), _flat(config_to_dict(Config())), _flat(saved)
+    return [(key, old.get(key, defaults[key]), value) for key, value in new.items()
+            if old.get(key, defaults[key]) != value]
+
+
+def resume_change_keys(cfg: Config) -> list[str]:
+    """The keys `train.resume_changes` accepts as changed on resume (comma-separated in the config).
+
+    Raises:
+        ConfigError: a name that is not a config key (the message suggests the closest one).
+    """
+    keys = [k.strip() for k in cfg.train.resume_changes.split(",") if k.strip()]
+    valid = set(config_keys())
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "; name dotted config keys, e.g. optim.base_lr"
+            raise ConfigError(f"train.resume_changes={cfg.train.resume_changes}: {key!r} is not a config key{hint}")
+    return keys
 
 
 def config_from_dict(values: Mapping[str, Any]) -> Config:

@@ -1,10 +1,6 @@
-"""Frame-folder datasets, sandwich sampling and the batch stream (docs/training-recipe.md §2;
-augmentation §3).
-
-Videos are folders of frame images (names sorted as strings, as the reference does). Two
-layouts: "kinetics" (`<root>/<split>/<class>/<video>/<frames>`, the official one) and "folders"
-(any folder of frame folders, found recursively). The list of videos is a manifest: one folder
-per line, relative to the root; it is written once per run and reused on resume.
+"""The batch stream (docs/training-recipe.md §2; augmentation §3): which video, frames, crops and
+masks each micro-batch holds. The videos (frame folders, manifests) and sandwich sampling are in
+`training.videos`.
 
 The sample stream is global and the same for any number of GPUs: position q (0, 1, 2, ...) is
 video `perm_p[q % N]` with `p = q // N` and `perm_p` a permutation seeded by (seed, p). Step t
@@ -16,7 +12,6 @@ DataLoader workers hold no state worth saving and a resumed run sees exactly the
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -24,110 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tcore.files import write_text_atomic
-from tcore.io import IMAGE_SUFFIXES
+from tcore.errors import InvalidInputError, MissingFileError
 from training.augment import Photo, apply_plan_pil, aux_plan, center_box, draw_aux_photo, draw_current_plan
 from training.batch import Batch, EncodedBatch
 from training.config import AugmentConfig, Config, DataConfig, MaskConfig
 from training.masking import batch_masks, mask_indices
+from training.videos import FRAME_EXTENSIONS, list_frames, sample_frame_indices
 
-__all__ = [
-    "FRAME_EXTENSIONS", "scan_videos", "read_manifest", "write_manifest", "list_frames",
-    "sample_frame_indices", "SampleStream", "ClipBatchDataset", "StepSampler", "build_loader",
-    "to_device_batch", "mask_rng", "sample_rng", "Batch", "EncodedBatch",
-]
+__all__ = ["SampleStream", "ClipBatchDataset", "StepSampler", "build_loader", "to_device_batch", "mask_rng",
+           "sample_rng", "Batch", "EncodedBatch"]
 
-FRAME_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))  # tcore's frame files (`str.endswith` takes a tuple)
 _STREAM_PERM, _STREAM_SAMPLE, _STREAM_MASK = 1, 2, 3  # independent random streams per purpose
-
-
-# ---------------------------------------------------------------------------------- the index
-
-def list_frames(video_dir: str | Path) -> list[str]:
-    """Frame file names of one video folder, sorted as strings (the reference's order)."""
-    return sorted(n for n in os.listdir(video_dir) if n.lower().endswith(FRAME_EXTENSIONS))
-
-
-def scan_videos(root: str | Path, layout: str = "kinetics", split: str = "train") -> list[str]:
-    """Frame folders under `root`, relative to it, sorted.
-
-    Args:
-        root: frames root.
-        layout: "kinetics" (`<root>/<split>/<class>/<video>/`) or "folders" (every folder below
-            `root` that directly holds frame images).
-        split: the sub-folder of the "kinetics" layout.
-
-    Raises:
-        FileNotFoundError: missing root/split, or no frame folder found.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r}: no such folder")
-    videos: list[str] = []
-    if layout == "kinetics":
-        base = root / split
-        if not base.is_dir():
-            raise FileNotFoundError(f"data.root={str(root)!r}: no '{split}' folder; the kinetics layout is "
-                                    f"<root>/{split}/<class>/<video>/<frames> (or use data.layout=folders)")
-        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir()):
-            for vid in sorted(e.name for e in os.scandir(base / cls) if e.is_dir()):
-                videos.append(f"{split}/{cls}/{vid}")
-    elif layout == "folders":
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            if any(n.lower().endswith(FRAME_EXTENSIONS) for n in filenames):
-                videos.append(Path(dirpath).relative_to(root).as_posix())
-        videos.sort()
-    else:
-        raise ValueError(f"data.layout={layout!r}: expected 'kinetics' or 'folders'")
-    if not videos:
-        raise FileNotFoundError(f"data.root={str(root)!r}: no video frame folders found (layout={layout}); "
-                                "extract frames first: python -m training.prepare frames VIDEOS OUT")
-    return videos
-
-
-def write_manifest(path: str | Path, videos: list[str]) -> None:
-    """One frame folder per line (relative to the frames root), written atomically."""
-    write_text_atomic(path, "".join(v + "\n" for v in videos))
-
-
-def read_manifest(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.manifest={str(path)!r}: no such file")
-    videos = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not videos:
-        raise ValueError(f"data.manifest={str(path)!r}: the file lists no video")
-    return videos
-
-
-# ------------------------------------------------------------------------- temporal sampling
-
-def sample_frame_indices(num_frames: int, rng: np.random.Generator,
-                         current_range: tuple[float, float] = (0.3, 0.7),
-                         past_range: tuple[float, float] = (0.15, 0.25),
-                         future_range: tuple[float, float] = (0.15, 0.25)) -> tuple[int, int, int]:
-    """Sandwich sampling (docs/training-recipe.md §2.3): (past, current, future) frame indices of a T-frame video.
-
-    Each bound is a fraction of T computed in floating point and truncated on its own; intervals
-    are inclusive; only the future side is clamped to T-1. When the windows do not fit (T in
-    {1, 2, 3, 7} with the defaults), one random frame is used three times.
-
-    Raises:
-        ValueError: num_frames < 1.
-    """
-    t = num_frames
-    if t < 1:
-        raise ValueError(f"num_frames={t}: a video needs at least one frame")
-    cs, ce = int(current_range[0] * t), int(current_range[1] * t)
-    if cs < ce:
-        c = int(rng.integers(cs, ce))  # randint(cs, ce - 1)
-        ps, pe = c - int(past_range[1] * t), c - int(past_range[0] * t)
-        fs, fe = c + int(future_range[0] * t), c + int(future_range[1] * t)
-        if ps < pe <= c <= fs < fe:
-            return int(rng.integers(ps, pe + 1)), c, int(rng.integers(fs, min(fe, t - 1) + 1))
-    f = int(rng.integers(0, t))
-    return f, f, f
 
 
 class SampleStream:
@@ -201,7 +103,8 @@ class ClipBatchDataset(Dataset):
         folder = self.root / self.videos[self.stream.video(position)]
         names = list_frames(folder)
         if not names:
-            raise FileNotFoundError(f"{folder}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
+            raise MissingFileError(f"{folder}: no frame images ({', '.join(FRAME_EXTENSIONS)}); find such folders "
+                                   f"before a run with: python -m training.prepare check {self.root}")
         rng = sample_rng(self.seed, position)
         d = self.data
         idx = sample_frame_indices(len(names), rng, d.current_range, d.past_offset_range, d.future_offset_range)
@@ -298,7 +201,8 @@ def _open_rgb(path: Path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except OSError as err:
-        raise OSError(f"{path}: cannot read this frame ({err})") from err
+        raise InvalidInputError(f"{path}: cannot read this frame ({err}); find such frames before a run with: "
+                                "python -m training.prepare check FRAMES") from err
 
 
 def _read_encoded(path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -307,8 +211,8 @@ def _read_encoded(path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
 
     data = path.read_bytes()
     if not data.startswith(b"\xff\xd8"):
-        raise ValueError(f"{path}: augment.device=gpu decodes JPEG frames only (nvJPEG); "
-                         "use augment.device=cpu for other formats")
+        raise InvalidInputError(f"{path}: augment.device=gpu decodes JPEG frames only (nvJPEG); "
+                                "use augment.device=cpu for other formats")
     with Image.open(io.BytesIO(data)) as image:
         size = image.size
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), size

@@ -5,8 +5,10 @@ launcher (`kill -KILL <torchrun pid>`, SLURM without cgroup process tracking, a 
 used to leave the ranks training and writing checkpoints. `die_with_launcher` ties each rank to the
 process that started it: on Linux the kernel sends it SIGKILL when that process exits
 (`prctl(PR_SET_PDEATHSIG)`); elsewhere a daemon thread polls the parent pid and kills the process
-when it changes. SIGKILL, because a rank must stop at once and write nothing more: its last complete
-checkpoint stays the one a requeued job resumes from.
+when it changes. SIGKILL, because a rank must stop at once and write nothing more: its last
+complete checkpoint stays the one a requeued job resumes from. `training.prepare`'s decoding
+processes die with the command the same way (`die_with_parent`), so a killed prepare leaves none
+writing frames.
 
 Standard library only: it is armed before torch is imported.
 """
@@ -22,9 +24,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tcore._lock import FolderLock
+    from tcore.locks import FolderLock
 
-__all__ = ["die_with_launcher", "release_on_sigterm"]
+__all__ = ["die_with_parent", "die_with_launcher", "release_on_sigterm"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -67,10 +69,25 @@ def die_with_launcher(poll_every: float = 1.0) -> str | None:
         poll_every: seconds between parent checks of the fallback thread.
 
     Returns:
-        "prctl" (Linux: the kernel delivers the signal), "watch" (a thread polls the parent pid),
-        or None when not started by a launcher or on Windows.
+        As `die_with_parent`; None when not started by a launcher.
     """
-    if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
+    if "LOCAL_RANK" not in os.environ:
+        return None
+    return die_with_parent(poll_every)
+
+
+def die_with_parent(poll_every: float = 1.0) -> str | None:
+    """Make this process die (SIGKILL) as soon as its parent exits: a rank with its launcher, a
+    worker process with the command that started it (`training.prepare`'s decoders).
+
+    Args:
+        poll_every: seconds between parent checks of the fallback thread.
+
+    Returns:
+        "prctl" (Linux: the kernel delivers the signal), "watch" (a thread polls the parent pid),
+        or None on Windows.
+    """
+    if sys.platform == "win32":
         return None
     launcher = os.getppid()
     if _set_parent_death_signal(signal.SIGKILL):

@@ -13,9 +13,17 @@ Arguments after the config are dotted overrides (`optim.base_lr=0.002`). The glo
 `optim.global_batch_size` on any number of GPUs (gradient accumulation), and so does the stream
 of samples, so one GPU with accumulation 4 trains on the same batches as 4 GPUs.
 
-One run per output folder: rank 0 holds `<output_dir>/tcore.lock` (tcore._lock.FolderLock) for the
-whole run, and a launch into a folder held by a live run stops with an error naming it. Every rank
-started by a launcher dies with it (training/lifecycle.py), so no rank outlives a killed torchrun.
+A user's mistake (a config key or value, the data, a checkpoint, a folder in use) ends the run with
+one line, `training: error: <message>`, printed by one rank, and exit code 1 on every rank; a bug
+keeps its traceback (`--debug` shows it always). The config is checked before a process group, a
+data scan or a model exists; every later step that can fail on some ranks only runs under
+`training.dist.agree`, so every rank stops with it and none waits in a collective.
+
+One run per output folder: rank 0 holds `<output_dir>/tcore.lock` (tcore.locks.FolderLock, taken
+with tcore.distributed.claim_folder) for the whole run, and a launch into a folder held by a live
+run stops with an error naming it. Every rank started by a launcher dies with it
+(training/lifecycle.py), so no rank outlives a killed torchrun. A resume takes the newest good
+checkpoint and refuses a config that changes the training (training/resume.py).
 
 Reading order: the run's pieces (`TrainState`, `plan_steps`, `build_training`, `resume`, `save`),
 one training step (`forward_backward`, `optimizer_step`, `train_step`), the data, then `main` and
@@ -38,6 +46,8 @@ if __name__ == "__main__":  # a rank dies with its launcher: armed first, before
 import argparse
 import contextlib
 import logging
+import signal
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -46,30 +56,37 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tcore._lock import FolderLock, FolderLockedError
+from tcore.distributed import claim_folder, torchrun_env
+from tcore.errors import CheckpointError, InvalidInputError, MissingFileError, user_error_message
+from tcore.locks import FolderLock
 from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.config import Config, config_to_dict, load_config
-from training.data import ClipBatchDataset, StepSampler, build_loader, read_manifest, scan_videos, to_device_batch, \
-    write_manifest
-from training.dist import DistInfo, barrier, broadcast_object, cleanup_distributed, setup_distributed
+from training.config import Config, ConfigError, check_world_size, config_to_dict, load_config
+from training.data import ClipBatchDataset, StepSampler, build_loader, to_device_batch
+from training.dist import DistInfo, JobStopped, agree, barrier, broadcast_object, cleanup_distributed, pick_device, \
+    setup_distributed
 from training.lifecycle import release_on_sigterm
 from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
 from training.model import Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets, \
     update_teacher
 from training.optim import apply_schedules, build_optimizer, build_schedules, scaled_lr
+from training.resume import choose_checkpoint
 from training.runlog import RunLog
+from training.videos import read_manifest, scan_videos, write_manifest
 
-__all__ = ["main", "train", "TrainState", "StepPlan", "build_training", "plan_steps", "resume", "train_step",
-           "forward_backward", "optimizer_step", "micro_seed", "save"]
+__all__ = ["main", "train", "check_launch", "TrainState", "StepPlan", "build_training", "plan_steps", "resume",
+           "train_step", "forward_backward", "optimizer_step", "micro_seed", "save"]
 
+PROG = "training"  # errors read `training: error: <message>`
 _logger = logging.getLogger("training")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_MEMORY_FIX = "lower optim.batch_size_per_gpu (the global batch stays: gradient accumulation makes up the rest)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="T-CoRe pretraining (torchrun + DDP)", prog="training.pretrain")
+    parser = argparse.ArgumentParser(description="T-CoRe pretraining (torchrun + DDP)", prog=PROG)
     parser.add_argument("--config", required=True, help="YAML file, e.g. training/configs/vits16_k400.yaml")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error, a user's too")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.base_lr=0.002")
     return parser.parse_args(argv)
 
@@ -130,17 +147,15 @@ def plan_steps(cfg: Config, info: DistInfo, num_videos: int) -> StepPlan:
     """Gradient accumulation and run length from the config, the world size and the data.
 
     Raises:
-        ValueError: a global batch that the processes cannot split evenly, or too few videos.
+        ConfigError: a global batch that the processes cannot split evenly, or too few videos.
     """
     o = cfg.optim
+    check_world_size(cfg, info.world_size)
     per_step = o.batch_size_per_gpu * info.world_size
-    if o.global_batch_size % per_step:
-        raise ValueError(f"optim.global_batch_size={o.global_batch_size} is not a multiple of "
-                         f"optim.batch_size_per_gpu={o.batch_size_per_gpu} x {info.world_size} processes")
     epoch_length = num_videos // o.global_batch_size if o.epoch_length == "auto" else o.epoch_length
     if epoch_length < 1:
-        raise ValueError(f"optim.epoch_length=auto: {num_videos} videos give no full global batch of "
-                         f"{o.global_batch_size}; lower optim.global_batch_size or set optim.epoch_length")
+        raise ConfigError(f"optim.epoch_length=auto: {num_videos} videos give no full global batch of "
+                          f"{o.global_batch_size}; lower optim.global_batch_size or set optim.epoch_length")
     total = o.epochs * epoch_length
     end = min(total, cfg.train.stop_at_step) if cfg.train.stop_at_step > 0 else total
     return StepPlan(accum=o.global_batch_size // per_step, epoch_length=epoch_length, total_steps=total, end_step=end)
@@ -168,38 +183,51 @@ def build_training(cfg: Config, device: torch.device) -> TrainState:
     return TrainState(student, teacher, optimizer, scaler, centers)
 
 
-def resume(state: TrainState, cfg: Config, ckpt_dir: Path) -> int:
-    """Load the checkpoint train.resume names (auto: the latest in `ckpt_dir`; "": none) into `state`.
+def resume(state: TrainState, cfg: Config, ckpt_dir: Path, info: DistInfo) -> int:
+    """Load the checkpoint that rank 0 chooses (`training.resume.choose_checkpoint`) into `state` on
+    every rank: all ranks resume from the same file, or none does.
 
     Returns:
         The step to start from: the checkpoint's, or 0.
 
     Raises:
-        ValueError: the checkpoint's model config differs from this run's.
+        JobStopped: on every rank, when the choice or a load failed on any (a broken checkpoint
+            alone is renamed and skipped; see training/resume.py).
     """
-    path = latest_checkpoint(ckpt_dir) if cfg.train.resume == "auto" else cfg.train.resume or None
+    chosen = agree(lambda: choose_checkpoint(cfg, ckpt_dir) if info.is_main else None, info)
+    path = broadcast_object(None if chosen is None else str(chosen[0]), info)
     if path is None:
         return 0
-    saved = load_checkpoint(path)
-    if saved["config"]["model"] != config_to_dict(cfg)["model"]:
-        raise ValueError(f"{path}: model config {saved['config']['model']} differs from this run's "
-                         f"{config_to_dict(cfg)['model']}")
-    state.load_state_dict(saved)
-    _logger.info("resumed from %s at step %d", path, int(saved["step"]))
-    return int(saved["step"])
+
+    def load() -> int:
+        saved = chosen[1] if info.is_main else load_checkpoint(path)
+        try:
+            state.load_state_dict(saved)
+        except (RuntimeError, KeyError, ValueError) as err:  # a model change accepted by train.resume_changes
+            raise CheckpointError(f"train.resume: {path}: its weights do not fit this run's model "
+                                  f"({str(err).strip().splitlines()[0]}); keep the model.* keys of the run") from err
+        return int(saved["step"])
+
+    step = agree(load, info)
+    _logger.info("resumed from %s at step %d", path, step)
+    return step
 
 
 def save(state: TrainState, cfg: Config, ckpt_dir: Path, step: int, info: DistInfo,
          lock: FolderLock | None) -> None:
-    """Rank 0 writes the checkpoint of `step` (atomically, keeping train.keep_last); every rank waits."""
-    if info.is_main:
+    """Rank 0 writes the checkpoint of `step` (atomically, keeping train.keep_last); every rank waits,
+    and stops with it when the save failed (a lost lock, a full disk)."""
+    def write() -> None:
+        if not info.is_main:
+            return
         lock.check()
         rng = {"seed": cfg.train.seed,
                "scheme": "all randomness derives from (seed, sample / micro-batch index); nothing else to restore"}
         path = save_checkpoint(ckpt_dir, {"format_version": FORMAT_VERSION, "step": step, **state.state_dict(),
                                           "config": config_to_dict(cfg), "rng": rng}, step, cfg.train.keep_last)
         _logger.info("saved %s", path)
-    barrier(info)
+
+    agree(write, info)
 
 
 # ------------------------------------------------------------------------------- one training step
@@ -277,14 +305,19 @@ def train_step(model: torch.nn.Module, state: TrainState, next_batch: Callable[[
 # ------------------------------------------------------------------------------- data
 
 def _videos(cfg: Config, out_dir: Path, info: DistInfo) -> list[str]:
-    """The manifest: data.manifest, else the run's own manifest.txt (written once, reused on resume)."""
-    if cfg.data.manifest:
-        return read_manifest(cfg.data.manifest)
-    path = out_dir / "manifest.txt"
-    if info.is_main and not path.is_file():
-        write_manifest(path, scan_videos(cfg.data.root, cfg.data.layout, cfg.data.split))
-    barrier(info)
-    return read_manifest(path)
+    """The manifest: data.manifest, else the run's own manifest.txt (written once, reused on resume).
+    Rank 0 reads (or scans) it and hands it to every rank."""
+    def manifest() -> list[str] | None:
+        if not info.is_main:
+            return None
+        if cfg.data.manifest:
+            return read_manifest(cfg.data.manifest)
+        path = out_dir / "manifest.txt"
+        if not path.is_file():
+            write_manifest(path, scan_videos(cfg.data.root, cfg.data.layout, cfg.data.split))
+        return read_manifest(path)
+
+    return broadcast_object(agree(manifest, info), info)
 
 
 def _batches(cfg: Config, info: DistInfo, videos: list[str], plan: StepPlan, start: int) -> Callable[[], Batch]:
@@ -297,71 +330,110 @@ def _batches(cfg: Config, info: DistInfo, videos: list[str], plan: StepPlan, sta
 
 # ------------------------------------------------------------------------------- the run
 
-def _claim_output_dir(out_dir: Path, info: DistInfo) -> FolderLock | None:
-    """Rank 0 locks `out_dir` (one run per output folder) before anything is written there; every
-    rank learns the outcome, so that no rank trains alone.
+def check_launch(cfg: Config) -> torch.device:
+    """What can be checked before a process group, a data scan or a model exists, with the same
+    answer on every rank: the split of the global batch over the job's processes, the device, and
+    the paths the config names.
 
     Returns:
-        The held lock on rank 0 (released on SIGTERM too), None on the other ranks.
+        This process's device.
 
     Raises:
-        FolderLockedError: on every rank when another live run holds the folder; rank 0 has printed
-            the error naming that run.
+        ConfigError, MissingFileError, InvalidInputError: the message names the key and the value.
     """
-    lock, refusal = None, None
-    if info.is_main:
-        lock = FolderLock(out_dir, purpose="training")
-        try:
-            lock.acquire()
-        except FolderLockedError as err:
-            refusal = f"train.output_dir={out_dir}: {err}"
-            print(f"training.pretrain: error: {refusal}", file=sys.stderr, flush=True)  # before the others exit
-            lock = None
-    refusal = broadcast_object(refusal, info)
-    if refusal is not None:
-        raise FolderLockedError(refusal)
-    if lock is not None:
-        release_on_sigterm(lock)
-    return lock
+    check_world_size(cfg, torchrun_env()[2])
+    d = cfg.data
+    if not d.root:
+        raise ConfigError("data.root is not set: give the frames folder, e.g. data.root=/data/k400/frames "
+                          "(python -m training.prepare frames VIDEOS FRAMES makes one)")
+    if not Path(d.root).is_dir():
+        raise MissingFileError(f"data.root={d.root}: no such folder")
+    if d.manifest and not Path(d.manifest).is_file():
+        raise MissingFileError(f"data.manifest={d.manifest}: no such file")
+    if cfg.train.resume not in ("auto", "") and not Path(cfg.train.resume).is_file():
+        raise MissingFileError(f"train.resume={cfg.train.resume}: no such checkpoint file (train.resume=auto takes "
+                               "the newest of the run's own)")
+    if Path(cfg.train.output_dir).is_file():
+        raise InvalidInputError(f"train.output_dir={cfg.train.output_dir}: a file, not a folder")
+    return pick_device(cfg.train.device)
+
+
+def _report(err: BaseException, debug: bool) -> None:
+    """Print `training: error: <message>` for a user's mistake, else (or with --debug) the traceback."""
+    message = user_error_message(err, memory_fix=_MEMORY_FIX)
+    if message is None or debug:
+        traceback.print_exception(err)
+        return
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:  # re-raised from a DataLoader worker
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "...InvalidInputError: <message>"
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one training job; 1 when the output folder is in use by another run."""
+    """Run one training job.
+
+    Returns:
+        0, or 1 after one rank printed `training: error: <message>` (a user's mistake) or a
+        traceback. A bug raised on one rank only (outside `agree`) propagates with its traceback.
+    """
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    info = setup_distributed(cfg.train.device)
-    out_dir = Path(cfg.train.output_dir)
+    info: DistInfo | None = None
     try:
-        lock = _claim_output_dir(out_dir, info)
-    except FolderLockedError:
-        cleanup_distributed()
+        cfg = load_config(args.config, args.overrides)
+        device = check_launch(cfg)
+    except Exception as err:  # before the process group: the same error on every rank, rank 0 reports it
+        if torchrun_env()[0] == 0:
+            _report(err, args.debug)
         return 1
     try:
-        train(cfg, info, out_dir, lock)
-    finally:
+        info = setup_distributed(device)
+        out_dir = Path(cfg.train.output_dir)
+        lock = agree(lambda: claim_folder(out_dir, "training", info, name=f"train.output_dir={out_dir}"), info)
         if lock is not None:
-            lock.release()
-    cleanup_distributed()
+            release_on_sigterm(lock)
+        try:
+            train(cfg, info, out_dir, lock)
+        finally:
+            if lock is not None:
+                lock.release()
+    except JobStopped as stopped:  # every rank: one reports, the others wait until it has
+        if stopped.error is not None:
+            _report(stopped.error, args.debug)
+        barrier(info)
+        return 1
+    except Exception as err:
+        if user_error_message(err) is None or args.debug:
+            raise
+        _report(err, debug=False)  # this rank's own mistake (e.g. a frame its loader could not read)
+        return 1
+    finally:
+        cleanup_distributed()
     return 0
 
 
 def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -> None:
     """The run: data, model, resume, the loop, the export. Rank 0 holds `lock` and checks it
-    before each write into `out_dir` (metrics, checkpoints, export)."""
+    before each write into `out_dir` (metrics, checkpoints, export).
+
+    Raises:
+        JobStopped: on every rank, when a step run under `agree` (the manifest, the plan, the
+            resume, a log step, a save) failed on any rank; it carries the error on the rank that
+            reports it.
+    """
     log = RunLog(cfg, info, out_dir, lock)
     try:
         if lock is not None:
             _logger.info("%s: held by this run (heartbeat every %g s)", lock.path, lock.heartbeat_every)
         _logger.info("config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         videos = _videos(cfg, out_dir, info)
-        plan = plan_steps(cfg, info, len(videos))
+        plan = agree(lambda: plan_steps(cfg, info, len(videos)), info)
         _logger.info("%d videos, %d processes x %d per micro-batch x %d accumulation = global batch %d; "
                      "%d steps (%d epochs of %d), peak lr %.3g", len(videos), info.world_size,
                      cfg.optim.batch_size_per_gpu, plan.accum, cfg.optim.global_batch_size, plan.total_steps,
                      cfg.optim.epochs, plan.epoch_length, scaled_lr(cfg.optim))
         state = build_training(cfg, info.device)  # same seed on every rank; DDP also broadcasts rank 0's weights
         ckpt_dir = out_dir / "checkpoints"
-        start = resume(state, cfg, ckpt_dir)
+        start = resume(state, cfg, ckpt_dir, info)
         model = DDP(state.student, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
                     gradient_as_bucket_view=True) if info.distributed else state.student
         schedules = build_schedules(cfg, plan.epoch_length)
@@ -385,4 +457,7 @@ def train(cfg: Config, info: DistInfo, out_dir: Path, lock: FolderLock | None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code:  # every rank stops on an error it knows of: the exit finishes even if the launcher's SIGTERM comes
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # now (torchrun sends it once any rank has exited)
+    sys.exit(code)

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcore._lock import FolderLock
+from tcore.errors import InvalidInputError
 from tcore.files import write_text_atomic
+from tcore.locks import FolderLock
 from training.config import Config
-from training.dist import DistInfo, all_reduce_mean
+from training.dist import DistInfo, agree, all_reduce_mean
 
 __all__ = ["RunLog"]
 
@@ -55,12 +56,22 @@ class RunLog:
         self.steps += 1
 
     def write(self, done: int, values: dict[str, float]) -> None:
-        """Average the terms since the last record over steps and ranks, then log it (rank 0)."""
+        """Average the terms since the last record over steps and ranks, then log it (rank 0).
+
+        Raises:
+            JobStopped: on every rank, for a non-finite loss or when rank 0 cannot write (a lost lock).
+        """
         names = list(self.sums)
         means = all_reduce_mean(torch.stack([self.sums[n] for n in names]) / self.steps, self.info).tolist()  # sync
-        record: dict[str, Any] = dict(zip(names, means))
+        agree(lambda: self._record(done, values, dict(zip(names, means))), self.info)
+        self.sums, self.steps, self.since = {}, 0, time.perf_counter()
+
+    def _record(self, done: int, values: dict[str, float], record: dict[str, Any]) -> None:
+        """Check the averaged terms, then log them and append them to metrics.jsonl (rank 0)."""
         if not np.isfinite(record["total"]):
-            raise FloatingPointError(f"step {done}: non-finite loss {record}; lower the lr or check the data")
+            terms = ", ".join(f"{k} {v:.4g}" for k, v in record.items())
+            raise InvalidInputError(f"step {done}: the loss is not finite ({terms}); lower optim.base_lr or check "
+                                    "the data (python -m training.prepare check FRAMES)")
         elapsed = time.perf_counter() - self.since
         record.update(step=done, lr=values["lr"], pmm_lr=values["pmm_lr"], wd=values["weight_decay"],
                       momentum=values["momentum"], teacher_temp=values["teacher_temp"],
@@ -81,7 +92,6 @@ class RunLog:
                 for key, value in record.items():
                     if key != "step":
                         self.writer.add_scalar(key, value, done)
-        self.sums, self.steps, self.since = {}, 0, time.perf_counter()
 
     def close(self) -> None:
         for closable in (self.metrics, self.writer):

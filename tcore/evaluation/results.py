@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .._lock import is_lock_file
+from ..locks import is_lock_file
 from .._version import __version__
 from ..errors import InvalidInputError
 from ..files import sha256sum, write_text_atomic, writing  # results are written through tcore's one atomic writer
@@ -193,7 +193,7 @@ def prepare_results_folder(folder: Path, manifest: Mapping[str, Any], overwrite:
     * a non-empty folder without a manifest: never touched (it is not a tcore results folder).
 
     Leftovers of an interrupted run (incomplete per-video outputs) are removed. The lock file of
-    the run that holds the folder (`tcore._lock`) counts as nothing and is never deleted.
+    the run that holds the folder (`tcore.locks`) counts as nothing and is never deleted.
 
     Raises:
         ManifestMismatchError: another run's outputs and not `overwrite`.

@@ -19,11 +19,11 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from .._lock import FolderLock, FolderLockedError
+from ..locks import FolderLock
 from .._outputs import check_output_folder, missing_folders, remove_if_empty
 from ..devices import resolve_device
+from ..distributed import DistInfo, all_gather_objects, broadcast_object, claim_folder, torchrun_env
 from ..errors import InvalidInputError, UserError
-from ..distributed import DistInfo, all_gather_objects, broadcast_object, torchrun_env
 from .benchmarks import BENCHMARKS as _PAPER_BENCHMARKS
 from .benchmarks import RunSettings
 from .datasets import BENCHMARK_NAMES, Dataset, DatasetError, read_davis, read_jhmdb, read_vip
@@ -246,7 +246,7 @@ def evaluate(
         DatasetError: a dataset that does not have the official layout.
         ManifestMismatchError: `out_dir` holds another run's outputs (pass overwrite=True).
         FolderLockedError: another live evaluation writes into ``<out_dir>/<benchmark>/`` (one run per
-            results folder: rank 0 holds ``tcore.lock`` there, see `tcore._lock`), checked before the
+            results folder: rank 0 holds ``tcore.lock`` there, see `tcore.locks`), checked before the
             model is loaded.
         InvalidInputError: bad arguments (a device this machine lacks, an out_dir that is a file), or a
             video the propagation refuses (the message names it).
@@ -267,7 +267,7 @@ def evaluate(
     dist_info, owns_default_group = _init_distributed()
     lock = None
     try:
-        lock = _claim_results_folder(results, dist_info)
+        lock = claim_folder(results, "evaluation", dist_info, name="out_dir")
         return _run(dataset, results, dist_info, lock, model=model, overwrite=overwrite, device=device,
                     batch_size=batch_size, precision=precision, size=None if size is None else tuple(size),
                     progress=progress)
@@ -279,30 +279,6 @@ def evaluate(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def _claim_results_folder(results: Path, dist_info: DistInfo) -> FolderLock | None:
-    """Rank 0 locks the results folder (one evaluation per folder) before anything is written or
-    loaded; every rank learns the outcome (a collective).
-
-    Returns:
-        The held lock on rank 0, None on the other ranks.
-
-    Raises:
-        FolderLockedError: on every rank, when another live run holds the folder (the message names
-            it: host, pid, since when, and what to do).
-    """
-    lock, refusal = None, None
-    if dist_info.rank == 0:
-        lock = FolderLock(results, purpose="evaluation")
-        try:
-            lock.acquire()
-        except FolderLockedError as err:
-            lock, refusal = None, f"out_dir: {err}"
-    refusal = broadcast_object(refusal, dist_info)
-    if refusal is not None:
-        raise FolderLockedError(refusal)
-    return lock
 
 
 def _run(dataset: Dataset, results: Path, dist_info: DistInfo, lock: FolderLock | None, *, model: Any, overwrite: bool,

@@ -1,8 +1,10 @@
 """One writer per folder: a lock file naming its holder, kept alive by a heartbeat.
 
-Training holds it in `train.output_dir`; it is written generically (a folder and a purpose string)
-so that any long job that owns a folder (`tcore eval` results folders) can use it too. Standard
-library only: importing it loads neither torch nor anything else heavy.
+The one public place of the lock: `tcore propagate -o` (through `tcore._outputs.staged_folder`),
+`tcore eval` results folders, `python -m training.prepare frames` and training's `train.output_dir`
+all hold it. It is written generically (a folder and a purpose string). Under torchrun, rank 0 takes
+it and every rank learns the outcome through `tcore.distributed.claim_folder`. Standard library
+only: importing it loads neither torch nor anything else heavy.
 
     lock = FolderLock("runs/vits16", purpose="training")
     previous = lock.acquire()   # FolderLockedError if a live run holds it; the stale holder, if taken over
