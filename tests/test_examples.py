@@ -1,7 +1,9 @@
-"""The scripts in examples/ run as users run them (small inputs, a tiny random backbone)."""
+"""The scripts in examples/ run as users run them (small inputs, a tiny random backbone): each as
+`__main__` with its own command line, in this process (no interpreter start per script)."""
 from __future__ import annotations
 
-import subprocess
+import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -34,32 +36,40 @@ def workspace(tmp_path_factory):
     return root
 
 
-def _run(script: str, *args: str, cwd: Path) -> str:
-    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, cwd=cwd)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+@pytest.fixture
+def run_example(monkeypatch, capsys, tmp_path):
+    """run_example(script, *args) runs examples/script as `python script *args` from tmp_path; its stdout."""
+    def run(script: str, *args: str) -> str:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [str(EXAMPLES / script), *args])
+        capsys.readouterr()
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")  # an error or a SystemExit fails the test
+        return capsys.readouterr().out
+
+    return run
 
 
-def test_propagate_video_example(workspace, tmp_path):
+def test_propagate_video_example(workspace, tmp_path, run_example):
     seq = workspace / "davis" / "JPEGImages/480p" / "blobs-a"
     first = workspace / "davis" / "Annotations/480p" / "blobs-a" / "00000.png"
-    stdout = _run("propagate_video.py", str(seq), str(first), str(tmp_path / "out"), "--model",
-                  str(workspace / "tiny"), "--size", "64", "96", cwd=tmp_path)
+    stdout = run_example("propagate_video.py", str(seq), str(first), str(tmp_path / "out"), "--model",
+                         str(workspace / "tiny"), "--size", "64", "96")
     assert "5 masks" in stdout
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())[0] == "00000.png"
     assert (tmp_path / "out" / "overlay.gif").stat().st_size > 0
 
 
-def test_extract_features_example(workspace, tmp_path):
+def test_extract_features_example(workspace, tmp_path, run_example):
     image = workspace / "davis" / "JPEGImages/480p" / "blobs-a" / "00000.jpg"
-    stdout = _run("extract_features.py", str(image), str(tmp_path / "pca.png"), "--model", str(workspace / "tiny"),
-                  "--size", "64", "96", cwd=tmp_path)
+    stdout = run_example("extract_features.py", str(image), str(tmp_path / "pca.png"), "--model",
+                         str(workspace / "tiny"), "--size", "64", "96")
     assert "(4, 6, 32)" in stdout
     assert np.asarray(Image.open(tmp_path / "pca.png")).shape == (64, 192, 3)
 
 
-def test_evaluate_davis_example(workspace, tmp_path):
-    stdout = _run("evaluate_davis.py", str(workspace / "davis"), "--model", str(workspace / "tiny"), "--out",
-                  str(tmp_path / "results"), cwd=tmp_path)
+def test_evaluate_davis_example(workspace, tmp_path, run_example):
+    stdout = run_example("evaluate_davis.py", str(workspace / "davis"), "--model", str(workspace / "tiny"), "--out",
+                         str(tmp_path / "results"), "--size", "64", "96")
     assert "J&F-Mean" in stdout
-    assert (tmp_path / "results" / "davis" / "summary.json").is_file()
+    summary = json.loads((tmp_path / "results" / "davis" / "summary.json").read_text())
+    assert summary["protocol"]["preset"] == "davis" and summary["working_sizes"] == [[64, 96]]

@@ -4,22 +4,36 @@ objects through bmx-trees, an object that enters late, a video file with a soft 
 test_evaluation.py.) Skipped without the shared test data (failing instead in CI; see helpers.py)."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import hashlib
 
 import numpy as np
 import pytest
+import torch
 from helpers import shared_path
 from PIL import Image
 
 import tcore
+from tcore.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def dinov2():
-    return tcore.load_backbone(shared_path("weights", "dinov2_vits14_imgfocus.safetensors"))
+    """DINOv2 ViT-S/14 that encodes each distinct input batch once: the two bmx-trees runs give the
+    backbone the same 25 frames at the same size, and the second gets the first's patch tokens (the
+    same tensors the backbone returned for the same input; what is under test is the propagation)."""
+    model = tcore.load_backbone(shared_path("weights", "dinov2_vits14_imgfocus.safetensors"))
+    encode, seen = model.patch_tokens, {}
+
+    def patch_tokens(x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        if key not in seen:
+            seen[key] = encode(x)
+        return seen[key].clone()
+
+    model.patch_tokens = patch_tokens
+    return model
 
 
 def _davis(seq: str) -> tuple:
@@ -55,20 +69,22 @@ def test_video_file_with_a_soft_first_mask_runs_end_to_end(dinov2):
     first = shared_path("data", "videos", "apple_first_mask.png")
     with pytest.raises(ValueError, match="threshold="):
         tcore.propagate_masks(video, first, model=dinov2, progress=False)
-    masks = tcore.propagate_masks(video, first, threshold=128, model=dinov2, size=(252, 448), progress=False)
+    # at 168x294 (12x21 cells) the apple covers 0.083-0.096 of every frame (0.082-0.098 at 252x448)
+    masks = tcore.propagate_masks(video, first, threshold=128, model=dinov2, size=(168, 294), progress=False)
     assert masks.shape == (50, 720, 1296) and set(np.unique(masks)) == {0, 1}
     area = (masks == 1).mean(axis=(1, 2))
     assert area[0] > 0.05 and (area > 0.02).all()  # the apple is followed, not lost
+    assert (area < 2 * area[0]).all()  # nor does it spread over the background
 
 
-def test_demo_with_real_weights_scores_well_end_to_end(tmp_path):
+def test_demo_with_real_weights_scores_well_end_to_end(tmp_path, capsys):
     weights = shared_path("weights", "dinov2_vits14_imgfocus.safetensors")
-    out = subprocess.run([sys.executable, "-m", "tcore", "demo", "--model", str(weights), "-o", str(tmp_path),
-                          "--quiet"], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    rows = {line[:24].strip(): float(line[24:31]) for line in out.stdout.splitlines()[1:3]}
-    print(out.stdout)
-    assert out.stdout.splitlines()[0].split() == ["(percent)", "J&F", "J", "F"]
+    rc = main(["demo", "--model", str(weights), "-o", str(tmp_path), "--quiet"])  # `python -m tcore`: test_package
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rows = {line[:24].strip(): float(line[24:31]) for line in out.splitlines()[1:3]}
+    print(out)
+    assert out.splitlines()[0].split() == ["(percent)", "J&F", "J", "F"]
     assert rows["tcore propagation"] >= 75.0 and rows["copy the first mask"] <= 50.0
     assert (tmp_path / "overlay.gif").stat().st_size > 0 and len(list((tmp_path / "masks").glob("*.png"))) == 24
 
