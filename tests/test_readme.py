@@ -148,11 +148,11 @@ def _write_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def _inputs(folder: Path) -> None:
-    """The files the README's commands name, from the demo clip (6 frames, 120x160)."""
+    """The files the README's commands name, from the demo clip (5 frames, 120x160)."""
     import tcore
     from tcore.demo import make_demo_clip
 
-    frames, masks = make_demo_clip(n_frames=6, size=(120, 160))
+    frames, masks = make_demo_clip(n_frames=5, size=(120, 160))
     (folder / "frames").mkdir()
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / "frames" / f"{t:05d}.jpg", quality=95)
