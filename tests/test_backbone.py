@@ -73,7 +73,12 @@ def plain_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, num_heads: int, 
 
 @pytest.fixture(scope="module")
 def vits16():
-    return _randomize(tcore.tcore_vits16(pretrained=False))
+    """tcore_vits16's network with `_randomize`'s values: built on the meta device, as `_randomize` sets every
+    parameter and the network has no buffers (timm's initialisation would be thrown away)."""
+    with torch.device("meta"):
+        model = tcore.tcore_vits16(pretrained=False)
+    assert not list(model.buffers())
+    return _randomize(model.to_empty(device="cpu"))
 
 
 @pytest.mark.parametrize("size", [(224, 224), (480, 880)])
