@@ -3,7 +3,7 @@ offending path or value, no traceback, and nothing written outside the output fo
 
 Each case builds its inputs in a fresh folder, runs `tcore.cli.main` in this process (fast: most
 cases fail before a model is loaded; the others load a tiny random one) and compares every file
-outside the output folder before and after. `--debug` shows the traceback (one subprocess run).
+outside the output folder before and after. `--debug` shows the traceback (two subprocess runs).
 """
 from __future__ import annotations
 
@@ -242,17 +242,21 @@ def test_a_results_folder_in_use_names_the_other_run_and_its_lock(tiny_model, tm
     assert str(tmp_path / "res" / "davis" / LOCK_NAME) in err
 
 
-def test_debug_shows_the_traceback_and_its_absence_hints_at_it(tmp_path, capsys):
-    argv = ["propagate", str(_frames(tmp_path / "f")), str(_mask(tmp_path / "m.png")), "-o", str(tmp_path / "o"),
-            "--device", "gpu"]
-    assert main(argv) == 1
-    plain = capsys.readouterr().err
-    assert "Traceback" not in plain and plain.startswith("tcore: error: --device='gpu'")
-    assert plain.splitlines() == [plain.splitlines()[0], "(run with --debug for the traceback)"]
-    debug = subprocess.run([sys.executable, "-m", "tcore", "--debug", *argv], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})  # the traceback as the terminal shows it
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tcore", *argv], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_debug_shows_the_traceback_and_its_absence_hints_at_it(tmp_path):
+    """Both runs as the terminal shows them; the mistake (a missing video) is found before torch is imported."""
+    video = tmp_path / "no_frames"
+    argv = ["propagate", str(video), str(_mask(tmp_path / "m.png")), "-o", str(tmp_path / "o")]
+    plain, debug = _cli(*argv), _cli("--debug", *argv)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.splitlines() == [f"tcore: error: video {video}: no such file or folder",
+                                         "(run with --debug for the traceback)"]
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert "InvalidInputError: --device='gpu'" in debug.stderr
+    assert f"MissingFileError: video {video}: no such file or folder" in debug.stderr
 
 
 def test_out_of_memory_is_one_line_with_the_fix_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
