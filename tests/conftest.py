@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `from helpers import shared_path`
 # `training/` runs from the clone (it is not in the wheel): appended, so that `tcore` still resolves to
@@ -80,7 +84,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 
-def _random_official_checkpoint(constructor, path: Path, dtype=None) -> dict:
+def _random_official_checkpoint(constructor: Callable[..., torch.nn.Module], path: Path,
+                                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Seeded random weights (normal, std 0.1) for the architecture `constructor` builds, saved at `path` in
     the official teacher-checkpoint layout, {"teacher": {"backbone.<official name>": ..., "dino_head.*": ...}}
     (a 2048-wide head, as the releases have), in `dtype` (default float32); returns the backbone's state
@@ -104,7 +109,7 @@ def _random_official_checkpoint(constructor, path: Path, dtype=None) -> dict:
 
 
 @pytest.fixture(scope="session")
-def vits16_official_file(tmp_path_factory) -> tuple[Path, dict]:
+def vits16_official_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A random ViT-S/16 (tcore_vits16's architecture) as `vits16_400ep_K400.pth` in the official teacher
     layout (float32, 88 MB), and its state dict in tcore's names. Shared by the session: tests only read it."""
     import tcore
