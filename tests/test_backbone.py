@@ -73,7 +73,12 @@ def plain_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, num_heads: int, 
 
 @pytest.fixture(scope="module")
 def vits16():
-    return _randomize(tcore.tcore_vits16(pretrained=False))
+    """tcore_vits16's network with `_randomize`'s values: built on the meta device, as `_randomize` sets every
+    parameter and the network has no buffers (timm's initialisation would be thrown away)."""
+    with torch.device("meta"):
+        model = tcore.tcore_vits16(pretrained=False)
+    assert not list(model.buffers())
+    return _randomize(model.to_empty(device="cpu"))
 
 
 @pytest.mark.parametrize("size", [(224, 224), (480, 880)])
@@ -171,8 +176,9 @@ def test_square_training_grid_uses_the_stored_table_unchanged():
 
 def test_parameter_counts_equal_the_official_ones():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(tcore.tcore_vits16(pretrained=False)) == 21_676_800
-    assert count(tcore.tcore_vitb16(pretrained=False)) == 85_820_928
+    with torch.device("meta"):  # shapes only: the counts without allocating or initialising the weights
+        assert count(tcore.tcore_vits16(pretrained=False)) == 21_676_800
+        assert count(tcore.tcore_vitb16(pretrained=False)) == 85_820_928
 
 
 def test_state_dict_names_are_timms_plus_the_class_position_and_the_mask_token(tiny_backbone):
@@ -209,7 +215,8 @@ def test_patch_tokens_shape_and_no_prefix_tokens(tiny_backbone):
 
 def test_constructors_return_eval_mode_models(tiny_backbone):
     assert not tiny_backbone.training
-    assert not tcore.tcore_vits16(pretrained=False).training
+    with torch.device("meta"):  # the mode only: no weights allocated
+        assert not tcore.tcore_vits16(pretrained=False).training
 
 
 def test_size_not_multiple_of_patch_is_a_clear_error(tiny_backbone):

@@ -248,13 +248,15 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_debug_shows_the_traceback_and_its_absence_hints_at_it(tmp_path):
-    argv = ["propagate", str(_frames(tmp_path / "f")), str(_mask(tmp_path / "m.png")), "-o", str(tmp_path / "o"),
-            "--device", "gpu"]
+    """Both runs as the terminal shows them; the mistake (a missing video) is found before torch is imported."""
+    video = tmp_path / "no_frames"
+    argv = ["propagate", str(video), str(_mask(tmp_path / "m.png")), "-o", str(tmp_path / "o")]
     plain, debug = _cli(*argv), _cli("--debug", *argv)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert plain.stderr.splitlines() == [plain.stderr.splitlines()[0], "(run with --debug for the traceback)"]
+    assert plain.stderr.splitlines() == [f"tcore: error: video {video}: no such file or folder",
+                                         "(run with --debug for the traceback)"]
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert "InvalidInputError: --device='gpu'" in debug.stderr
+    assert f"MissingFileError: video {video}: no such file or folder" in debug.stderr
 
 
 def test_out_of_memory_is_one_line_with_the_fix_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):

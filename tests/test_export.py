@@ -4,9 +4,14 @@
 A T-CoRe ViT resizes its position table at run time, so a graph traced at one size could silently
 keep that size: each check runs at sizes and batches unlike the traced one (2 x 48x64), square and
 not, larger (an upsampled table) and smaller (a downsampled, antialiased one) than the 14x14 table.
-Two exports in all (a few seconds each): a tiny random model, and the official tiny ViT through the CLI.
+One ONNX export in all (a few seconds): the official tiny ViT (width 64, depth 2, 4 registers, LayerScale
+~0.4) through `tcore convert`, checked against PyTorch at those sizes and batches and against the official
+code's outputs.
 """
 from __future__ import annotations
+
+import contextlib
+import io
 
 import numpy as np
 import pytest
@@ -16,7 +21,8 @@ from helpers import golden_inputs, shared_path
 import tcore
 from tcore.cli import main
 from tcore.errors import InvalidInputError, MissingDependencyError, UserError
-from tcore.export import INPUT_NAME, OUTPUT_NAMES, check_onnx_output, export_onnx, export_program
+from tcore import export as tcore_export
+from tcore.export import INPUT_NAME, OUTPUT_NAMES, OnnxExport, check_onnx_output, export_onnx, export_program
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -30,54 +36,66 @@ def _run_onnx(path, x: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return tcore.TCoReBackbone(embed_dim=32, depth=1, num_heads=2)
+def official() -> torch.nn.Module:
+    """The official tiny ViT, loaded in PyTorch: the reference the ONNX graph is checked against."""
+    return tcore.load_backbone(shared_path("golden", "vit_tiny_official.pth"))
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny, tmp_path_factory):
-    return export_onnx(tiny, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+def official_onnx(tmp_path_factory) -> tuple[OnnxExport, str]:
+    """`tcore convert vit_tiny_official.pth -o tiny.onnx --format onnx`, run once through `tcore.cli.main`:
+    (what `export_onnx` returned to the command, what the command printed)."""
+    out, returned, printed = tmp_path_factory.mktemp("onnx") / "tiny.onnx", [], io.StringIO()
+
+    def recorded(*args, **kwargs) -> OnnxExport:
+        returned.append(export_onnx(*args, **kwargs))
+        return returned[-1]
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(tcore_export, "export_onnx", recorded)
+        code = main(["convert", str(shared_path("golden", "vit_tiny_official.pth")), "-o", str(out), "--format",
+                     "onnx"])
+    assert code == 0 and len(returned) == 1 and returned[0].path == out
+    return returned[0], printed.getvalue()
 
 
 @pytest.mark.parametrize("batch,height,width", SIZES)
-def test_onnx_graph_equals_pytorch_at_batches_and_sizes_unlike_the_traced_one(tiny, tiny_onnx, batch, height, width):
+def test_onnx_graph_equals_pytorch_at_batches_and_sizes_unlike_the_traced_one(official, official_onnx, batch, height,
+                                                                              width):
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
-    got = _run_onnx(tiny_onnx.path, x)
+    got = _run_onnx(official_onnx[0].path, x)
     with torch.no_grad():
-        expected = tiny.forward_features_dict(x)
-    assert got["patch_tokens"].shape == (batch, height // 16, width // 16, 32)
+        expected = official.forward_features_dict(x)
+    assert got["patch_tokens"].shape == (batch, height // 16, width // 16, 64)
     np.testing.assert_allclose(got["patch_tokens"], expected["patches"].numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(got["cls_token"], expected["cls"].numpy(), rtol=0, atol=1e-4)
 
 
-def test_onnx_file_names_its_axes_and_says_what_it_takes(tiny_onnx):
+def test_onnx_file_names_its_axes_and_says_what_it_takes(official_onnx):
     import onnx
 
-    session = ort.InferenceSession(str(tiny_onnx.path), providers=["CPUExecutionProvider"])
+    result, _ = official_onnx
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.shape) for i in session.get_inputs()] == [(INPUT_NAME, ["batch", 3, "16*h", "16*w"])]
     assert [(o.name, o.shape) for o in session.get_outputs()] == [
-        ("patch_tokens", ["batch", "h", "w", 32]), ("cls_token", ["batch", 32])]
-    meta = {p.key: p.value for p in onnx.load(str(tiny_onnx.path)).metadata_props}
+        ("patch_tokens", ["batch", "h", "w", 64]), ("cls_token", ["batch", 64])]
+    meta = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
     assert meta["patch_size"] == "16" and meta["mean"] == "0.485,0.456,0.406" and meta["std"] == "0.229,0.224,0.225"
-    assert tiny_onnx.dynamic_size and tiny_onnx.opset >= 18 and tiny_onnx.max_abs_error < 1e-4
-    assert tiny_onnx.check_shape[0] == 1 and tiny_onnx.check_shape[2:] != (48, 64)  # not the traced input
+    assert result.dynamic_size and result.opset >= 18 and result.max_abs_error < 1e-4
+    assert result.check_shape[0] == 1 and result.check_shape[2:] != (48, 64)  # not the traced input
 
 
-def test_tcore_convert_onnx_of_the_official_tiny_vit_gives_the_official_outputs(tmp_path, capsys):
+def test_tcore_convert_onnx_of_the_official_tiny_vit_gives_the_official_outputs(official, official_onnx):
     from safetensors.torch import load_file
 
-    ckpt = shared_path("golden", "vit_tiny_official.pth")
+    result, printed = official_onnx
+    assert printed.startswith(f"wrote {result.path} (opset {result.opset}): ")
     gold = load_file(str(shared_path("golden", "vit_tiny_official_outputs.safetensors")))
-    out = tmp_path / "tiny.onnx"
-    assert main(["convert", str(ckpt), "-o", str(out), "--format", "onnx"]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out} (opset ")
-    model = tcore.load_backbone(ckpt)
     for h, w in ((224, 224), (480, 880), (320, 480)):  # the golden sizes: 14x14, 30x55, 20x30 patches
         x = torch.from_numpy(golden_inputs().pattern_image(h, w))[None]
-        got = _run_onnx(out, x)
+        got = _run_onnx(result.path, x)
         with torch.no_grad():
-            ours = model.forward_features_dict(x)
+            ours = official.forward_features_dict(x)
         np.testing.assert_allclose(got["patch_tokens"], ours["patches"].numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(got["patch_tokens"], gold[f"patches_{h}x{w}"].numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(got["cls_token"], gold[f"cls_{h}x{w}"].numpy(), rtol=0, atol=1e-4)

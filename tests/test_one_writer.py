@@ -88,7 +88,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_second_eval_into_the_same_results_folder_stops_at_once_naming_the_first(davis_root, tiny_model, tmp_path):
+def test_a_second_eval_into_the_same_results_folder_stops_at_once_naming_the_first(davis_root, tiny_model, tmp_path,
+                                                                                    capsys):
     out, go = tmp_path / "results", tmp_path / "go"
     argv = ["eval", "davis", "--root", str(davis_root), "--model", str(tiny_model), "-o", str(out), "--size", "64",
             "96", "--device", "cpu", "--quiet"]
@@ -97,11 +98,11 @@ def test_a_second_eval_into_the_same_results_folder_stops_at_once_naming_the_fir
     try:
         _wait_for(out / "davis" / "manifest.json", first)  # it holds the folder and has loaded its model
         before = _listing(out)
-        second = subprocess.run([sys.executable, "-m", "tcore", *argv], capture_output=True, text=True,
-                                timeout=_TIMEOUT)
-        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
-        assert second.stderr.startswith(f"tcore: error: out_dir: {out / 'davis'} is in use by another evaluation "
-                                        f"run: pid {first.pid} on host {socket.gethostname()}")
+        assert main(argv) == 1  # the second run, in this process: another process than the first
+        second = capsys.readouterr().err
+        assert "Traceback" not in second
+        assert second.startswith(f"tcore: error: out_dir: {out / 'davis'} is in use by another evaluation "
+                                 f"run: pid {first.pid} on host {socket.gethostname()}")
         assert _listing(out) == before  # the second run wrote nothing, deleted nothing
         assert first.poll() is None  # and the first is still waiting, untouched
         go.touch()

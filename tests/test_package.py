@@ -19,6 +19,7 @@ import torch
 from helpers import REPO, shared_path
 
 import tcore
+from tcore.cli import main
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -137,11 +138,11 @@ def test_a_missing_input_is_reported_before_the_model_is_loaded(tmp_path):
     assert out.stderr.startswith(f"tcore: error: checkpoint {missing}: no such file")
 
 
-def test_cli_convert_then_load_the_folder(tmp_path, tiny_backbone):
+def test_cli_convert_then_load_the_folder(tmp_path, tiny_backbone, capsys):
     ckpt = tmp_path / "teacher_checkpoint.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in tiny_backbone.state_dict().items()}}, ckpt)
-    out = _cli("convert", str(ckpt), "-o", str(tmp_path / "conv"))
-    assert out.returncode == 0, out.stderr
+    assert main(["convert", str(ckpt), "-o", str(tmp_path / "conv")]) == 0
+    assert capsys.readouterr().err == ""
     config = json.loads((tmp_path / "conv" / "config.json").read_text())
     assert config["source"] == "teacher_checkpoint.pth" and len(config["source_sha256"]) == 64
     loaded = tcore.TCoReBackbone.from_pretrained(str(tmp_path / "conv"))
@@ -150,10 +151,9 @@ def test_cli_convert_then_load_the_folder(tmp_path, tiny_backbone):
         assert torch.equal(loaded.patch_tokens(x), tiny_backbone.patch_tokens(x))
 
 
-def test_cli_inspect_prints_architecture_and_sha256():
-    out = _cli("inspect", str(shared_path("golden", "vit_tiny_official.pth")), "--json")
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+def test_cli_inspect_prints_architecture_and_sha256(capsys):
+    assert main(["inspect", str(shared_path("golden", "vit_tiny_official.pth")), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["architecture"]["depth"] == 2 and len(report["sha256"]) == 64
 
 
@@ -165,9 +165,12 @@ def test_cli_download_offline_fails_with_one_clear_message(tmp_path):
 
 
 def test_cli_bad_checkpoint_is_one_line_error(tmp_path):
+    """Run as users run it (`python -m tcore` outside the source tree): all it prints is the error and the hint."""
     (tmp_path / "junk.pth").write_bytes(b"junk")
     out = _cli("inspect", str(tmp_path / "junk.pth"))
-    assert out.returncode == 1 and "tcore: error:" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    error, hint = out.stderr.splitlines()
+    assert error.startswith(f"tcore: error: {tmp_path / 'junk.pth'}") and hint == "(run with --debug for the traceback)"
 
 
 def test_cli_models_lists_the_release_table():

@@ -19,6 +19,7 @@ from timm.data import resolve_data_config
 
 import tcore
 from tcore.checkpoint import to_official_state_dict
+from tcore.cli import main
 from tcore.errors import CheckpointError
 
 TCORE_PREPROCESSING = {"input_size": (3, 480, 880), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
@@ -48,12 +49,22 @@ def _randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------- timm registry
 
-@pytest.mark.parametrize("order", ["import tcore, timm", "import timm, tcore"])
-def test_import_tcore_registers_the_models_in_timm_in_either_import_order(order):
-    out = _python(f"{order}; print(timm.list_models('tcore*'), timm.list_models('tcore*', pretrained=True))")
+_LIST_TCORE_MODELS = "print(timm.list_models('tcore*'), timm.list_models('tcore*', pretrained=True))"
+_TCORE_MODELS_LISTED = ("['tcore_vitb16', 'tcore_vits16'] "
+                        "['tcore_vitb16.k400', 'tcore_vits16.in1k', 'tcore_vits16.k400']")
+
+
+def test_import_tcore_then_timm_registers_the_models_in_timm():
+    out = _python(f"import tcore, timm; {_LIST_TCORE_MODELS}")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("] [") == ["['tcore_vitb16', 'tcore_vits16'",
-                                       "'tcore_vitb16.k400', 'tcore_vits16.in1k', 'tcore_vits16.k400']\n"]
+    assert out.stdout == _TCORE_MODELS_LISTED + "\n"
+
+
+def test_import_timm_then_tcore_registers_the_models_in_timm(stock_timm_then_tcore):
+    """The other order, in the fresh interpreter of the stock-timm test below: it imports tcore only
+    after it has imported and used timm without it."""
+    _, printed = stock_timm_then_tcore
+    assert printed[1] == _TCORE_MODELS_LISTED
 
 
 def test_pretrained_cfgs_name_the_release_file_and_tcores_preprocessing():
@@ -67,24 +78,25 @@ def test_pretrained_cfgs_name_the_release_file_and_tcores_preprocessing():
         assert cfg["paper_ids"] == "arXiv:2503.15096" and cfg["origin_url"] == "https://github.com/yafeng19/T-CORE"
 
 
-def test_timm_create_model_with_a_local_official_file_equals_the_tcore_constructor(tmp_path):
-    path = _official_file(_randomized(tcore.tcore_vits16(pretrained=False)), tmp_path / "vits16_400ep_K400.pth")
+def test_timm_create_model_with_a_local_official_file_equals_the_tcore_constructor(vits16_official_file):
+    path, state = vits16_official_file
     via_timm = timm.create_model("tcore_vits16.k400", pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(path))).eval()
     via_tcore = tcore.tcore_vits16(pretrained=path)
     assert type(via_timm) is type(via_tcore) is tcore.TCoReBackbone
-    assert via_timm.state_dict().keys() == via_tcore.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(via_timm.state_dict().values(), via_tcore.state_dict().values()))
+    assert via_timm.state_dict().keys() == via_tcore.state_dict().keys() == state.keys()
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in
+               zip(via_timm.state_dict().values(), via_tcore.state_dict().values(), state.values()))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(via_timm.forward_features(x), via_tcore.forward_features(x))
     assert resolve_data_config(model=via_timm) == resolve_data_config(model=via_tcore) == TCORE_PREPROCESSING
 
 
-def test_timm_loading_keeps_tcores_loud_errors(tmp_path):
-    path = _official_file(tcore.tcore_vitb16(pretrained=False), tmp_path / "vitb16_200ep_K400.pth")
+def test_timm_loading_keeps_tcores_loud_errors(vitb16_official_file):
     with pytest.raises(CheckpointError) as err:
-        timm.create_model("tcore_vits16", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        timm.create_model("tcore_vits16", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(vitb16_official_file)))
     message = str(err.value)
     assert "vitb16_200ep_K400.pth" in message and "expected embed_dim=384" in message
     assert "found    embed_dim=768" in message and "use tcore.tcore_vitb16" in message
@@ -153,7 +165,8 @@ def test_from_pretrained_reads_format_1_folders_with_official_names(tmp_path):
 
 
 def test_from_pretrained_refuses_another_kind_of_backbone(tmp_path):
-    net = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56)
+    net = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56, embed_dim=32,
+                            depth=1, num_heads=2)  # the kind is what counts, not the size
     tcore.load_backbone(net, pos_interp="tcore").save_pretrained(tmp_path / "dino")
     with pytest.raises(CheckpointError, match="holds a TimmViTBackbone backbone, not a TCoReBackbone"):
         tcore.TCoReBackbone.from_pretrained(tmp_path / "dino")
@@ -275,7 +288,7 @@ def test_the_model_card_installs_from_the_repository_and_carries_the_papers_numb
 
 # ------------------------------------------------------------------------- exports for stock timm
 
-_STOCK_TIMM = """
+_STOCK_TIMM_THEN_TCORE = """
 import pathlib, sys, timm, torch
 model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
 x = torch.load(sys.argv[2])
@@ -284,24 +297,34 @@ with torch.no_grad():
 card = (pathlib.Path(sys.argv[1]) / "README.md").read_text()
 exec(card.split("```python\\n")[1].split("```")[0], {})  # the export's model card usage, as written
 print(type(model).__name__, timm.data.resolve_data_config(model=model)["interpolation"], "tcore" in sys.modules)
-"""
+import tcore  # only now, after timm
+""" + _LIST_TCORE_MODELS
 
 
-def test_timm_export_loads_in_stock_timm_without_tcore(tmp_path):
+@pytest.fixture(scope="module")
+def stock_timm_then_tcore(tmp_path_factory) -> tuple[Path, list[str]]:
+    """`tcore convert --format timm` of the official tiny ViT (in this process), then one fresh interpreter
+    outside the source tree that loads the export with stock timm, runs its model card's usage, and only
+    then imports tcore and lists timm's tcore models: (the work folder, the lines it printed)."""
+    tmp = tmp_path_factory.mktemp("stock_timm")
+    assert main(["convert", str(shared_path("golden", "vit_tiny_official.pth")), "-o", str(tmp / "timm"),
+                 "--format", "timm"]) == 0
+    torch.save(torch.from_numpy(golden_inputs().pattern_image(480, 880))[None], tmp / "x.pt")
+    run = _python(_STOCK_TIMM_THEN_TCORE, str(tmp / "timm"), str(tmp / "x.pt"), str(tmp / "tokens.pt"))
+    assert run.returncode == 0, run.stderr
+    return tmp, run.stdout.splitlines()
+
+
+def test_timm_export_loads_in_stock_timm_without_tcore(stock_timm_then_tcore):
+    tmp, printed = stock_timm_then_tcore
     ckpt = shared_path("golden", "vit_tiny_official.pth")
-    out = subprocess.run([sys.executable, "-m", "tcore", "convert", str(ckpt), "-o", str(tmp_path / "timm"),
-                          "--format", "timm"], capture_output=True, text=True, cwd=tempfile.gettempdir())
-    assert out.returncode == 0, out.stderr
-    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    config = json.loads((tmp / "timm" / "config.json").read_text())
     assert config["architecture"] == "vit_small_patch14_reg4_dinov2" and config["model_args"]["patch_size"] == 16
     assert config["source"] == "vit_tiny_official.pth" and len(config["source_sha256"]) == 64
 
-    x = torch.from_numpy(golden_inputs().pattern_image(480, 880))[None]
-    torch.save(x, tmp_path / "x.pt")
-    run = _python(_STOCK_TIMM, str(tmp_path / "timm"), str(tmp_path / "x.pt"), str(tmp_path / "tokens.pt"))
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["VisionTransformer", "bilinear", "False"]  # stock timm, tcore never imported
-    tokens = torch.load(tmp_path / "tokens.pt")
+    assert printed[0].split() == ["VisionTransformer", "bilinear", "False"]  # stock timm, tcore never imported
+    tokens = torch.load(tmp / "tokens.pt")
+    x = torch.load(tmp / "x.pt")
     with torch.no_grad():
         ours = tcore.load_backbone(ckpt).forward_features(x)
     torch.testing.assert_close(tokens, ours, rtol=0, atol=1e-6)

@@ -24,10 +24,10 @@ from tcore.errors import CheckpointError, InvalidInputError, WeightsUnavailableE
 from tcore.files import sha256sum
 
 
-def official_layout(backbone: torch.nn.Module, head_dim: int = 8) -> dict:
+def official_layout(backbone: torch.nn.Module) -> dict:
     """What the official training code saves: {"teacher": {"backbone.*", "dino_head.*"}}, official names."""
     teacher = {f"backbone.{k}": v.clone() for k, v in to_official_state_dict(backbone.state_dict()).items()}
-    teacher["dino_head.mlp.0.weight"] = torch.randn(head_dim, backbone.embed_dim)
+    teacher["dino_head.mlp.0.weight"] = torch.randn(8, backbone.embed_dim)
     teacher["dino_head.last_layer.weight_g"] = torch.ones(16, 1)
     return {"teacher": teacher}
 
@@ -50,12 +50,11 @@ def test_official_teacher_layout_loads_with_identical_features(tiny_backbone, ti
     assert torch.equal(features(loaded), features(tiny_backbone))
 
 
-def test_vits16_official_key_names_load_strictly(tmp_path):
-    src = tcore.tcore_vits16(pretrained=False)
-    path = tmp_path / "vits16_400ep_K400.pth"
-    torch.save(official_layout(src, head_dim=2048), path)
+def test_vits16_official_key_names_load_strictly(vits16_official_file):
+    path, state = vits16_official_file
     loaded = tcore.tcore_vits16(pretrained=str(path))
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    assert list(loaded.state_dict()) == list(state)
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), loaded.state_dict().values()))
 
 
 @pytest.mark.parametrize("wrap", ["model", "state_dict", "bare", "module_prefix", "fsdp_prefix"])
@@ -104,12 +103,9 @@ def test_missing_register_tokens_is_named(tiny_backbone, tmp_path):
         tcore.TCoReBackbone(embed_dim=64, depth=2, num_heads=2, pretrained=tmp_path / "noreg.pth")
 
 
-def test_vitb_file_into_vits_names_file_expected_found_and_the_right_constructor(tmp_path):
-    vitb = tcore.tcore_vitb16(pretrained=False).half()
-    path = tmp_path / "vitb16_200ep_K400.pth"
-    torch.save(official_layout(vitb), path)
+def test_vitb_file_into_vits_names_file_expected_found_and_the_right_constructor(vitb16_official_file):
     with pytest.raises(CheckpointError) as err:
-        tcore.tcore_vits16(pretrained=path)
+        tcore.tcore_vits16(pretrained=vitb16_official_file)
     message = str(err.value)
     assert "vitb16_200ep_K400.pth" in message and "tcore_vits16" in message
     assert "expected embed_dim=384" in message and "found    embed_dim=768" in message
@@ -193,15 +189,13 @@ def test_constructor_offline_error_is_the_same_clear_error(monkeypatch, tmp_path
         tcore.tcore_vitb16(pretrained=True)
 
 
-def test_cached_release_loads_offline_through_hf_hub_download(monkeypatch, tmp_path):
-    src = tcore.tcore_vits16(pretrained=False)
-    ckpt = tmp_path / "src.pth"
-    torch.save(official_layout(src), ckpt)
+def test_cached_release_loads_offline_through_hf_hub_download(monkeypatch, tmp_path, vits16_official_file):
+    ckpt, state = vits16_official_file
     cache = fake_hub_cache(tmp_path / "hub", "yafeng19/T-CORE", {"ckpt/vits16_100ep_INET.pth": ckpt})
     real = W._hf_hub_download
     monkeypatch.setattr(W, "_hf_hub_download", lambda *a, **k: real(*a, **{**k, "cache_dir": str(cache)}))
     loaded = tcore.tcore_vits16(pretrained=True, weights="in1k")
-    assert torch.equal(loaded.pos_embed, src.pos_embed)
+    assert torch.equal(loaded.pos_embed, state["pos_embed"])
     assert loaded.release == "tcore_vits16.in1k"  # what save_pretrained's model card names as its base model
 
 
@@ -339,11 +333,12 @@ def test_torch_hub_local_random_weights():
     assert isinstance(model, tcore.TCoReBackbone) and model.embed_dim == 384
 
 
-def test_torch_hub_local_with_a_local_checkpoint(tmp_path):
-    src = tcore.tcore_vitb16(pretrained=False)
-    torch.save(official_layout(src), tmp_path / "b.pth")
-    model = torch.hub.load(str(REPO), "tcore_vitb16", source="local", pretrained=str(tmp_path / "b.pth"))
-    assert torch.equal(model.cls_token, src.cls_token)
+def test_torch_hub_local_with_a_local_checkpoint(vitb16_official_file):
+    saved = torch.load(vitb16_official_file, mmap=True, weights_only=True)["teacher"]
+    model = torch.hub.load(str(REPO), "tcore_vitb16", source="local", pretrained=str(vitb16_official_file))
+    assert isinstance(model, tcore.TCoReBackbone) and model.embed_dim == 768
+    assert torch.equal(model.cls_token, saved["backbone.cls_token"].float())  # a float16 file, a float32 model
+    assert torch.equal(model.blocks[11].mlp.fc2.weight, saved["backbone.blocks.11.mlp.fc2.weight"].float())
 
 
 def test_hubconf_exposes_only_the_two_constructors():
