@@ -165,3 +165,21 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tiny_frames, tmp_path, ca
     assert re.fullmatch(r"training: error: step 1: the loss is not finite \(dino_local [\d.]+, .*, total nan\); lower "
                         r"optim.base_lr or check the data \(python -m training.prepare check FRAMES\)\n",
                         capsys.readouterr().err)
+
+
+def test_exporting_a_missing_or_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    from training.export import main as export_main
+
+    empty = tmp_path / "checkpoints"
+    empty.mkdir()
+    damaged = tmp_path / "ckpt_00000001.pt"
+    damaged.write_bytes(b"PK\x03\x04 cut short")
+    assert export_main([str(empty), "-o", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (f"training.export: error: {empty}: no ckpt_*.pt checkpoint in this folder; "
+                                       "pass a run's checkpoints/ folder or one ckpt_*.pt file\n")
+    assert export_main([str(damaged), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"training.export: error: checkpoint {damaged}: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception):  # --debug: the traceback
+        export_main([str(damaged), "-o", str(tmp_path / "out"), "--debug"])
