@@ -159,19 +159,22 @@ def test_a_correction_in_the_page_equals_propagate_masks_with_both_masks_without
     folder, masks = _clip_folder(tmp_path, 8, size, name="{t:05d}")
     first = str(tcore.io.write_mask(tmp_path / "first.png", masks[0]))
     page, settings = _page(model=RANDOM_PREFIX + "tcore_vits16", size=size)
-    shown = run(page, None, folder, first, *settings, progress=_no_progress)
+    shown = run(page, None, folder, first, 0, *settings, progress=_no_progress)
     session_run = shown[page.session_run]
     model = page.models.get(RANDOM_PREFIX + "tcore_vits16", "cpu")
     before = tcore.propagate_masks(folder, masks[0], model=model, size=size, device="cpu", progress=False)
     np.testing.assert_array_equal(np.stack(list(_zipped(shown[page.downloads][0]).values())), before)
 
-    editor = correction_frame(page, session_run, k)[page.correction_editor]  # frame k, its masks drawn
+    shown_frame = correction_frame(page, session_run, k)  # frame k, its masks drawn: the frame corrected
+    shown_frame, shown_t = shown_frame[page.correction_editor], shown_frame[page.correction_t]
+    assert shown_t == k and shown_frame["label"].startswith(f"Frame {k} with its current masks")
+    editor = shown_frame["value"]
     np.testing.assert_array_equal(editor["background"], tcore.io.overlay(tcore.read_video(folder)[k], before[k]))
     layer = _layer(size, (masks[k] == 2, (*OBJECT_COLOURS[1], 255)))  # object 2 painted as it is at frame k
     encoded = []
     real = FrameEncoder.__call__
     monkeypatch.setattr(FrameEncoder, "__call__", lambda self, chunk: encoded.append(len(chunk)) or real(self, chunk))
-    shown = correct(page, session_run, k, {**editor, "layers": [layer]}, folder, *settings, progress=_no_progress)
+    shown = correct(page, session_run, shown_t, {**editor, "layers": [layer]}, folder, *settings, progress=_no_progress)
     assert encoded == []  # every frame's features were kept from the run
     assert shown[page.status].startswith(f"Corrected frame {k}: frames {k}-7 propagated again")
     assert f"Not painted, so kept at frame {k}: object(s) 1" in shown[page.status]
@@ -183,6 +186,8 @@ def test_a_correction_in_the_page_equals_propagate_masks_with_both_masks_without
     given = _zipped(shown[page.downloads][2])
     assert list(given) == ["given/00000.png", f"given/{k:05d}.png"]
     np.testing.assert_array_equal(given[f"given/{k:05d}.png"], correction)
+    np.testing.assert_array_equal(shown[page.correction_editor]["value"]["background"],  # frame k, corrected
+                                  tcore.io.overlay(tcore.read_video(folder)[k], after[k]))
     assert shown[page.result_video] == shown[page.downloads][1] and len(tcore.read_video(shown[page.result_video])) == 8
     session_run.close()
 
@@ -197,14 +202,14 @@ def test_a_new_video_or_new_settings_replace_the_session_and_mistakes_are_shown(
     page, settings = _page(model=str(tiny_model), size=size)
     with pytest.raises(gr.Error, match="click Propagate first"):
         correct(page, None, 1, None, folder, *settings, progress=_no_progress)
-    session_run = run(page, None, folder, first, *settings, progress=_no_progress)[page.session_run]
-    assert run(page, session_run, folder, first, *settings, progress=_no_progress)[page.session_run] is session_run
+    session_run = run(page, None, folder, first, 0, *settings, progress=_no_progress)[page.session_run]
+    assert run(page, session_run, folder, first, 0, *settings, progress=_no_progress)[page.session_run] is session_run
     with pytest.raises(gr.Error, match="correction at frame 1: nothing painted"):
         correct(page, session_run, 1, {"layers": []}, folder, *settings, progress=_no_progress)
     other = [*settings[:3], 128, "cpu"]  # another width
     with pytest.raises(gr.Error, match="changed since the last Propagate; click Propagate"):
         correct(page, session_run, 1, {"layers": []}, folder, *other, progress=_no_progress)
-    replaced = run(page, session_run, folder, first, *other, progress=_no_progress)[page.session_run]
+    replaced = run(page, session_run, folder, first, 0, *other, progress=_no_progress)[page.session_run]
     assert replaced is not session_run and session_run.closed and not session_run.folder.exists()
     cleared = clear_all(page, replaced)  # what opening another video does first
     assert cleared[page.session_run] is None and replaced.closed and not replaced.folder.exists()

@@ -56,10 +56,10 @@ Open a video, give the first frame's mask (paint it, one colour per object, or u
 The **Features** tab shows what the model sees.
 """
 _CORRECTION_HELP = """\
-**4 · Correct a frame**: pick it, paint each object to correct **whole**, with its colour (the
-frame shows its current masks), and **Propagate from here**: the frames after it are updated with
-the features already computed. A painted object takes exactly the painted pixels at this frame;
-objects you do not paint keep their masks there (erasing a whole object does not remove it).
+**4 · Correct a frame**: pick it with the slider (the frame shows its current masks), paint each
+object to correct **whole**, in its colour, and **Propagate from here**: the frames after it are
+updated with the features already computed. A painted object takes exactly the painted pixels at
+this frame; objects you do not paint keep their masks there, except where you paint another object.
 """
 
 
@@ -126,7 +126,8 @@ class Page:
         video, frame0, pictures, pictures_key, point, session_run: per-session state: the video's
             path, its frame 0 ((H, W, 3) uint8), the `FeaturePictures` and the settings it was made
             with, the (x, y) point of frame 0 whose correspondence is shown, the `SessionRun` of the
-            last Propagate (closed when the browser session ends or another video opens).
+            last Propagate (closed when the browser session ends or another video opens), the frame
+            the correction editor shows (what "Propagate from here" corrects).
         The other attributes are the components the user sees, named after what they show.
     """
 
@@ -139,6 +140,7 @@ class Page:
     pictures_key: gr.State
     point: gr.State
     session_run: gr.State
+    correction_t: gr.State
     # the video and the settings, above the tabs
     video_file: gr.File
     demo: gr.Button
@@ -218,14 +220,17 @@ def _mask_editor(label: str, elem_id: str) -> gr.ImageEditor:
         eraser=gr.Eraser(default_size=16))
 
 
+def _correction_label(t: int) -> str:
+    return f"Frame {t} with its current masks: paint the correction"
+
+
 def _correction_row() -> dict[str, Any]:
     """Step 4, shown after a run: pick a frame, paint the correction, Propagate from here."""
     with gr.Column(visible=False, elem_id="correction") as correction:
         gr.Markdown(_CORRECTION_HELP)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
-                correction_editor = _mask_editor("Frame t with its current masks: paint the correction",
-                                                 "correction-editor")
+                correction_editor = _mask_editor(_correction_label(0), "correction-editor")
             with gr.Column(scale=1):
                 correct_t = gr.Slider(0, 1, value=0, step=1, label="Frame t to correct", elem_id="correct-t")
                 correct_button = gr.Button("Propagate from here", variant="primary", elem_id="correct-button")
@@ -249,7 +254,7 @@ def _propagate_tab() -> dict[str, Any]:
             result_video = gr.Video(label="Overlay", autoplay=True, loop=True, interactive=False,
                                     height=320, elem_id="overlay")
             downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay, the masks given",
-                                file_count="multiple", interactive=False, height=150, elem_id="downloads")
+                                file_count="multiple", interactive=False, height=240, elem_id="downloads")
             status = gr.Markdown("", elem_id="status")
     return dict(editor=editor, mask_file=mask_file, preview=preview, first_png=first_png, run_button=run_button,
                 result_video=result_video, downloads=downloads, status=status, **_correction_row())
@@ -276,6 +281,7 @@ def _layout(model: str | None, device: str | None) -> Page:
     """Place the components (inside a `gr.Blocks` context) and gather them in a `Page`."""
     state = {name: gr.State(None) for name in ("video", "frame0", "pictures", "pictures_key", "point")}
     state["session_run"] = gr.State(None, delete_callback=_close_run)  # its features and files go with the tab
+    state["correction_t"] = gr.State(None)
     gr.Markdown(_INTRO)
     settings = _settings_row(model, device)
     with gr.Tabs():
@@ -310,7 +316,7 @@ def clear_all(page: Page, session_run: SessionRun | None = None) -> Updates:
     _close_run(session_run)
     return {**no_video(page), page.point: None, page.result_video: None, page.downloads: None, page.status: "",
             page.session_run: None, page.correction: gr.update(visible=False), page.correction_editor: None,
-            page.correct_t: gr.update(maximum=1, value=0)}
+            page.correction_t: None, page.correct_t: gr.update(maximum=1, value=0)}
 
 
 @_shown
@@ -374,10 +380,11 @@ def _files(page: Page, result: RunResult) -> Updates:
 
 
 @_shown
-def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png: str | None, model_name: str,
-        preset: str, height: float, width: float, device_name: str, progress: gr.Progress = gr.Progress()) -> Updates:
+def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png: str | None, correct_t: float,
+        model_name: str, preset: str, height: float, width: float, device_name: str,
+        progress: gr.Progress = gr.Progress()) -> Updates:
     """Propagate the first mask through the video: the overlay, the downloads, a status line, and
-    step 4 (corrections) shown. The last run's session, and its features, serve again when the video
+    step 4 (corrections) shown, at the frame its slider picks. The last run's session, and its features, serve again when the video
     and the settings are the same; otherwise a new one replaces it (once this run has succeeded)."""
     if not video:
         raise InvalidInputError("video: open a video first (upload one, or use the demo clip)")
@@ -398,27 +405,29 @@ def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png:
         raise
     if current is not session_run:
         _close_run(session_run)
-    return {page.session_run: current, **_files(page, result),
+    t = min(int(correct_t), len(current) - 1)
+    return {page.session_run: current, **_files(page, result), **correction_frame(page, current, t),
             page.status: f"Propagated {result.n_objects} object(s) through {result.n_frames} frames.",
-            page.correction: gr.update(visible=True), page.correct_t: gr.update(maximum=len(current) - 1)}
+            page.correction: gr.update(visible=True), page.correct_t: gr.update(maximum=len(current) - 1, value=t)}
 
 
 @_shown
 def correction_frame(page: Page, session_run: SessionRun | None, t: float) -> Updates:
     """Frame t in the correction editor, with its current masks drawn and nothing painted."""
     if session_run is None or session_run.closed:
-        return {page.correction_editor: None}
-    view = session_run.view(min(int(t), len(session_run) - 1))
-    return {page.correction_editor: {"background": view, "layers": [], "composite": None}}
+        return {page.correction_editor: None, page.correction_t: None}
+    t = min(int(t), len(session_run) - 1)
+    value = {"background": session_run.view(t), "layers": [], "composite": None}
+    return {page.correction_editor: gr.update(value=value, label=_correction_label(t)), page.correction_t: t}
 
 
 @_shown
-def correct(page: Page, session_run: SessionRun | None, t: float, editor: dict | None, video: str | None,
+def correct(page: Page, session_run: SessionRun | None, t: int | None, editor: dict | None, video: str | None,
             model_name: str, preset: str, height: float, width: float, device_name: str,
             progress: gr.Progress = gr.Progress()) -> Updates:
-    """Give frame t's painted objects and propagate again from there, with the features the last run
-    computed: the overlay, the downloads and the status line follow."""
-    if session_run is None or session_run.closed or session_run.masks is None:
+    """Give the painted objects of frame t (the frame the editor shows) and propagate again from
+    there, with the features the last run computed: the overlay, the downloads, the status line and the editor (frame t's new masks) follow."""
+    if session_run is None or session_run.closed or session_run.masks is None or t is None:
         raise InvalidInputError("correction: click Propagate first; a correction updates the frames of a run")
     if not video or not session_run.matches(_run_key(video, model_name, preset, height, width, device_name)):
         raise InvalidInputError("correction: the video or a setting (model, preset, size, device) changed since the "
@@ -431,7 +440,7 @@ def correct(page: Page, session_run: SessionRun | None, t: float, editor: dict |
               f"features already computed ({result.n_objects} object(s)).")
     if kept:
         status += f" Not painted, so kept at frame {t}: object(s) {', '.join(map(str, kept))}."
-    return {**_files(page, result), page.status: status}
+    return {**_files(page, result), **correction_frame(page, session_run, t), page.status: status}
 
 
 @_shown
@@ -511,22 +520,21 @@ def _wire(page: Page) -> None:
                     outputs=[page.pictures, page.pictures_key, page.point, page.query, page.heat, page.pca],
                     concurrency_id="features")  # one FeaturePictures per session: no parallel use
     page.show.click(**features)
-    page.frame_slider.release(**features)
+    page.frame_slider.release(**features, trigger_mode="always_last")  # the frame last picked, always
     page.query.select(pick, None, page.point).then(**features)
 
 
 def _wire_runs(page: Page) -> None:
     """Propagate, and the corrections after it (one at a time per server: they share the session's state)."""
-    frame_view = dict(fn=_bound(correction_frame, page), inputs=[page.session_run, page.correct_t],
-                      outputs=[page.correction_editor])
-    page.run_button.click(_bound(run, page), [page.session_run, page.video, page.first_png, *page.settings],
-                          [page.session_run, page.result_video, page.downloads, page.status, page.correction,
-                           page.correct_t], concurrency_id="session").success(**frame_view)
-    page.correct_t.release(**frame_view)
-    page.correct_button.click(_bound(correct, page), [page.session_run, page.correct_t, page.correction_editor,
-                                                      page.video, *page.settings],
-                              [page.result_video, page.downloads, page.status],
-                              concurrency_id="session").success(**frame_view)
+    files = [page.result_video, page.downloads, page.status, page.correction_editor, page.correction_t]
+    shared = dict(concurrency_id="session", show_progress_on=page.result_video)  # the progress over the overlay
+    page.run_button.click(_bound(run, page), [page.session_run, page.video, page.first_png, page.correct_t,
+                                              *page.settings],
+                          [page.session_run, *files, page.correction, page.correct_t], **shared)
+    page.correct_t.release(_bound(correction_frame, page), [page.session_run, page.correct_t],
+                           [page.correction_editor, page.correction_t], trigger_mode="always_last")
+    page.correct_button.click(_bound(correct, page), [page.session_run, page.correction_t, page.correction_editor,
+                                                      page.video, *page.settings], files, **shared)
 
 
 def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
