@@ -136,6 +136,17 @@ def test_a_correction_at_a_frame_with_a_mask_replaces_only_the_painted_objects(t
     run.close()
 
 
+def test_what_the_api_logs_during_a_run_reaches_the_result(tmp_path, tiny_backbone):
+    folder, masks = _clip_folder(tmp_path, 4, (64, 96))
+    run = SessionRun(folder, tmp_path / "run", model=tiny_backbone, preset=None, size=(64, 96), device="cpu")
+    assert run.run(masks[0]).warnings == ()
+    speck = np.zeros_like(masks[0])
+    speck[30:32, 40:42] = 3  # a new object of 2x2 pixels: no cell of the 4x6 grid
+    result = run.correct(2, speck)
+    assert len(result.warnings) == 1 and "(ids 3) cover no cell" in result.warnings[0]
+    run.close()
+
+
 def _page(**settings):
     """A page (its components and handlers' state) built outside a server, and the settings boxes' values."""
     gr = pytest.importorskip("gradio")

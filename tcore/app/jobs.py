@@ -5,9 +5,12 @@ API's own results and the API's own error messages. No Gradio import: this is te
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +131,7 @@ class RunResult:
     n_frames: int
     n_objects: int
     updated: tuple[int, ...]  # the frames whose masks were propagated (again) by this run
+    warnings: tuple[str, ...] = ()  # what the API logged meanwhile (e.g. an object too small for the grid)
 
 
 class SessionRun:
@@ -240,16 +244,17 @@ class SessionRun:
         if masks is None:
             masks = np.zeros((n, *self.frames.size), np.uint8)
         updated = []
-        for t, mask in stream:
-            masks[t] = mask
-            write_mask(masks_dir / f"{stream.names[t]}.png", mask, stream.palette)
-            updated.append(t)
-            if progress is not None:
-                progress(t + 1, n)
+        with _logged_warnings() as warnings:
+            for t, mask in stream:
+                masks[t] = mask
+                write_mask(masks_dir / f"{stream.names[t]}.png", mask, stream.palette)
+                updated.append(t)
+                if progress is not None:
+                    progress(t + 1, n)
         self.masks, self.palette = masks, stream.palette
-        return self._write(int((stream.ids != 0).sum()), tuple(updated))
+        return self._write(int((stream.ids != 0).sum()), tuple(updated), tuple(warnings))
 
-    def _write(self, n_objects: int, updated: tuple[int, ...]) -> RunResult:
+    def _write(self, n_objects: int, updated: tuple[int, ...], warnings: tuple[str, ...]) -> RunResult:
         """The overlay, masks.zip and given.zip of the current masks, in a new folder (the last one goes)."""
         from ..io import read_video, write_mask, write_overlay
 
@@ -264,9 +269,31 @@ class SessionRun:
         overlay_path = write_overlay(out / "overlay.mp4", read_video(self._video), self.masks, palette=self.palette,
                                      fps=self.frames.fps or 10)
         result = RunResult(overlay_path, _zip(out / "masks.zip", self.folder / "masks", "masks"),
-                           _zip(out / "given.zip", given, "given"), len(self), n_objects, updated)
+                           _zip(out / "given.zip", given, "given"), len(self), n_objects, updated, warnings)
         shutil.rmtree(self.folder / f"v{self._version - 1}", ignore_errors=True)
         return result
+
+
+class _Collected(logging.Handler):
+    """A log handler that keeps the messages of warnings and errors."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _logged_warnings() -> Iterator[list[str]]:
+    """The warnings tcore.propagation logs inside the block (the page shows them; a log is not seen)."""
+    handler, logger = _Collected(), logging.getLogger("tcore.propagation")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
 
 
 def _zip(path: Path, folder: Path, name: str) -> Path:

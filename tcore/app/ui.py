@@ -123,7 +123,7 @@ class Page:
     Attributes:
         models: backbones loaded once per (model, device).
         workdir: the page's temporary folder (demo clip, painted masks, runs); removed with the page.
-        video, frame0, pictures, pictures_key, point, session_run: per-session state: the video's
+        video, frame0, pictures, pictures_key, point, session_run, correction_t: per-session state: the video's
             path, its frame 0 ((H, W, 3) uint8), the `FeaturePictures` and the settings it was made
             with, the (x, y) point of frame 0 whose correspondence is shown, the `SessionRun` of the
             last Propagate (closed when the browser session ends or another video opens), the frame
@@ -384,8 +384,9 @@ def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png:
         model_name: str, preset: str, height: float, width: float, device_name: str,
         progress: gr.Progress = gr.Progress()) -> Updates:
     """Propagate the first mask through the video: the overlay, the downloads, a status line, and
-    step 4 (corrections) shown, at the frame its slider picks. The last run's session, and its features, serve again when the video
-    and the settings are the same; otherwise a new one replaces it (once this run has succeeded)."""
+    step 4 (corrections) shown, at the frame its slider picks. The last run's session, and its
+    features, serve again when the video and the settings are the same; otherwise a new one
+    replaces it (once this run has succeeded)."""
     if not video:
         raise InvalidInputError("video: open a video first (upload one, or use the demo clip)")
     if not mask_png:
@@ -406,9 +407,10 @@ def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png:
     if current is not session_run:
         _close_run(session_run)
     t = min(int(correct_t), len(current) - 1)
+    status = " ".join([f"Propagated {result.n_objects} object(s) through {result.n_frames} frames.", *result.warnings])
     return {page.session_run: current, **_files(page, result), **correction_frame(page, current, t),
-            page.status: f"Propagated {result.n_objects} object(s) through {result.n_frames} frames.",
-            page.correction: gr.update(visible=True), page.correct_t: gr.update(maximum=len(current) - 1, value=t)}
+            page.status: status, page.correction: gr.update(visible=True),
+            page.correct_t: gr.update(maximum=len(current) - 1, value=t)}
 
 
 @_shown
@@ -426,7 +428,8 @@ def correct(page: Page, session_run: SessionRun | None, t: int | None, editor: d
             model_name: str, preset: str, height: float, width: float, device_name: str,
             progress: gr.Progress = gr.Progress()) -> Updates:
     """Give the painted objects of frame t (the frame the editor shows) and propagate again from
-    there, with the features the last run computed: the overlay, the downloads, the status line and the editor (frame t's new masks) follow."""
+    there, with the features the last run computed: the overlay, the downloads, the status line
+    and the editor (frame t's new masks) follow."""
     if session_run is None or session_run.closed or session_run.masks is None or t is None:
         raise InvalidInputError("correction: click Propagate first; a correction updates the frames of a run")
     if not video or not session_run.matches(_run_key(video, model_name, preset, height, width, device_name)):
@@ -440,6 +443,7 @@ def correct(page: Page, session_run: SessionRun | None, t: int | None, editor: d
               f"features already computed ({result.n_objects} object(s)).")
     if kept:
         status += f" Not painted, so kept at frame {t}: object(s) {', '.join(map(str, kept))}."
+    status = " ".join([status, *result.warnings])
     return {**_files(page, result), **correction_frame(page, session_run, t), page.status: status}
 
 
