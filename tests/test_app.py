@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import tcore
-from tcore.app.jobs import OBJECT_COLOURS, ModelCache, ids_from_layers, parse_size, propagate_to_files, \
+from tcore.app.jobs import OBJECT_COLOURS, RANDOM_PREFIX, ModelCache, SessionRun, ids_from_layers, parse_size, \
     write_demo_clip
 from tcore.cli import main
 from tcore.demo import make_demo_clip
@@ -67,35 +67,163 @@ def test_model_cache_loads_once_and_random_weights_are_seeded():
         cache.get("random:vit_huge", "cpu")
 
 
-def test_propagate_to_files_writes_what_propagate_masks_returns(tmp_path, tiny_backbone):
-    frames, masks = make_demo_clip(n_frames=5, size=(64, 96), seed=4)
-    folder = tmp_path / "frames"
+def _clip_folder(root, n_frames: int, size: tuple[int, int], name: str = "f{t}"):
+    """The demo clip as a folder of PNG frames named `name`, and its masks."""
+    frames, masks = make_demo_clip(n_frames=n_frames, size=size, seed=4)
+    folder = root / "frames"
     folder.mkdir()
     for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"f{t}.png")
+        Image.fromarray(frame).save(folder / f"{name.format(t=t)}.png")
+    return str(folder), masks
+
+
+def _zipped(path) -> dict[str, np.ndarray]:
+    """{name: ids} of the PNGs in a zip."""
+    with zipfile.ZipFile(path) as z:
+        return {n: np.asarray(Image.open(z.open(n))) for n in z.namelist()}
+
+
+def test_session_run_writes_what_propagate_masks_returns(tmp_path, tiny_backbone):
+    folder, masks = _clip_folder(tmp_path, 5, (64, 96))
     seen = []
-    result = propagate_to_files(str(folder), masks[0], tmp_path / "run", model=tiny_backbone, preset=None,
-                                size=(64, 96), device="cpu", progress=lambda done, total: seen.append((done, total)))
+    run = SessionRun(folder, tmp_path / "run", model=tiny_backbone, preset=None, size=(64, 96), device="cpu")
+    result = run.run(masks[0], progress=lambda done, total: seen.append((done, total)))
     assert seen == [(t, 5) for t in range(1, 6)]
-    assert (result.n_frames, result.n_objects) == (5, 2)
-    with zipfile.ZipFile(result.masks_zip) as z:
-        names = z.namelist()
-        got = np.stack([np.asarray(Image.open(z.open(n))) for n in names])
-    assert names == [f"masks/f{t}.png" for t in range(5)]
-    expected = tcore.propagate_masks(str(folder), masks[0], model=tiny_backbone, size=(64, 96), device="cpu",
+    assert (result.n_frames, result.n_objects, result.updated) == (5, 2, (0, 1, 2, 3, 4))
+    got = _zipped(result.masks_zip)
+    assert list(got) == [f"masks/f{t}.png" for t in range(5)]
+    expected = tcore.propagate_masks(folder, masks[0], model=tiny_backbone, size=(64, 96), device="cpu",
                                      progress=False)
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.stack(list(got.values())), expected)
+    np.testing.assert_array_equal(run.masks, expected)
+    given = _zipped(result.given_zip)
+    assert list(given) == ["given/f0.png"] and np.array_equal(given["given/f0.png"], masks[0])
     assert len(tcore.read_video(result.overlay)) == 5
+    run.close()
+    assert run.closed and not (tmp_path / "run").exists()
 
 
-def test_propagate_to_files_raises_the_api_message(tmp_path, tiny_backbone):
-    frames, masks = make_demo_clip(n_frames=3, size=(64, 96), seed=4)
+def test_session_run_raises_the_api_message_and_keeps_the_last_run(tmp_path, tiny_backbone):
+    folder, masks = _clip_folder(tmp_path, 3, (64, 96))
     with pytest.raises(ValueError) as api:
-        tcore.propagate_masks(frames, masks[0][:32], model=tiny_backbone, progress=False)
+        tcore.propagate_masks(folder, masks[0][:32], model=tiny_backbone, progress=False)
+    run = SessionRun(folder, tmp_path / "run", model=tiny_backbone, preset=None, size=None, device="cpu")
+    with pytest.raises(ValueError, match="click Propagate first"):
+        run.correct(1, masks[1])
+    first = run.run(masks[0])
     with pytest.raises(ValueError) as app:
-        propagate_to_files(frames, masks[0][:32], tmp_path / "run", model=tiny_backbone, preset=None, size=None,
-                           device="cpu")
+        run.run(masks[0][:32])
     assert str(app.value) == str(api.value)
+    assert run.session.annotations.keys() == {0} and run.masks is not None  # the last run stands
+    with pytest.raises(ValueError, match="correction at frame 1: nothing painted"):
+        run.correct(1, np.zeros_like(masks[1]))
+    assert first.overlay.is_file()
+    run.close()
+
+
+def test_a_correction_at_a_frame_with_a_mask_replaces_only_the_painted_objects(tmp_path, tiny_backbone):
+    folder, masks = _clip_folder(tmp_path, 4, (64, 96))
+    run = SessionRun(folder, tmp_path / "run", model=tiny_backbone, preset=None, size=(64, 96), device="cpu")
+    run.run(masks[0])
+    painted = np.zeros_like(masks[0])
+    painted[5:25, 10:40] = 1  # object 1 painted again on frame 0, elsewhere; object 2 not painted
+    result = run.correct(0, painted)
+    merged = np.where(painted == 1, 1, np.where(masks[0] == 1, 0, masks[0]))
+    assert (merged == 2).any() and np.array_equal(run.session.annotations[0], merged)
+    assert result.updated == (0, 1, 2, 3)
+    expected = tcore.propagate_masks(folder, merged, model=tiny_backbone, size=(64, 96), device="cpu", progress=False)
+    np.testing.assert_array_equal(run.masks, expected)
+    run.close()
+
+
+def test_what_the_api_logs_during_a_run_reaches_the_result(tmp_path, tiny_backbone):
+    folder, masks = _clip_folder(tmp_path, 4, (64, 96))
+    run = SessionRun(folder, tmp_path / "run", model=tiny_backbone, preset=None, size=(64, 96), device="cpu")
+    assert run.run(masks[0]).warnings == ()
+    speck = np.zeros_like(masks[0])
+    speck[30:32, 40:42] = 3  # a new object of 2x2 pixels: no cell of the 4x6 grid
+    result = run.correct(2, speck)
+    assert len(result.warnings) == 1 and "(ids 3) cover no cell" in result.warnings[0]
+    run.close()
+
+
+def _page(**settings):
+    """A page (its components and handlers' state) built outside a server, and the settings boxes' values."""
+    gr = pytest.importorskip("gradio")
+    from tcore.app.ui import _layout
+
+    with gr.Blocks():
+        page = _layout(None, "cpu")
+    return page, [settings["model"], "default", settings["size"][0], settings["size"][1], "cpu"]
+
+
+def _no_progress(*args, **kwargs):
+    return None
+
+
+def test_a_correction_in_the_page_equals_propagate_masks_with_both_masks_without_the_backbone(tmp_path,
+                                                                                                   monkeypatch):
+    from tcore.app.ui import correct, correction_frame, run
+    from tcore.propagation.encoder import FrameEncoder
+
+    size, k = (96, 128), 5
+    folder, masks = _clip_folder(tmp_path, 8, size, name="{t:05d}")
+    first = str(tcore.io.write_mask(tmp_path / "first.png", masks[0]))
+    page, settings = _page(model=RANDOM_PREFIX + "tcore_vits16", size=size)
+    shown = run(page, None, folder, first, 0, *settings, progress=_no_progress)
+    session_run = shown[page.session_run]
+    model = page.models.get(RANDOM_PREFIX + "tcore_vits16", "cpu")
+    before = tcore.propagate_masks(folder, masks[0], model=model, size=size, device="cpu", progress=False)
+    np.testing.assert_array_equal(np.stack(list(_zipped(shown[page.downloads][0]).values())), before)
+
+    shown_frame = correction_frame(page, session_run, k)  # frame k, its masks drawn: the frame corrected
+    shown_frame, shown_t = shown_frame[page.correction_editor], shown_frame[page.correction_t]
+    assert shown_t == k and shown_frame["label"].startswith(f"Frame {k} with its current masks")
+    editor = shown_frame["value"]
+    np.testing.assert_array_equal(editor["background"], tcore.io.overlay(tcore.read_video(folder)[k], before[k]))
+    layer = _layer(size, (masks[k] == 2, (*OBJECT_COLOURS[1], 255)))  # object 2 painted as it is at frame k
+    encoded = []
+    real = FrameEncoder.__call__
+    monkeypatch.setattr(FrameEncoder, "__call__", lambda self, chunk: encoded.append(len(chunk)) or real(self, chunk))
+    shown = correct(page, session_run, shown_t, {**editor, "layers": [layer]}, folder, *settings, progress=_no_progress)
+    assert encoded == []  # every frame's features were kept from the run
+    assert shown[page.status].startswith(f"Corrected frame {k}: frames {k}-7 propagated again")
+    assert f"Not painted, so kept at frame {k}: object(s) 1" in shown[page.status]
+    correction = np.where(masks[k] == 2, 2, 0).astype(np.uint8)
+    after = tcore.propagate_masks(folder, {0: masks[0], k: correction}, model=model, size=size, device="cpu",
+                                  progress=False)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(np.stack(list(_zipped(shown[page.downloads][0]).values())), after)
+    given = _zipped(shown[page.downloads][2])
+    assert list(given) == ["given/00000.png", f"given/{k:05d}.png"]
+    np.testing.assert_array_equal(given[f"given/{k:05d}.png"], correction)
+    np.testing.assert_array_equal(shown[page.correction_editor]["value"]["background"],  # frame k, corrected
+                                  tcore.io.overlay(tcore.read_video(folder)[k], after[k]))
+    assert shown[page.result_video] == shown[page.downloads][1] and len(tcore.read_video(shown[page.result_video])) == 8
+    session_run.close()
+
+
+def test_a_new_video_or_new_settings_replace_the_session_and_mistakes_are_shown(tmp_path, tiny_model):
+    gr = pytest.importorskip("gradio")
+    from tcore.app.ui import clear_all, correct, run
+
+    size = (64, 96)
+    folder, masks = _clip_folder(tmp_path, 3, size)
+    first = str(tcore.io.write_mask(tmp_path / "first.png", masks[0]))
+    page, settings = _page(model=str(tiny_model), size=size)
+    with pytest.raises(gr.Error, match="click Propagate first"):
+        correct(page, None, 1, None, folder, *settings, progress=_no_progress)
+    session_run = run(page, None, folder, first, 0, *settings, progress=_no_progress)[page.session_run]
+    assert run(page, session_run, folder, first, 0, *settings, progress=_no_progress)[page.session_run] is session_run
+    with pytest.raises(gr.Error, match="correction at frame 1: nothing painted"):
+        correct(page, session_run, 1, {"layers": []}, folder, *settings, progress=_no_progress)
+    other = [*settings[:3], 128, "cpu"]  # another width
+    with pytest.raises(gr.Error, match="changed since the last Propagate; click Propagate"):
+        correct(page, session_run, 1, {"layers": []}, folder, *other, progress=_no_progress)
+    replaced = run(page, session_run, folder, first, 0, *other, progress=_no_progress)[page.session_run]
+    assert replaced is not session_run and session_run.closed and not session_run.folder.exists()
+    cleared = clear_all(page, replaced)  # what opening another video does first
+    assert cleared[page.session_run] is None and replaced.closed and not replaced.folder.exists()
 
 
 def test_write_demo_clip_is_the_demo_clip_and_its_first_mask(tmp_path):

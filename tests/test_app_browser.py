@@ -205,6 +205,48 @@ def _fetch_png(url: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())))
 
 
+def _type_number(browser, box, value: int) -> None:
+    """Type `value` in a slider's number box and leave it: the slider is released once, at `value`
+    (WebDriver's clear() would leave the box too, and release the slider at an empty value first)."""
+    from selenium.webdriver.common.keys import Keys
+
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value))
+    browser.find_element(_by().TAG_NAME, "h1").click()  # blur
+
+
+def _fetch_zip(url: str) -> dict[str, np.ndarray]:
+    """{name: ids} of the PNGs in a zip the page offers."""
+    with urllib.request.urlopen(url) as response:
+        return _read_zip(io.BytesIO(response.read()))
+
+
+def _read_zip(source) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(source) as z:
+        return {n: np.asarray(Image.open(z.open(n))) for n in sorted(z.namelist())}
+
+
+def _stroke(browser, elem_id: str, points, size=(240, 320)) -> None:
+    """One brush (or eraser) stroke through frame (x, y) pixels on the mask editor `elem_id`."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    editor = browser.find_element(_by().ID, elem_id)
+    canvas = editor.find_elements(_by().TAG_NAME, "canvas")[-1]
+    scale = int(re.search(r"(\d+)%", editor.text).group(1)) / 100  # screen px per frame px
+    centre = np.array([size[1] / 2, size[0] / 2])  # the frame is centred in the canvas
+    offsets = [np.rint((np.array(p) - centre) * scale).astype(int).tolist() for p in points]
+    actions = ActionChains(browser, duration=10)  # fast moves: the brush joins the points with lines
+    actions.move_to_element_with_offset(canvas, *offsets[0]).click_and_hold()
+    for dx, dy in offsets[1:]:
+        actions.move_to_element_with_offset(canvas, dx, dy)
+    actions.release().perform()
+
+
+def _fill(browser, elem_id: str, x0: float, x1: float, y0: float, y1: float) -> None:
+    """A zig-zag of 4 lines that covers the rectangle (brush radius 12 px)."""
+    _stroke(browser, elem_id, [(x, y) for y in np.linspace(y0, y1, 4) for x in (x0, x1)])
+
+
 # ------------------------------------------------------------------------------------------- tests
 
 def test_app_propagates_an_uploaded_clip_exactly_as_the_api(server, browser, files, artifacts):
@@ -222,47 +264,83 @@ def test_app_propagates_an_uploaded_clip_exactly_as_the_api(server, browser, fil
     assert "Propagated 2 object(s) through 10 frames" in browser.find_element(_by().ID, "status").text
     browser.save_screenshot(str(artifacts / "app_propagate.png"))
 
-    browser.find_element(_by().CSS_SELECTOR, "#downloads a[href$='masks.zip']").click()  # a real download
-    archive = browser.downloads / "masks.zip"
-    _wait(browser, archive.is_file, "the masks.zip download")
-    with zipfile.ZipFile(archive) as z:
-        names = sorted(z.namelist())
-        got = np.stack([np.asarray(Image.open(z.open(n))) for n in names])
-    assert names == [f"masks/{t:05d}.png" for t in range(10)]
+    got = _download_masks(browser)
+    assert list(got) == [f"masks/{t:05d}.png" for t in range(10)]
     expected = tcore.propagate_masks(files / "clip.mp4", files / "first.png", model=str(files / "tiny"),
                                      size=(240, 320), device="cpu", progress=False)
+    np.testing.assert_array_equal(np.stack(list(got.values())), expected)
+    _correct_a_frame(browser, files, artifacts, expected)
+
+
+def _download_masks(browser) -> dict[str, np.ndarray]:
+    """Download masks.zip from the page (a real download, replacing an earlier one) and read it."""
+    archive = browser.downloads / "masks.zip"
+    archive.unlink(missing_ok=True)
+    browser.find_element(_by().CSS_SELECTOR, "#downloads a[href$='masks.zip']").click()
+    _wait(browser, archive.is_file, "the masks.zip download")
+    return _read_zip(archive)
+
+
+def _correct_a_frame(browser, files: Path, artifacts: Path, before: np.ndarray) -> None:
+    """After a run: paint object 1 again on frame 3 and Propagate from here; every frame equals the
+    API's `propagate_masks(video, {0: first, 3: correction})`, where the correction is the page's
+    own (downloaded as given.zip), and the correction holds what was painted, nothing else."""
+    by, k = _by(), 3
+    box = _wait(browser, lambda: browser.find_elements(by.CSS_SELECTOR, "#correct-t input[type=number]"),
+                "the correction step")[0]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+    _type_number(browser, box, k)
+    _wait(browser, lambda: f"Frame {k} with its current masks" in browser.find_element(by.ID, "correction-editor").text,
+          "frame 3 in the correction editor")
+    x0, x1, y0, y1 = 100, 146, 105, 165  # inside object 1 at frame 3 (the first colour, the brush's default)
+    _fill(browser, "correction-editor", x0, x1, y0, y1)
+    overlay_before = _src(browser, "#overlay video")
+    browser.find_element(by.ID, "correct-button").click()
+    _wait(browser, lambda: f"Corrected frame {k}" in browser.find_element(by.ID, "status").text, "the correction")
+    assert f"frames {k}-9 propagated again" in browser.find_element(by.ID, "status").text
+    assert _src(browser, "#overlay video") != overlay_before  # the overlay follows
+    given = _fetch_zip(_links(browser, "downloads")["given.zip"])
+    assert list(given) == ["given/00000.png", f"given/{k:05d}.png"]
+    np.testing.assert_array_equal(given["given/00000.png"], tcore.read_mask(files / "first.png")[0])
+    correction = given[f"given/{k:05d}.png"]
+    assert (correction[y0 + 2:y1 - 1, x0 + 2:x1 - 1] == 1).all()  # the rectangle, painted
+    outside = np.ones_like(correction, dtype=bool)
+    outside[y0 - 14:y1 + 15, x0 - 14:x1 + 15] = False  # grown by the brush radius (+2)
+    assert not correction[outside].any()  # nothing else: the masks drawn on the frame are not painted
+    got = np.stack(list(_download_masks(browser).values()))
+    expected = tcore.propagate_masks(files / "clip.mp4", {0: files / "first.png", k: correction},
+                                     model=str(files / "tiny"), size=(240, 320), device="cpu", progress=False)
     np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[:k], before[:k])  # frames before the correction are unchanged
+    assert not np.array_equal(got[k:], before[k:])
+    _screenshot_whole_tab(browser, artifacts / "app_correction.png")
+
+
+def _screenshot_whole_tab(browser, path: Path) -> None:
+    """A screenshot of the page, once no component is busy, in a window tall enough for the whole
+    tab (the window's size is restored)."""
+    busy = "return [...document.querySelectorAll('.wrap.full')].filter(w => !w.classList.contains('hide')).length"
+    _wait(browser, lambda: browser.execute_script(busy) == 0, "the page to be idle")
+    size = browser.get_window_size()
+    browser.set_window_size(size["width"], 1900)
+    browser.execute_script("window.scrollTo(0, 0)")
+    time.sleep(1)  # the editor draws its new picture (for the screenshot only: nothing is checked on it)
+    browser.save_screenshot(str(path))
+    browser.set_window_size(size["width"], size["height"])
 
 
 def test_app_paints_several_objects_with_the_brush_and_the_eraser(server, browser, files, artifacts):
-    from selenium.webdriver.common.action_chains import ActionChains
-
     by = _by()
     _open_video(browser, server, files / "clip.mp4")
     editor = browser.find_element(by.ID, "mask-editor")
-    canvas = editor.find_elements(by.TAG_NAME, "canvas")[-1]
-    scale = int(re.search(r"(\d+)%", editor.text).group(1)) / 100  # screen px per frame px
-    centre = np.array([160.0, 120.0])  # the frame (320x240) is centred in the canvas
-
-    def stroke(points):  # frame (x, y) pixels, drawn as one stroke
-        offsets = [np.rint((np.array(p) - centre) * scale).astype(int).tolist() for p in points]
-        actions = ActionChains(browser, duration=10)  # fast moves: the brush joins the points with lines
-        actions.move_to_element_with_offset(canvas, *offsets[0]).click_and_hold()
-        for dx, dy in offsets[1:]:
-            actions.move_to_element_with_offset(canvas, dx, dy)
-        actions.release().perform()
-
-    def fill(x0, x1, y0, y1):  # a zig-zag of 4 lines that covers the rectangle (brush radius 12 px)
-        stroke([(x, y) for y in np.linspace(y0, y1, 4) for x in (x0, x1)])
-
-    fill(60, 120, 60, 110)  # object 1, the first colour
+    _fill(browser, "mask-editor", 60, 120, 60, 110)  # object 1, the first colour
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Color']").click()
     swatches = _wait(browser, lambda: editor.find_elements(by.CSS_SELECTOR, "menu.swatch button.color"), "the colours")
     swatches[1].click()
     browser.find_element(by.TAG_NAME, "h1").click()  # closes the swatches
-    fill(200, 260, 140, 190)  # object 2, the second colour
+    _fill(browser, "mask-editor", 200, 260, 140, 190)  # object 2, the second colour
     browser.find_element(by.CSS_SELECTOR, "#mask-editor button[aria-label='Erase']").click()
-    stroke([(90, 40), (90, 130)])  # erase a vertical band through object 1
+    _stroke(browser, "mask-editor", [(90, 40), (90, 130)])  # erase a vertical band through object 1
 
     outside = np.ones((240, 320), dtype=bool)
     outside[60 - 14:110 + 15, 60 - 14:120 + 15] = False  # each rectangle grown by the brush radius (+2)
@@ -349,10 +427,7 @@ def test_app_features_view_shows_pca_and_the_clicked_point_correspondence(server
     heat, pca = _fetch_png(heat_src), _fetch_png(pca_src)
     assert heat.shape == pca.shape == (240, 320, 3)
 
-    box = browser.find_element(by.CSS_SELECTOR, "#frame-t input[type=number]")  # the slider's box: t = 6
-    box.clear()
-    box.send_keys("6")
-    browser.find_element(by.TAG_NAME, "h1").click()
+    _type_number(browser, browser.find_element(by.CSS_SELECTOR, "#frame-t input[type=number]"), 6)  # t = 6
     pca6_src = _wait(browser, lambda: _src(browser, "#pca img") not in (pca_src, None) and _src(browser, "#pca img"),
                      "the pictures of frame 6")
     heat6 = _fetch_png(_src(browser, "#heat img"))

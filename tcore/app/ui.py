@@ -1,9 +1,10 @@
 """The page of `tcore app`: a Gradio Blocks app over `tcore.app.jobs` and `tcore.pictures`.
 
 Two tabs share one video and one model choice: "Propagate masks" (first mask painted or
-uploaded -> overlay video, zip of masks) and "Features" (PCA picture of frame t; click a point of
-frame 0 to see its affinity in frame t). Errors of tcore's API reach the page as their own message
-and leave the page usable.
+uploaded -> overlay video, zip of masks; then corrections painted on any frame, re-propagated from
+there with the features already computed: one `SessionRun` per opened video and settings) and
+"Features" (PCA picture of frame t; click a point of frame 0 to see its affinity in frame t).
+Errors of tcore's API reach the page as their own message and leave the page usable.
 
 The file reads in three parts: the page (`Page`: every component, and the server-side state the
 handlers share, placed by `_layout`), the handlers (module-level functions; each takes the `Page`
@@ -30,7 +31,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..io import overlay, read_mask, read_video, write_mask
 from ..pictures import FeaturePictures
-from .jobs import OBJECT_COLOURS, RANDOM_PREFIX, ModelCache, ids_from_layers, parse_size, propagate_to_files, \
+from .jobs import OBJECT_COLOURS, RANDOM_PREFIX, ModelCache, RunResult, SessionRun, ids_from_layers, parse_size, \
     write_demo_clip
 
 __all__ = ["build_app", "launch_options"]
@@ -51,7 +52,14 @@ _INTRO = """\
 # tcore · T-CoRe label propagation
 Open a video, give the first frame's mask (paint it, one colour per object, or upload a PNG), and
 **Propagate**: every frame gets its masks by matching T-CoRe patch features
-([CVPR 2025](https://arxiv.org/abs/2503.15096)). The **Features** tab shows what the model sees.
+([CVPR 2025](https://arxiv.org/abs/2503.15096)). Then correct any frame and **Propagate from here**.
+The **Features** tab shows what the model sees.
+"""
+_CORRECTION_HELP = """\
+**4 · Correct a frame**: pick it with the slider (the frame shows its current masks), paint each
+object to correct **whole**, in its colour, and **Propagate from here**: the frames after it are
+updated with the features already computed. A painted object takes exactly the painted pixels at
+this frame; objects you do not paint keep their masks there, except where you paint another object.
 """
 
 
@@ -115,9 +123,11 @@ class Page:
     Attributes:
         models: backbones loaded once per (model, device).
         workdir: the page's temporary folder (demo clip, painted masks, runs); removed with the page.
-        video, frame0, pictures, pictures_key, point: per-session state: the video's path, its
-            frame 0 ((H, W, 3) uint8), the `FeaturePictures` and the settings it was made with,
-            the (x, y) point of frame 0 whose correspondence is shown.
+        video, frame0, pictures, pictures_key, point, session_run, correction_t: per-session state: the video's
+            path, its frame 0 ((H, W, 3) uint8), the `FeaturePictures` and the settings it was made
+            with, the (x, y) point of frame 0 whose correspondence is shown, the `SessionRun` of the
+            last Propagate (closed when the browser session ends or another video opens), the frame
+            the correction editor shows (what "Propagate from here" corrects).
         The other attributes are the components the user sees, named after what they show.
     """
 
@@ -129,6 +139,8 @@ class Page:
     pictures: gr.State
     pictures_key: gr.State
     point: gr.State
+    session_run: gr.State
+    correction_t: gr.State
     # the video and the settings, above the tabs
     video_file: gr.File
     demo: gr.Button
@@ -147,6 +159,10 @@ class Page:
     result_video: gr.Video
     downloads: gr.File
     status: gr.Markdown
+    correction: gr.Column  # shown after a run
+    correct_t: gr.Slider
+    correction_editor: gr.ImageEditor
+    correct_button: gr.Button
     # "Features"
     frame_slider: gr.Slider
     show: gr.Button
@@ -195,16 +211,38 @@ def _settings_row(model: str | None, device: str | None) -> dict[str, Any]:
                 height_box=height_box, width_box=width_box, device_box=device_box)
 
 
+def _mask_editor(label: str, elem_id: str) -> gr.ImageEditor:
+    """A mask painter over a frame: brush in the 8 object colours (object ids 1..8), eraser."""
+    return gr.ImageEditor(
+        label=label, type="numpy", image_mode="RGBA", format="png", sources=[], transforms=[], layers=False,
+        height=380, buttons=[], elem_id=elem_id,
+        brush=gr.Brush(colors=[f"rgb{c}" for c in OBJECT_COLOURS], color_mode="fixed", default_size=12),
+        eraser=gr.Eraser(default_size=16))
+
+
+def _correction_label(t: int) -> str:
+    return f"Frame {t} with its current masks: paint the correction"
+
+
+def _correction_row() -> dict[str, Any]:
+    """Step 4, shown after a run: pick a frame, paint the correction, Propagate from here."""
+    with gr.Column(visible=False, elem_id="correction") as correction:
+        gr.Markdown(_CORRECTION_HELP)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                correction_editor = _mask_editor(_correction_label(0), "correction-editor")
+            with gr.Column(scale=1):
+                correct_t = gr.Slider(0, 1, value=0, step=1, label="Frame t to correct", elem_id="correct-t")
+                correct_button = gr.Button("Propagate from here", variant="primary", elem_id="correct-button")
+    return dict(correction=correction, correct_t=correct_t, correction_editor=correction_editor,
+                correct_button=correct_button)
+
+
 def _propagate_tab() -> dict[str, Any]:
     """The "Propagate masks" tab: paint or upload the first mask, run, watch and download."""
     with gr.Row(equal_height=False):
         with gr.Column():
-            editor = gr.ImageEditor(
-                label="2 · First mask: paint it", type="numpy",
-                image_mode="RGBA", format="png", sources=[], transforms=[], layers=False, height=380,
-                buttons=[], elem_id="mask-editor",
-                brush=gr.Brush(colors=[f"rgb{c}" for c in OBJECT_COLOURS], color_mode="fixed", default_size=12),
-                eraser=gr.Eraser(default_size=16))
+            editor = _mask_editor("2 · First mask: paint it", "mask-editor")
             mask_file = gr.File(label="... or upload it (palette PNG, grey ids, colours)",
                                 file_count="single", type="filepath", height=110, elem_id="mask-upload")
         with gr.Column():
@@ -215,11 +253,11 @@ def _propagate_tab() -> dict[str, Any]:
             run_button = gr.Button("3 · Propagate", variant="primary", elem_id="run-button")
             result_video = gr.Video(label="Overlay", autoplay=True, loop=True, interactive=False,
                                     height=320, elem_id="overlay")
-            downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay", file_count="multiple",
-                                interactive=False, height=150, elem_id="downloads")
+            downloads = gr.File(label="Downloads: masks (zip of indexed PNGs), overlay, the masks given",
+                                file_count="multiple", interactive=False, height=240, elem_id="downloads")
             status = gr.Markdown("", elem_id="status")
     return dict(editor=editor, mask_file=mask_file, preview=preview, first_png=first_png, run_button=run_button,
-                result_video=result_video, downloads=downloads, status=status)
+                result_video=result_video, downloads=downloads, status=status, **_correction_row())
 
 
 def _features_tab() -> dict[str, Any]:
@@ -242,6 +280,8 @@ def _features_tab() -> dict[str, Any]:
 def _layout(model: str | None, device: str | None) -> Page:
     """Place the components (inside a `gr.Blocks` context) and gather them in a `Page`."""
     state = {name: gr.State(None) for name in ("video", "frame0", "pictures", "pictures_key", "point")}
+    state["session_run"] = gr.State(None, delete_callback=_close_run)  # its features and files go with the tab
+    state["correction_t"] = gr.State(None)
     gr.Markdown(_INTRO)
     settings = _settings_row(model, device)
     with gr.Tabs():
@@ -265,9 +305,18 @@ def no_video(page: Page) -> Updates:
             page.pictures: None}
 
 
-def clear_all(page: Page) -> Updates:
-    """The page as it opens: no video, no point, no result."""
-    return {**no_video(page), page.point: None, page.result_video: None, page.downloads: None, page.status: ""}
+def _close_run(session_run: SessionRun | None) -> None:
+    """Close a page's `SessionRun` (another one replaces it, another video opens, or the tab is gone)."""
+    if session_run is not None:
+        session_run.close()
+
+
+def clear_all(page: Page, session_run: SessionRun | None = None) -> Updates:
+    """The page as it opens: no video, no point, no result, no correction (the last run's session is closed)."""
+    _close_run(session_run)
+    return {**no_video(page), page.point: None, page.result_video: None, page.downloads: None, page.status: "",
+            page.session_run: None, page.correction: gr.update(visible=False), page.correction_editor: None,
+            page.correction_t: None, page.correct_t: gr.update(maximum=1, value=0)}
 
 
 @_shown
@@ -319,22 +368,83 @@ def first_mask(page: Page, frame: np.ndarray | None, mask_file: str | None, edit
             page.first_png: str(write_mask(page.new_folder("painted") / "first_mask.png", ids))}
 
 
+def _run_key(video: str, model_name: str, preset: str, height: float, width: float, device_name: str) -> tuple:
+    """What a `SessionRun` is opened with: (video, model, preset, size, device), as the API takes them."""
+    return video, (model_name or "").strip(), _preset(preset), parse_size(height, width), _device(device_name)
+
+
+def _files(page: Page, result: RunResult) -> Updates:
+    """The overlay video and the downloads of a run or a correction."""
+    return {page.result_video: str(result.overlay),
+            page.downloads: [str(result.masks_zip), str(result.overlay), str(result.given_zip)]}
+
+
 @_shown
-def run(page: Page, video: str | None, mask_png: str | None, model_name: str, preset: str, height: float,
-        width: float, device_name: str, progress: gr.Progress = gr.Progress()) -> Updates:
-    """Propagate the first mask through the video: the overlay, the downloads and a status line."""
+def run(page: Page, session_run: SessionRun | None, video: str | None, mask_png: str | None, correct_t: float,
+        model_name: str, preset: str, height: float, width: float, device_name: str,
+        progress: gr.Progress = gr.Progress()) -> Updates:
+    """Propagate the first mask through the video: the overlay, the downloads, a status line, and
+    step 4 (corrections) shown, at the frame its slider picks. The last run's session, and its
+    features, serve again when the video and the settings are the same; otherwise a new one
+    replaces it (once this run has succeeded)."""
     if not video:
         raise InvalidInputError("video: open a video first (upload one, or use the demo clip)")
     if not mask_png:
         raise InvalidInputError("first mask: paint the objects on frame 0 or upload a mask PNG first")
-    size = parse_size(height, width)
-    progress(0, desc="loading the model")
-    backbone = page.models.get(model_name, _device(device_name))
-    result = propagate_to_files(
-        video, mask_png, page.new_folder("run"), model=backbone, preset=_preset(preset), size=size,
-        device=_device(device_name), progress=lambda done, total: progress((done, total), desc="propagating"))
-    return {page.result_video: str(result.overlay), page.downloads: [str(result.masks_zip), str(result.overlay)],
-            page.status: f"Propagated {result.n_objects} object(s) through {result.n_frames} frames."}
+    key = _run_key(video, model_name, preset, height, width, device_name)
+    current = session_run
+    if current is None or not current.matches(key):
+        progress(0, desc="loading the model")
+        backbone = page.models.get(model_name, key[4])
+        current = SessionRun(video, page.new_folder("run"), model=backbone, preset=key[2], size=key[3],
+                             device=key[4], key=key)
+    try:
+        result = current.run(mask_png, progress=lambda done, total: progress((done, total), desc="propagating"))
+    except BaseException:
+        if current is not session_run:
+            current.close()
+        raise
+    if current is not session_run:
+        _close_run(session_run)
+    t = min(int(correct_t), len(current) - 1)
+    status = " ".join([f"Propagated {result.n_objects} object(s) through {result.n_frames} frames.", *result.warnings])
+    return {page.session_run: current, **_files(page, result), **correction_frame(page, current, t),
+            page.status: status, page.correction: gr.update(visible=True),
+            page.correct_t: gr.update(maximum=len(current) - 1, value=t)}
+
+
+@_shown
+def correction_frame(page: Page, session_run: SessionRun | None, t: float) -> Updates:
+    """Frame t in the correction editor, with its current masks drawn and nothing painted."""
+    if session_run is None or session_run.closed:
+        return {page.correction_editor: None, page.correction_t: None}
+    t = min(int(t), len(session_run) - 1)
+    value = {"background": session_run.view(t), "layers": [], "composite": None}
+    return {page.correction_editor: gr.update(value=value, label=_correction_label(t)), page.correction_t: t}
+
+
+@_shown
+def correct(page: Page, session_run: SessionRun | None, t: int | None, editor: dict | None, video: str | None,
+            model_name: str, preset: str, height: float, width: float, device_name: str,
+            progress: gr.Progress = gr.Progress()) -> Updates:
+    """Give the painted objects of frame t (the frame the editor shows) and propagate again from
+    there, with the features the last run computed: the overlay, the downloads, the status line
+    and the editor (frame t's new masks) follow."""
+    if session_run is None or session_run.closed or session_run.masks is None or t is None:
+        raise InvalidInputError("correction: click Propagate first; a correction updates the frames of a run")
+    if not video or not session_run.matches(_run_key(video, model_name, preset, height, width, device_name)):
+        raise InvalidInputError("correction: the video or a setting (model, preset, size, device) changed since the "
+                                "last Propagate; click Propagate to run with them, then correct")
+    t = int(t)
+    ids = ids_from_layers((editor or {}).get("layers") or [], tuple(session_run.frames.size))
+    kept = sorted(set(np.unique(session_run.masks[t]).tolist()) - set(np.unique(ids).tolist()) - {0})
+    result = session_run.correct(t, ids, progress=lambda done, total: progress((done, total), desc="propagating"))
+    status = (f"Corrected frame {t}: frames {result.updated[0]}-{result.updated[-1]} propagated again with the "
+              f"features already computed ({result.n_objects} object(s)).")
+    if kept:
+        status += f" Not painted, so kept at frame {t}: object(s) {', '.join(map(str, kept))}."
+    status = " ".join([status, *result.warnings])
+    return {**_files(page, result), **correction_frame(page, session_run, t), page.status: status}
 
 
 @_shown
@@ -395,7 +505,7 @@ def _wire(page: Page) -> None:
     reset = _outputs(clear_all, page)
     mask_views = dict(fn=_bound(first_mask, page), inputs=[page.frame0, page.mask_file, page.editor],
                       outputs=_outputs(clear_first_mask, page))
-    clearing = dict(fn=_bound(clear_all, page), inputs=None, outputs=reset)
+    clearing = dict(fn=_bound(clear_all, page), inputs=[page.session_run], outputs=reset)
 
     opening = page.video_file.upload(**clearing).then(_bound(open_video, page), page.video_file, opened)
     opening.then(**mask_views)
@@ -406,8 +516,7 @@ def _wire(page: Page) -> None:
     reading.failure(empty_upload, None, page.mask_file)
     page.mask_file.clear(**mask_views)
     page.editor.change(**mask_views)
-    page.run_button.click(_bound(run, page), [page.video, page.first_png, *page.settings],
-                          [page.result_video, page.downloads, page.status])
+    _wire_runs(page)
 
     features = dict(fn=_bound(show_features, page),
                     inputs=[page.video, page.pictures, page.pictures_key, page.frame_slider, page.point,
@@ -415,8 +524,21 @@ def _wire(page: Page) -> None:
                     outputs=[page.pictures, page.pictures_key, page.point, page.query, page.heat, page.pca],
                     concurrency_id="features")  # one FeaturePictures per session: no parallel use
     page.show.click(**features)
-    page.frame_slider.release(**features)
+    page.frame_slider.release(**features, trigger_mode="always_last")  # the frame last picked, always
     page.query.select(pick, None, page.point).then(**features)
+
+
+def _wire_runs(page: Page) -> None:
+    """Propagate, and the corrections after it (one at a time per server: they share the session's state)."""
+    files = [page.result_video, page.downloads, page.status, page.correction_editor, page.correction_t]
+    shared = dict(concurrency_id="session", show_progress_on=page.result_video)  # the progress over the overlay
+    page.run_button.click(_bound(run, page), [page.session_run, page.video, page.first_png, page.correct_t,
+                                              *page.settings],
+                          [page.session_run, *files, page.correction, page.correct_t], **shared)
+    page.correct_t.release(_bound(correction_frame, page), [page.session_run, page.correct_t],
+                           [page.correction_editor, page.correction_t], trigger_mode="always_last")
+    page.correct_button.click(_bound(correct, page), [page.session_run, page.correction_t, page.correction_editor,
+                                                      page.video, *page.settings], files, **shared)
 
 
 def build_app(model: str | None = None, device: str | None = None) -> gr.Blocks:
