@@ -20,7 +20,7 @@ from torch import nn
 from . import hub
 from .architecture import TCoReViT, TimmViT, takes_tcore_args
 from .checkpoint import CheckedStateDict, check_state_dict, convert_state_dict, load_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidInputError
 from .weights import PAPER
 
 __all__ = ["TCoReBackbone", "TimmViTBackbone", "Pretrained"]
@@ -202,13 +202,43 @@ class TimmViTBackbone(TimmViT, _HubBackbone, **_HUB_METADATA):
 
     _architecture = "TimmViTBackbone"
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self._check_rebuildable()
+        super()._save_pretrained(save_directory)
+
+    def _check_rebuildable(self) -> None:
+        """Refuse to save what `from_pretrained` could not build again: the network that config.json's
+        name and arguments describe (built on the meta device) must have this network's parameters.
+
+        Raises:
+            InvalidInputError: a parameter is missing, extra or of another shape; names the first few.
+        """
+        with torch.device("meta"):
+            rebuilt = _build_timm_net(self.timm_name or "VisionTransformer", self.timm_kwargs).state_dict()
+        have = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in rebuilt.items()}
+        differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+        if differ:
+            shown = ", ".join(f"{k} {have.get(k, 'absent')} vs {want.get(k, 'absent')}" for k in differ[:4])
+            raise InvalidInputError(
+                f"save_pretrained: this {self.timm_name or 'VisionTransformer'} cannot be described by timm "
+                f"arguments tcore records ({self.timm_kwargs}); rebuilt from them it differs at {len(differ)} "
+                f"parameter(s): {shown}; save its state_dict with torch.save and load it with "
+                "tcore.load_backbone(<the same timm model>, checkpoint=<file>)")
+
     @classmethod
     def _from_folder(cls: type[_B], folder: Path, config: Mapping[str, Any], model_kwargs: dict[str, Any]) -> _B:
-        import timm
-
         name = config["architecture"]  # "VisionTransformer": built from a file's shapes, not a registered name
         kwargs = {**config["model_args"], **model_kwargs}
-        net: nn.Module = (timm.models.VisionTransformer(**kwargs) if name == "VisionTransformer"
-                          else timm.create_model(name, pretrained=False, **kwargs))
+        net = _build_timm_net(name, kwargs)
         load_checkpoint(net, folder / hub.WEIGHTS_NAME)
         return cls(net, config["pos_interp"], name=name, model_kwargs=kwargs)
+
+
+def _build_timm_net(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    """timm's network `name` ("VisionTransformer": the class itself) with random weights."""
+    import timm
+
+    if name == "VisionTransformer":
+        return timm.models.VisionTransformer(**kwargs)
+    return timm.create_model(name, pretrained=False, **kwargs)

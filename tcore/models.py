@@ -309,10 +309,38 @@ def _check_timm_weights_reachable(name: str) -> None:
 
 
 def _module_kwargs(model: nn.Module) -> dict[str, Any]:
-    """Enough timm kwargs to rebuild `model`'s state dict layout with its architecture name."""
-    img = model.patch_embed.img_size
-    return dict(img_size=tuple(int(s) for s in img) if isinstance(img, (tuple, list)) else int(img),
-                num_classes=int(getattr(model, "num_classes", 0)))
+    """The timm `VisionTransformer` arguments that give `model`'s parameters (names and shapes), read
+    off the module: its size (patch, width, depth, heads, MLP ratio, image size), its tokens (class,
+    registers, position table with or without their slots), layer scale, biases, norms and head.
+
+    `save_pretrained` checks that they rebuild the same parameters and refuses to save when they
+    do not (an MLP or a norm other than timm's defaults, say)."""
+    def present(module: Any) -> bool:
+        return module is not None and not isinstance(module, nn.Identity)
+
+    def size(value: Any) -> Any:
+        return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else int(value)
+
+    kwargs: dict[str, Any] = dict(img_size=size(model.patch_embed.img_size),
+                                  num_classes=int(getattr(model, "num_classes", 0)))
+    blocks = getattr(model, "blocks", None)
+    if not blocks or not hasattr(blocks[0], "attn"):
+        return kwargs
+    block, dim = blocks[0], int(model.embed_dim)
+    patch = size(model.patch_embed.patch_size)
+    kwargs.update(patch_size=patch[0] if isinstance(patch, tuple) and len(set(patch)) == 1 else patch,
+                  embed_dim=dim, depth=len(blocks), num_heads=int(block.attn.num_heads),
+                  qkv_bias=block.attn.qkv.bias is not None, class_token=getattr(model, "cls_token", None) is not None,
+                  reg_tokens=int(getattr(model, "num_reg_tokens", 0)),
+                  no_embed_class=bool(getattr(model, "no_embed_class", False)),
+                  init_values=1.0 if present(getattr(block, "ls1", None)) else None,
+                  pre_norm=present(getattr(model, "norm_pre", None)),
+                  global_pool=getattr(model, "global_pool", "token"),
+                  fc_norm=present(getattr(model, "fc_norm", None)))
+    fc1 = getattr(getattr(block, "mlp", None), "fc1", None)
+    if isinstance(fc1, nn.Linear):
+        kwargs["mlp_ratio"] = fc1.out_features / dim
+    return kwargs
 
 
 @overload
@@ -369,6 +397,8 @@ def _load(model: Any, checkpoint: str | os.PathLike | None, pos_interp: PosInter
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if name is None and type(model) is VisionTransformer:  # built from the class: its arguments say it all
+            name = "VisionTransformer"
         return TimmViTBackbone(model, pos_interp or _default_pos_interp(regs), name=name,
                                model_kwargs=_module_kwargs(model))
     if not isinstance(model, (str, os.PathLike)):

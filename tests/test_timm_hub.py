@@ -20,7 +20,7 @@ from timm.data import resolve_data_config
 import tcore
 from tcore.checkpoint import to_official_state_dict
 from tcore.cli import main
-from tcore.errors import CheckpointError
+from tcore.errors import CheckpointError, InvalidInputError
 
 TCORE_PREPROCESSING = {"input_size": (3, 480, 880), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
                        "std": (0.229, 0.224, 0.225), "crop_pct": 1.0, "crop_mode": "squash"}
@@ -342,3 +342,32 @@ def test_load_backbone_reads_a_timm_export_folder(tmp_path):
     x = torch.randn(1, 3, 48, 80)
     with torch.no_grad():
         torch.testing.assert_close(again.patch_tokens(x), model.patch_tokens(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("net", [
+    lambda: timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56,
+                              embed_dim=32, depth=1, num_heads=2),  # a registered name at another size
+    lambda: timm.models.VisionTransformer(img_size=64, patch_size=16, embed_dim=48, depth=2, num_heads=3,
+                                          num_classes=0, reg_tokens=2, no_embed_class=True),  # the class itself
+    lambda: timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, global_pool="avg",
+                              embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0),  # a head, fc_norm, another MLP
+], ids=["dinov2-reg4-resized", "VisionTransformer-class", "head-avg-pool"])
+def test_a_timm_vit_of_any_size_saves_and_loads_back_the_same_features(net, tmp_path):
+    backbone = tcore.load_backbone(net(), pos_interp="tcore")
+    backbone.save_pretrained(tmp_path / "saved")
+    again = tcore.load_backbone(tmp_path / "saved")
+    x = torch.randn(1, 3, 4 * backbone.patch_size, 6 * backbone.patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again.patch_tokens(x), backbone.patch_tokens(x))
+    assert again.model.num_classes == backbone.model.num_classes
+
+
+def test_save_pretrained_refuses_a_timm_vit_its_config_would_not_rebuild(tmp_path):
+    from timm.layers import SwiGLU
+
+    net = timm.models.VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                                        num_classes=0, mlp_layer=SwiGLU)  # an MLP the arguments do not record
+    with pytest.raises(InvalidInputError, match=r"^save_pretrained: this VisionTransformer cannot be described .* "
+                                                r"differs at \d+ parameter\(s\): blocks\.0\.mlp\."):
+        tcore.load_backbone(net, pos_interp="tcore").save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "model.safetensors").exists()
