@@ -183,3 +183,23 @@ def test_exporting_a_missing_or_damaged_checkpoint_is_one_line(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
     with pytest.raises(Exception):  # --debug: the traceback
         export_main([str(damaged), "-o", str(tmp_path / "out"), "--debug"])
+
+
+def test_a_collective_that_lost_its_peer_is_one_line_saying_how_to_go_on(tiny_frames, tmp_path, capsys, monkeypatch):
+    import training.pretrain
+    from training.dist import lost_peer_message
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:31939: "
+                        "Connection reset by peer. This is typically caused by a remote worker hanging")
+    assert lost_peer_message(gloo).startswith("lost contact with another rank ([../third_party/gloo/")
+    assert lost_peer_message(RuntimeError("Connection reset by peer")) is None  # not from a collective
+    assert lost_peer_message(RuntimeError("gloo: shapes differ")) is None  # a collective's other failure: a bug
+
+    def lost(*args, **kwargs):
+        raise gloo
+
+    monkeypatch.setattr(training.pretrain, "train", lost)
+    assert main([*TINY, f"data.root={tiny_frames}", f"train.output_dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("training: error: lost contact with another rank (") and err.count("\n") == 1
+    assert err.endswith("Relaunch every node with the same command: the run resumes from the last checkpoint\n")

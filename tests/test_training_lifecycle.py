@@ -95,12 +95,16 @@ def test_a_process_not_started_by_a_launcher_is_left_alone(monkeypatch):
 
 def test_sigterm_releases_the_lock_then_kills_at_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), str(REPO)], stdout=subprocess.PIPE,
-                            text=True, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stdout.readline().strip() == "held"
         assert (tmp_path / LOCK_NAME).is_file()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == -signal.SIGTERM  # died of the signal, as without the handler
+        assert proc.stderr.read() == (
+            "training: stopped by SIGTERM (a scheduler's stop or time limit, or torchrun stopping its ranks because "
+            f"another rank or node failed); {tmp_path} is free: relaunch the same command to resume from its last "
+            "checkpoint\n")
     finally:
         proc.kill()
     assert not (tmp_path / LOCK_NAME).exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,11 @@ def test_two_nodes_equal_one_node_and_survive_a_lost_node(tiny_frames, tmp_path)
         victim.wait(timeout=30)
         print(f"the other node's launcher exited {survivor_s:.1f} s after the kill")
         assert survivor.returncode != 0 and survivor_s < 60
+        # rank 0 says what happened in one line, whichever saw it first: a collective (gloo's lost
+        # connection) or torchrun's SIGTERM; torchrun's own messages come around it
+        said = (tmp_path / f"two-node{nodes.index(survivor)}.log").read_text()
+        assert re.search(r"^training: (error: lost contact with another rank|stopped by SIGTERM)", said, re.M), said[-3000:]
+        assert f'File "{REPO / "training"}' not in said, said[-3000:]  # no traceback of ours
         deadline = time.monotonic() + 30
         while any(process_alive(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -61,8 +61,8 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any], step: int, keep_l
         write_atomic(path, lambda tmp: _torch_save(state, tmp), durable=True, temporary=f"{path}.tmp")
     except OSError as err:  # a full disk, a read-only or vanished file system: the previous checkpoint stays
         os_error = err.__cause__ if isinstance(err, FileAccessError) and isinstance(err.__cause__, OSError) else err
-        raise FileAccessError(f"checkpoint {path}: cannot be written ({os_error.strerror or os_error}); free space under "
-                              "train.output_dir (or lower train.keep_last) and relaunch: the run resumes from the "
+        raise FileAccessError(f"checkpoint {path}: cannot be written ({os_error.strerror or os_error}); free space "
+                              "under train.output_dir (or lower train.keep_last) and relaunch: the run resumes from the "
                               "last checkpoint") from err
     for old in _checkpoints(folder)[:-max(keep_last, 1)]:
         old.unlink(missing_ok=True)

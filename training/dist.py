@@ -18,7 +18,11 @@ from tcore.distributed import DistInfo, all_gather_objects, barrier, broadcast_o
 from tcore.errors import InvalidInputError
 
 __all__ = ["DistInfo", "pick_device", "setup_distributed", "cleanup_distributed", "all_reduce_mean", "barrier",
-           "broadcast_object", "agree", "JobStopped"]
+           "broadcast_object", "agree", "JobStopped", "lost_peer_message"]
+
+# what gloo and NCCL say when the other end of a collective is gone (its process or its node died)
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited")
 
 _T = TypeVar("_T")
 
@@ -110,3 +114,24 @@ def agree(step: Callable[[], _T], info: DistInfo) -> _T:
         reporter = failed.index(True)
         raise JobStopped(error if info.rank == reporter else None, reporter) from error
     return result
+
+
+def lost_peer_message(err: BaseException) -> str | None:
+    """One line for a collective that failed because another rank or node is gone, else None.
+
+    Not this rank's bug, and not a mistake in the command: another process died (killed, out of
+    memory, its node lost) and this rank learnt it in a collective. The line says where to look and
+    how to go on; `--debug` still shows the traceback.
+
+    Args:
+        err: what a step of the run raised (gloo's and NCCL's errors are RuntimeErrors, some of them
+            `torch.distributed.DistError`).
+    """
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    network = isinstance(err, getattr(dist, "DistNetworkError", ()))
+    from_backend = any(word in text.lower() for word in ("gloo", "nccl", "c10d"))
+    if not (network or (isinstance(err, RuntimeError) and from_backend and any(s in text for s in _LOST_PEER))):
+        return None
+    return (f"lost contact with another rank ({first.strip()[:200]}); another process or node of this job died: "
+            "its log says why. Relaunch every node with the same command: the run resumes from the last checkpoint")

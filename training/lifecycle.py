@@ -100,15 +100,22 @@ def die_with_parent(poll_every: float = 1.0) -> str | None:
 
 def release_on_sigterm(lock: FolderLock) -> None:
     """On SIGTERM (a scheduler's stop or time limit, torchrun shutting its ranks down) release `lock`,
-    then die of the signal at once, without a checkpoint.
+    print one line saying so and how to resume, then die of the signal at once, without a checkpoint.
 
     The lock is then free for a requeued job on any host, which resumes from the last checkpoint.
     The handler runs in the main thread between two Python operations, which is within
     milliseconds unless a C call blocks; the launcher's or scheduler's SIGKILL comes after.
     Call from the main thread.
     """
+    main_pid = os.getpid()
+    line = (f"training: stopped by SIGTERM (a scheduler's stop or time limit, or torchrun stopping its ranks "
+            f"because another rank or node failed); {lock.folder} is free: relaunch the same command to resume "
+            "from its last checkpoint\n").encode()
+
     def handler(signum: int, frame: FrameType | None) -> None:
         lock.release()  # a no-op in forked children (DataLoader workers inherit this handler)
+        if os.getpid() == main_pid:  # one line among the launcher's messages, from the rank that held the folder
+            os.write(sys.stderr.fileno(), line)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 

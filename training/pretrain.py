@@ -63,8 +63,8 @@ from training.batch import Batch
 from training.checkpoint import FORMAT_VERSION, export_teacher, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import Config, ConfigError, check_world_size, config_to_dict, load_config
 from training.data import ClipBatchDataset, StepSampler, build_loader, to_device_batch
-from training.dist import DistInfo, JobStopped, agree, barrier, broadcast_object, cleanup_distributed, pick_device, \
-    setup_distributed
+from training.dist import DistInfo, JobStopped, agree, barrier, broadcast_object, cleanup_distributed, \
+    lost_peer_message, pick_device, setup_distributed
 from training.lifecycle import release_on_sigterm
 from training.losses import Centers, LossTerms, compile_loss_kernels, tcore_losses
 from training.model import Student, build_student, build_teacher, compile_models, teacher_pairs, teacher_targets, \
@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         barrier(info)
         return 1
     except Exception as err:
+        lost = lost_peer_message(err)
+        if lost is not None and not args.debug:  # another rank or node died: not this rank's bug
+            print(f"{PROG}: error: {lost}", file=sys.stderr, flush=True)
+            return 1
         if user_error_message(err) is None or args.debug:
             raise
         _report(err, debug=False)  # this rank's own mistake (e.g. a frame its loader could not read)
