@@ -197,6 +197,11 @@ def test_a_correction_in_the_page_equals_propagate_masks_with_both_masks_without
     given = _zipped(shown[page.downloads][2])
     assert list(given) == ["given/00000.png", f"given/{k:05d}.png"]
     np.testing.assert_array_equal(given[f"given/{k:05d}.png"], correction)
+    with zipfile.ZipFile(shown[page.downloads][2]) as z:  # given.zip unpacked is a masks folder the API reads
+        z.extractall(tmp_path / "downloaded")
+    again = tcore.propagate_masks(folder, tmp_path / "downloaded" / "given", model=model, size=size, device="cpu",
+                                  progress=False)
+    np.testing.assert_array_equal(again, after)
     np.testing.assert_array_equal(shown[page.correction_editor]["value"]["background"],  # frame k, corrected
                                   tcore.io.overlay(tcore.read_video(folder)[k], after[k]))
     assert shown[page.result_video] == shown[page.downloads][1] and len(tcore.read_video(shown[page.result_video])) == 8
