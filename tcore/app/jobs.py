@@ -157,7 +157,7 @@ class SessionRun:
         from ..io import read_video
         from ..propagation import PropagationSession
 
-        self.key, self.folder, self._video = key, folder, video
+        self.key, self.folder = key, folder
         self.frames = read_video(video)
         folder.mkdir(parents=True, exist_ok=True)
         self.session = PropagationSession(video, model=model, preset=preset, size=size, device=device,
@@ -256,7 +256,7 @@ class SessionRun:
 
     def _write(self, n_objects: int, updated: tuple[int, ...], warnings: tuple[str, ...]) -> RunResult:
         """The overlay, masks.zip and given.zip of the current masks, in a new folder (the last one goes)."""
-        from ..io import read_video, write_mask, write_overlay
+        from ..io import write_mask, write_overlay
 
         given = self.folder / "given"
         shutil.rmtree(given, ignore_errors=True)
@@ -266,8 +266,7 @@ class SessionRun:
         self._version += 1
         out = self.folder / f"v{self._version}"
         out.mkdir()
-        overlay_path = write_overlay(out / "overlay.mp4", read_video(self._video), self.masks, palette=self.palette,
-                                     fps=self.frames.fps or 10)
+        overlay_path = write_overlay(out / "overlay.mp4", self.frames, self.masks, palette=self.palette)
         result = RunResult(overlay_path, _zip(out / "masks.zip", self.folder / "masks", "masks"),
                            _zip(out / "given.zip", given, "given"), len(self), n_objects, updated, warnings)
         shutil.rmtree(self.folder / f"v{self._version - 1}", ignore_errors=True)
