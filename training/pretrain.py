@@ -358,9 +358,15 @@ def check_launch(cfg: Config) -> torch.device:
     return pick_device(cfg.train.device)
 
 
+def _one_line(err: BaseException) -> str | None:
+    """The line for what is not a bug of this rank: a user's mistake, or another rank or node lost."""
+    return user_error_message(err, memory_fix=_MEMORY_FIX) or lost_peer_message(err)
+
+
 def _report(err: BaseException, debug: bool) -> None:
-    """Print `training: error: <message>` for a user's mistake, else (or with --debug) the traceback."""
-    message = user_error_message(err, memory_fix=_MEMORY_FIX)
+    """Print `training: error: <message>` for a user's mistake or a lost peer, else (or with --debug)
+    the traceback."""
+    message = _one_line(err)
     if message is None or debug:
         traceback.print_exception(err)
         return
@@ -402,13 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         barrier(info)
         return 1
     except Exception as err:
-        lost = lost_peer_message(err)
-        if lost is not None and not args.debug:  # another rank or node died: not this rank's bug
-            print(f"{PROG}: error: {lost}", file=sys.stderr, flush=True)
-            return 1
-        if user_error_message(err) is None or args.debug:
+        if _one_line(err) is None or args.debug:
             raise
-        _report(err, debug=False)  # this rank's own mistake (e.g. a frame its loader could not read)
+        _report(err, debug=False)  # this rank's own mistake (e.g. a frame its loader could not read), a lost peer
         return 1
     finally:
         cleanup_distributed()
